@@ -1,0 +1,178 @@
+"""Training-dataset wrapper: on loading a case, render a random MR contrast from its tissue maps.
+
+nnU-Net's data loader calls ``dataset.load_case(key)`` and then crops one patch out of the returned
+image with ``crop_and_pad_nd`` (which indexes ``image[slices]``). Instead of rendering the whole case,
+:class:`PhysAugTrainingDataset` returns a :class:`RenderOnCrop` stand-in for the image: indexing it
+renders only the requested region from the aligned maps, so the cost is proportional to the pixels
+the loader keeps (DESIGN §3). Everything downstream (foreground oversampling, spatial and intensity
+augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
+
+Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
+``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
+the case's (``stats="case"``: rendered on a fixed subsample of the case's voxels with the same
+sequence parameters, as preprocessing would over the whole volume) or the patch's (``stats="patch"``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..contrast import ContrastRenderer, load_protocol
+
+STATS_MODES = ("case", "patch")
+_EPS = 1e-8  # nnU-Net's ZScoreNormalization eps for float32
+
+
+class RenderOnCrop:
+    """Array-like stand-in for a case's preprocessed image (shape (1, z, y, x), float32).
+
+    ``self[slices]`` renders the region ``slices`` of the case under one fixed draw of sequence
+    parameters and returns a normalised numpy array. Only basic slicing is supported (what
+    ``acvl_utils``' ``crop_and_pad_nd`` does); ``np.asarray(view)`` renders the whole case.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, maps: np.ndarray, seg, sample: np.ndarray, renderer: ContrastRenderer,
+                 rng: np.random.Generator, use_mask_for_norm: bool, use_labels: bool, stats: str):
+        self._maps = maps            # (3, z, y, x), possibly a read-only memmap
+        self._seg = seg              # (1, z, y, x) nnU-Net seg (blosc2/numpy), -1 outside the crop mask
+        self._sample = sample        # (4, N): M0, T1, T2, label at voxels of the normalisation mask
+        self._renderer = renderer
+        self._rng = rng
+        self._use_mask = use_mask_for_norm
+        self._use_labels = use_labels
+        self._stats = stats
+        self.shape = (1, *maps.shape[1:])
+        self.params: Optional[dict] = None
+        self._case_stats: Optional[tuple[float, float, float]] = None
+        self._draw = renderer.draw(rng, t1_reference=torch.from_numpy(np.ascontiguousarray(sample[1])))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _render(self, m0: np.ndarray, t1: np.ndarray, t2: np.ndarray, labels: Optional[np.ndarray],
+                clip_max: Optional[float]) -> torch.Tensor:
+        t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (m0, t1, t2)]
+        lab = torch.from_numpy(np.ascontiguousarray(labels)).to(torch.int16) if labels is not None else None
+        img, self.params = self._renderer.apply(*t, self._draw, self._rng,
+                                                labels=lab if self._use_labels else None,
+                                                valid=(lab >= 0) if lab is not None else None,
+                                                clip_max=clip_max)
+        return img
+
+    def case_statistics(self) -> tuple[float, float, float]:
+        """(clip level, mean, std) of this draw over the case's normalisation voxels (subsample)."""
+        if self._case_stats is None:
+            s = self._sample
+            img = self._renderer.apply(*(torch.from_numpy(np.ascontiguousarray(s[i])) for i in range(3)), self._draw,
+                                       np.random.default_rng(0),  # noise-free statistics: fixed stream
+                                       labels=torch.from_numpy(s[3]).to(torch.int16) if self._use_labels else None,
+                                       valid=None, clip_max=None, spatial=False)[0]
+            clip = float(img.max())
+            self._case_stats = (clip, float(img.mean()), float(img.std()))
+        return self._case_stats
+
+    def __getitem__(self, slices) -> np.ndarray:
+        if not isinstance(slices, tuple):
+            slices = (slices,)
+        slices = slices + (slice(None),) * (4 - len(slices))
+        region = slices[1:]
+        maps = self._maps[(slice(None),) + region]
+        seg = np.asarray(self._seg[(slice(0, 1),) + region])[0]
+        if self._stats == "case":
+            clip, mean, std = self.case_statistics()
+            img = self._render(maps[0], maps[1], maps[2], seg, clip_max=clip)
+            img.sub_(mean).div_(max(std, _EPS))
+        else:
+            img = self._render(maps[0], maps[1], maps[2], seg, clip_max=None)
+            mask = torch.from_numpy(seg >= 0) if self._use_mask else None
+            vals = img[mask] if mask is not None and bool(mask.any()) else img
+            img.sub_(vals.mean()).div_(max(float(vals.std(unbiased=False)), _EPS))
+        if self._use_mask:
+            img[torch.from_numpy(seg < 0)] = 0.0
+        out = img.numpy()[None]
+        return out[(slices[0],)] if slices[0] != slice(None) else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[(slice(None),) * 4]
+        return out.astype(dtype) if dtype is not None else out
+
+
+class PhysAugTrainingDataset:
+    """Wraps nnU-Net's *training* dataset; ``load_case`` renders a random contrast with probability p.
+
+    Pickles to plain paths and settings (no open files, no RNG state), so it works in nnU-Net's
+    multi-process loaders and spawned workers. Random draws come from a numpy Generator created per
+    process (loader workers share torch's RNG stream, not numpy's).
+
+    Args:
+        base: nnU-Net's dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``) of the training keys.
+        aligned_folder: folder written by :func:`nnunetv2_physaug.maps.align.align_dataset_maps`.
+        protocol: preset name or protocol file for :func:`nnunetv2_physaug.contrast.load_protocol`.
+        p_render: probability that a load is rendered (None: the protocol's ``p_render``).
+        use_mask_for_norm: the configuration's ``use_mask_for_norm[0]``.
+        use_labels: pass the case's labels (ACDC convention) to the renderer for label-aware Gd.
+        stats: "case" or "patch" normalisation statistics (see module docstring).
+    """
+
+    def __init__(self, base, aligned_folder: os.PathLike | str, protocol: str, p_render: Optional[float],
+                 use_mask_for_norm: bool, use_labels: bool = True, stats: str = "case"):
+        if stats not in STATS_MODES:
+            raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
+        self.base = base
+        self.aligned_folder = str(aligned_folder)
+        self.protocol = str(protocol)
+        self.use_mask_for_norm = bool(use_mask_for_norm)
+        self.use_labels = bool(use_labels)
+        self.stats = stats
+        self.renderer = ContrastRenderer(load_protocol(self.protocol))
+        self.p_render = float(self.renderer.p_render if p_render is None else p_render)
+        if not 0.0 <= self.p_render <= 1.0:
+            raise ValueError(f"p_render must be in [0, 1], got {self.p_render}")
+        missing = [k for k in base.identifiers if not (Path(self.aligned_folder) / f"{k}.npy").is_file()]
+        if missing:
+            raise FileNotFoundError(f"aligned tissue maps missing in {self.aligned_folder} for cases {missing[:5]}"
+                                    f"{' ...' if len(missing) > 5 else ''}")
+        self._rng: Optional[np.random.Generator] = None
+        self._rng_pid: Optional[int] = None
+
+    # nnU-Net's loader reads these
+    @property
+    def identifiers(self):
+        return self.base.identifiers
+
+    def __getitem__(self, identifier):
+        return self.load_case(identifier)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_rng"] = None
+        state["_rng_pid"] = None
+        return state
+
+    @property
+    def rng(self) -> np.random.Generator:
+        # a fresh OS-entropy stream per process: forked/spawned loader workers must not share draws
+        if self._rng is None or self._rng_pid != os.getpid():
+            self._rng = np.random.default_rng()
+            self._rng_pid = os.getpid()
+        return self._rng
+
+    def load_case(self, identifier: str):
+        data, seg, seg_prev, properties = self.base.load_case(identifier)
+        rng = self.rng
+        if rng.random() >= self.p_render:
+            return data, seg, seg_prev, properties
+        folder = Path(self.aligned_folder)
+        maps = np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False)
+        sample = np.load(folder / f"{identifier}_sample.npy", allow_pickle=False)
+        k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
+        view = RenderOnCrop(maps[k], seg, sample[k], self.renderer, rng, self.use_mask_for_norm,
+                            self.use_labels, self.stats)
+        return view, seg, seg_prev, properties

@@ -1,0 +1,3 @@
+# This folder is what `nnUNet_extTrainer` points at (see nnunetv2_physaug.nnunet.env). nnU-Net imports
+# every module in it as a top-level module, so it holds only the small shim module below; the real
+# trainers live in nnunetv2_physaug.nnunet.trainers so that they pickle into data-loader workers.

@@ -1,0 +1,204 @@
+"""nnU-Net v2 trainers with physics-grounded contrast augmentation.
+
+Stock nnU-Net finds these through ``nnUNet_extTrainer`` (``eval "$(physaug-env)"``)::
+
+    nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerPhysAug
+    nnUNetv2_predict -i NEW_DOMAIN -o OUT -d DATASET -c 2d -tr nnUNetTrainerPhysAug -f FOLD
+
+Only the *training* dataset is wrapped (:class:`~nnunetv2_physaug.nnunet.dataset.PhysAugTrainingDataset`):
+plans, preprocessed data, splits, validation and inference are exactly a baseline ``nnUNetTrainer``'s.
+
+Class attributes configure the variants (nnU-Net style), environment variables override them:
+
+- ``physaug_protocol``: preset name or protocol file (env ``PHYSAUG_PROTOCOL``).
+- ``physaug_p_render``: probability that a training load is rendered (None: the protocol's value).
+- ``physaug_stats``: "case" or "patch" normalisation statistics.
+- ``physaug_compute_missing``: compute missing tissue maps at training start instead of failing
+  (env ``PHYSAUG_COMPUTE_MISSING=0`` turns it off).
+- tissue maps are read from ``$nnUNet_raw/DatasetXXX/tissueMapsTr`` (env ``PHYSAUG_MAPS_DIR``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as _stock_lengths
+
+from ..maps.store import missing_cases
+from .dataset import PhysAugTrainingDataset
+
+MAPS_DIR_ENV = "PHYSAUG_MAPS_DIR"
+PROTOCOL_ENV = "PHYSAUG_PROTOCOL"
+COMPUTE_MISSING_ENV = "PHYSAUG_COMPUTE_MISSING"
+DEFAULT_MAPS_SUBDIR = "tissueMapsTr"
+
+
+class MissingTissueMapsError(RuntimeError):
+    """Training cases have no tissue maps (and computing them is switched off)."""
+
+
+class nnUNetTrainerPhysAug(nnUNetTrainer):
+    """nnU-Net's default trainer plus a random physics-rendered contrast per training load (``wide`` preset)."""
+
+    physaug_protocol: str = "wide"
+    physaug_p_render: Optional[float] = None
+    physaug_stats: str = "case"
+    physaug_use_labels: bool = True
+    physaug_compute_missing: bool = False
+
+    # --- where things are -------------------------------------------------------------------
+    def physaug_raw_dataset_folder(self) -> Path:
+        from nnunetv2.paths import nnUNet_raw
+        return Path(os.fspath(nnUNet_raw)) / self.plans_manager.dataset_name
+
+    def physaug_maps_dir(self) -> Path:
+        env = os.environ.get(MAPS_DIR_ENV)
+        return Path(env) if env else self.physaug_raw_dataset_folder() / DEFAULT_MAPS_SUBDIR
+
+    def physaug_protocol_spec(self) -> str:
+        return os.environ.get(PROTOCOL_ENV) or self.physaug_protocol
+
+    def physaug_should_compute_missing(self) -> bool:
+        env = os.environ.get(COMPUTE_MISSING_ENV)
+        if env is not None:
+            return env.strip().lower() not in ("0", "false", "no", "off", "")
+        return self.physaug_compute_missing
+
+    def _raw_images(self) -> dict[str, str]:
+        """{case: path of its channel-0 raw image}, for shape/affine checks (empty if raw data is absent)."""
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+        raw = self.physaug_raw_dataset_folder()
+        if not raw.is_dir():
+            return {}
+        files = get_filenames_of_train_images_and_targets(str(raw), self.dataset_json)
+        return {k: v["images"][0] for k, v in files.items()}
+
+    # --- maps ----------------------------------------------------------------------------------
+    def physaug_prepare_maps(self, cases: list[str]) -> Path:
+        """Make sure every training case has raw maps, then align them to this configuration."""
+        from ..maps.align import align_dataset_maps
+
+        maps_dir = self.physaug_maps_dir()
+        missing = missing_cases(maps_dir, cases)
+        if missing:
+            if self.physaug_should_compute_missing():
+                self._compute_missing_maps(maps_dir, missing)
+            else:
+                shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+                raise MissingTissueMapsError(
+                    f"{len(missing)} training case(s) have no tissue maps in {maps_dir}: {shown}. Make them with\n"
+                    f"    physaug-reverse -i {self.physaug_raw_dataset_folder() / 'imagesTr'} -o {maps_dir}\n"
+                    f"(or point {MAPS_DIR_ENV} at the folder that holds them).")
+        return align_dataset_maps(maps_dir, self.preprocessed_dataset_folder_base, self.plans_manager,
+                                  self.configuration_manager, self.dataset_json, cases,
+                                  raw_images=self._raw_images(), verbose=self.local_rank == 0)
+
+    def _compute_missing_maps(self, maps_dir: Path, cases: list[str]) -> None:
+        from ..reverse import fill_missing_maps
+        self.print_to_log_file(f"PhysAug: computing tissue maps for {len(cases)} case(s) on {self.device} "
+                               f"into {maps_dir}")
+        raw = self.physaug_raw_dataset_folder()
+        labels = raw / "labelsTr"
+        fill_missing_maps(raw / "imagesTr", maps_dir, cases, device=str(self.device),
+                          labels_dir=labels if labels.is_dir() else None)
+
+    # --- the one hook into nnU-Net's data path ---------------------------------------------------
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        cases = list(dataset_tr.identifiers)
+        # one process aligns, the others wait (multi-GPU DDP)
+        if self.local_rank == 0:
+            folder = self.physaug_prepare_maps(cases)
+        if self.is_ddp:
+            torch.distributed.barrier()
+        if self.local_rank != 0:
+            folder = self.physaug_prepare_maps(cases)  # all up to date now: only checks
+        wrapped = PhysAugTrainingDataset(dataset_tr, folder, self.physaug_protocol_spec(), self.physaug_p_render,
+                                         use_mask_for_norm=self.configuration_manager.use_mask_for_norm[0],
+                                         use_labels=self.physaug_use_labels, stats=self.physaug_stats)
+        self.print_to_log_file(f"PhysAug: protocol {self.physaug_protocol_spec()!r}, p_render {wrapped.p_render}, "
+                               f"stats {self.physaug_stats!r}, maps {folder}")
+        return wrapped, dataset_val
+
+
+class nnUNetTrainerPhysAug_paper(nnUNetTrainerPhysAug):
+    """The authors' setting (their ``InvGreAug``): p = 0.7, MOLLI-style IR or spoiled GRE, 50/50."""
+
+    physaug_protocol = "paper"
+
+
+class nnUNetTrainerPhysAug_GRE(nnUNetTrainerPhysAug):
+    """Ablation: the paper's spoiled-GRE family only (their ``GreAug``)."""
+
+    physaug_protocol = "paper_gre"
+
+
+class nnUNetTrainerPhysAug_IR(nnUNetTrainerPhysAug):
+    """Ablation: the paper's MOLLI-style IR family only (their ``InvAug``)."""
+
+    physaug_protocol = "paper_ir"
+
+
+# Training-length variants pair one-to-one with nnU-Net's own nnUNetTrainer_Xepochs: inheriting from
+# the stock class keeps its __init__ (same signature, same num_epochs), so a comparison changes
+# nothing but the augmentation.
+class nnUNetTrainerPhysAug_1epoch(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_1epoch):
+    pass
+
+
+class nnUNetTrainerPhysAug_5epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_5epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_10epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_10epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_20epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_20epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_50epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_50epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_100epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_100epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_250epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_250epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_500epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_500epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_750epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_750epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_2000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_2000epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_4000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_4000epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_8000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_8000epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_paper_5epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_5epochs):
+    pass
+
+
+class nnUNetTrainerPhysAug_paper_50epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_50epochs):
+    pass
+
+
+__all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
