@@ -1,0 +1,110 @@
+"""Map alignment against nnU-Net's own preprocessing of the same image."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nnunet_helpers import load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+
+DATASET_ID = 961
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    env = nnunet_env(root)
+    # "noNorm": preprocessing leaves intensities alone, so a map equal to the image must align to
+    # exactly the preprocessed image
+    folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "AlignToy", n_cases=3, channel_name="noNorm")
+    plan_and_preprocess(env, DATASET_ID, configs=("2d", "3d_fullres"))
+    old = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    os.environ.update({k: env[k] for k in old})
+    yield env, folder
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _align(env, folder, configuration):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_physaug.maps.align import align_dataset_maps
+
+    pp = Path(env["nnUNet_preprocessed"]) / folder.name
+    pm = PlansManager(str(pp / "nnUNetPlans.json"))
+    cm = pm.get_configuration(configuration)
+    cases = sorted(p.name[:-len(".pkl")] for p in (pp / cm.data_identifier).glob("*.pkl"))
+    raw_images = {c: str(folder / "imagesTr" / f"{c}_0000.nii.gz") for c in cases}
+    out = align_dataset_maps(folder / "tissueMapsTr", pp, pm, cm, load_json(folder / "dataset.json"), cases,
+                             raw_images=raw_images, verbose=False)
+    return out, pp, cm, cases
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_map_equal_to_image_aligns_to_preprocessed_image(preprocessed, configuration):
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    env, folder = preprocessed
+    out, pp, cm, cases = _align(env, folder, configuration)
+    data_folder = pp / cm.data_identifier
+    ds = infer_dataset_class(str(data_folder))(str(data_folder), cases)
+    resampled_some = False
+    for case in cases:
+        data, seg, _, props = ds.load_case(case)
+        data = np.asarray(data[:])
+        aligned = np.load(out / f"{case}.npy")
+        assert aligned.shape == (1, 3, *data.shape[1:])
+        resampled_some |= tuple(props["shape_after_cropping_and_before_resampling"]) != tuple(data.shape[1:])
+        # M0 = image (clamped at 0 like every M0), T1 = image + 100, T2 = image + 5
+        np.testing.assert_allclose(aligned[0, 0], np.maximum(data[0], 0), atol=1e-3)
+        np.testing.assert_allclose(aligned[0, 1] - 100.0, data[0], atol=1e-3)
+        np.testing.assert_allclose(aligned[0, 2] - 5.0, np.maximum(data[0], -4.0), atol=1e-3)
+        sample = np.load(out / f"{case}_sample.npy")
+        assert sample.shape[:2] == (1, 4)
+        # the stats sample draws only from the normalisation mask when nnU-Net uses one
+        if cm.use_mask_for_norm[0]:
+            assert sample[0, 3].min() >= 0
+    assert resampled_some, "test data should make nnU-Net resample at least one case"
+
+
+def test_realigns_when_raw_maps_change_and_skips_otherwise(preprocessed):
+    from nnunetv2_physaug.maps import write_case_maps
+
+    env, folder = preprocessed
+    out, _, _, cases = _align(env, folder, "2d")
+    case = cases[0]
+    before = (out / f"{case}.npy").stat().st_mtime_ns
+    _align(env, folder, "2d")
+    assert (out / f"{case}.npy").stat().st_mtime_ns == before, "an up-to-date case must not be re-aligned"
+
+    img = nib.load(folder / "imagesTr" / f"{case}_0000.nii.gz")
+    arr = np.asarray(img.dataobj, np.float32)
+    time.sleep(0.01)
+    write_case_maps(folder / "tissueMapsTr", case, arr * 2, arr + 300.0, arr + 5.0, img.affine, overwrite=True)
+    _align(env, folder, "2d")
+    aligned = np.load(out / f"{case}.npy")
+    assert (out / f"{case}.npy").stat().st_mtime_ns != before
+    assert float(np.median(aligned[0, 1])) > 300.0 - 1e-3
+
+
+def test_maps_of_wrong_shape_are_refused_naming_the_case(preprocessed, tmp_path):
+    from nnunetv2_physaug.maps import TissueMapError, write_case_maps
+
+    env, folder = preprocessed
+    out, pp, cm, cases = _align(env, folder, "2d")
+    case = cases[1]
+    img = nib.load(folder / "imagesTr" / f"{case}_0000.nii.gz")
+    bad = np.ones((10, 10, 5), np.float32) * 100
+    write_case_maps(folder / "tissueMapsTr", case, bad, bad, bad, img.affine, overwrite=True)
+    try:
+        with pytest.raises(TissueMapError, match=case):
+            _align(env, folder, "2d")
+    finally:
+        arr = np.asarray(img.dataobj, np.float32)
+        write_case_maps(folder / "tissueMapsTr", case, arr, arr + 100.0, arr + 5.0, img.affine, overwrite=True)
