@@ -97,16 +97,16 @@ class LabelEstimator(SliceEstimator):
         g = g / g.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
         return g.reshape(*shape, h, w)
 
-    def _slice_scale(self, x: torch.Tensor, blood: torch.Tensor) -> torch.Tensor:
-        """Per-slice factor c so that x / c is in physical bSSFP units; x (B, N), blood (B, N) bool."""
-        b = x.shape[0]
+    def _slice_scale(self, x: torch.Tensor, blood: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-slice factor c so that x / c is in physical bSSFP units; x (B, N), blood (B, N) bool.
+
+        Returns ``(c, from_blood)``: (B,) factors and whether each came from the blood-pool median.
+        """
         bright = torch.quantile(x, self.scale_quantile, dim=1)
-        scale = bright / self._reference_signal("blood")
-        n_blood = blood.sum(dim=1)
-        for i in range(b):  # a median over a ragged mask has no batched torch form
-            if int(n_blood[i]) >= MIN_BLOOD_PIXELS:
-                scale[i] = x[i][blood[i]].median() / self._reference_signal("blood")
-        return torch.where(scale > 0, scale, torch.ones_like(scale))
+        pool = torch.where(blood, x, torch.full_like(x, float("nan"))).nanmedian(dim=1).values
+        from_blood = blood.sum(dim=1) >= MIN_BLOOD_PIXELS
+        scale = torch.where(from_blood, pool, bright) / self._reference_signal("blood")
+        return torch.where(scale > 0, scale, torch.ones_like(scale)), from_blood
 
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
                  generator: torch.Generator) -> SliceEstimate:
@@ -125,7 +125,7 @@ class LabelEstimator(SliceEstimator):
         labelled = blood | myo
         slice_has_labels = (lab != 0).flatten(1).any(dim=1)  # (B,)
 
-        scale = self._slice_scale(x.flatten(1), blood.flatten(1))  # (B,)
+        scale, from_blood = self._slice_scale(x.flatten(1), blood.flatten(1))  # (B,)
         s = x / scale[:, None, None]
 
         # soft intensity-class weights (B, C, H, W) in log-signal space
@@ -167,6 +167,5 @@ class LabelEstimator(SliceEstimator):
         m0 = s[:, None] * (1.0 + self._ca + (1.0 - self._ca) * t1 / t2) / self._sa
         out[:, :, 0], out[:, :, 1], out[:, :, 2] = m0, t1, t2
         nrmse = bssfp_nrmse_pct(images.to(torch.float32), out)
-        qc = [{"nrmse_pct": float(nrmse[i]), "scale_from_blood_label": bool(blood[i].sum() >= MIN_BLOOD_PIXELS)}
-              for i in range(b)]
+        qc = [{"nrmse_pct": float(nrmse[i]), "scale_from_blood_label": bool(from_blood[i])} for i in range(b)]
         return SliceEstimate(maps=out, qc=qc)

@@ -47,8 +47,8 @@ def bssfp_nrmse_pct_per_sample(images: torch.Tensor, maps: torch.Tensor) -> torc
     Returns:
         (B, K) NRMSE in percent.
     """
-    rendered = render_bssfp(maps.to(torch.float64))
-    return nrmse_pct(images.to(torch.float64)[:, None], rendered).to(torch.float32)
+    rendered = render_bssfp(maps)
+    return nrmse_pct(images.to(rendered.dtype)[:, None], rendered)
 
 
 def bssfp_nrmse_pct(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

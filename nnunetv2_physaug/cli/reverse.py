@@ -1,0 +1,97 @@
+"""physaug-reverse: estimate tissue maps (M0, T1, T2) for an nnU-Net image folder."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+_DESCRIPTION = """\
+Estimate tissue maps (M0 relative, T1 and T2 in ms) behind the bSSFP images of an nnU-Net
+imagesTr-style folder (CASE_0000.nii.gz; channel 0000 only; 3D volumes, processed slice by slice
+along Z; 4D cine is refused: store frames as separate 3D cases). Maps are written as
+CASE_{M0,T1,T2}.nii.gz in the image geometry (4D with K samples on the last axis when --samples
+K > 1) plus manifest.json (estimator, prior hash, parameters, package version, per-case QC).
+
+Estimators:
+  --prior DIR   diffusion prior (a diffusers folder with unet/ and scheduler/, e.g. the authors'
+                phys-acdc-128 or one made by physaug-train-prior), sampler --preset fast|paper.
+  --method label  (DEFAULT without --prior) weight-free: labels where available (blood = labels 1
+                and 3, myocardium = 2), intensity classes elsewhere, T1/T2 from the tissue table
+                with smooth variation, M0 solved so the bSSFP rendering reproduces the image.
+
+The run is resumable: finished cases are skipped (use --overwrite to redo them), a killed run
+leaves no half-written files. Shards (--shard i/n, or torchrun's RANK/WORLD_SIZE) take disjoint
+cases and may write into one folder at the same time. A folder made with another estimator, prior
+or parameters is refused unless --overwrite.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="physaug-reverse", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--images", required=True, metavar="IMAGES_DIR",
+                   help="nnU-Net image folder holding CASE_0000.nii.gz files (e.g. $nnUNet_raw/Dataset900_X/imagesTr)")
+    p.add_argument("-o", "--output", default=None, metavar="MAPS_DIR",
+                   help="output folder of the maps (default: IMAGES_DIR/../tissueMapsTr, tissueMapsTs for imagesTs)")
+    est = p.add_mutually_exclusive_group()
+    est.add_argument("--prior", default=None, metavar="PRIOR_DIR",
+                     help="diffusion prior folder (unet/ + scheduler/); selects the diffusion sampler")
+    est.add_argument("--method", choices=["label"], default=None,
+                     help="weight-free estimator; the default when no --prior is given")
+    p.add_argument("--preset", choices=["fast", "paper"], default=None,
+                   help="diffusion sampler (with --prior only): 'fast' (default; batched, few steps, per-pixel "
+                        "data-consistency solve) or 'paper' (the authors' DPS: 200 steps, 5 samples, NCC selection)")
+    lab = p.add_mutually_exclusive_group()
+    lab.add_argument("--labels", default=None, metavar="LABELS_DIR",
+                     help="label folder (CASE.nii.gz, ACDC convention: 1 RV, 2 myocardium, 3 LV); default: the "
+                          "sibling labelsTr folder when it exists")
+    lab.add_argument("--no-labels", action="store_true", help="do not use labels even if labelsTr exists")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu; under "
+                                                   "torchrun 'cuda' means cuda:LOCAL_RANK)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="slices per estimator call, batched across cases of equal slice shape (default: 16)")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="maps kept per case; K > 1 writes 4D maps and the trainer draws one per load (default: 1)")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="process the i-th (from 0) of n disjoint case shares, e.g. $SLURM_ARRAY_TASK_ID/8; "
+                        "default: torchrun's RANK/WORLD_SIZE, else all cases")
+    p.add_argument("--field", choices=["1.5T", "3T"], default="1.5T",
+                   help="field strength of the tissue table used by --method label (default: 1.5T)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo finished cases and replace a folder made with other settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    from ..maps.store import TissueMapError
+    from ..reverse import CacheMismatchError, ReverseInputError, make_estimator, run_reverse
+    from ..reverse.cache import parse_shard
+    from ..reverse.engine import AUTO
+
+    if args.preset is not None and args.prior is None:
+        sys.exit("physaug-reverse: --preset applies to the diffusion sampler and needs --prior PRIOR_DIR")
+    errors: tuple[type[BaseException], ...] = (ReverseInputError, CacheMismatchError, TissueMapError, ValueError)
+    try:
+        from ..reverse.prior import PriorError
+        errors = errors + (PriorError,)
+    except ImportError:  # diffusers missing: only the label method can run
+        pass
+    try:
+        shard = parse_shard(args.shard)
+        estimator = make_estimator("diffusion" if args.prior else "label", prior=args.prior,
+                                   preset=args.preset or "fast", field_strength=args.field, device=args.device)
+        summary = run_reverse(args.images, args.output, estimator=estimator,
+                              labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
+                              batch_size=args.batch_size, n_samples=args.samples, shard=shard,
+                              overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
+    except errors as e:
+        sys.exit(f"physaug-reverse: error: {e}")
+    print(summary.format())
+    if summary.failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

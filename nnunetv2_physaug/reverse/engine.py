@@ -1,0 +1,342 @@
+"""The reverse-imaging engine: image folder -> tissue-map folder, batched, resumable and sharded.
+
+Volumes are cut into slices along Z (nibabel axis order (X, Y, Z); a slice is (X, Y) = (H, W));
+slices of consecutive cases with the same in-plane shape and the same label availability are
+batched into one :meth:`SliceEstimator.estimate` call. When all slices of a case are estimated,
+the case is finished:
+
+* **Per-case M0 harmonisation.** Estimators explain each slice up to its own global scale (the
+  diffusion samplers normalise every slice by its percentiles). M0 of each slice and sample is
+  rescaled so that the bSSFP rendering of the whole volume is proportional to the image with one
+  factor (the median of the slice factors), keeping the relative intensity of slices of one case.
+* T1/T2 are clamped to >= 1 ms and M0 to >= 0 (the clamp of DESIGN §6; estimators may return 0).
+* QC: ``nrmse_pct`` = data-consistency NRMSE of the whole volume with one scale (mean over samples),
+  ``nrmse_pct_slice_max`` = worst per-slice NRMSE, plus the means of the estimator's numeric
+  per-slice figures (``slice_mean_<name>``).
+* Written with :func:`nnunetv2_physaug.maps.store.write_case_maps` in the image's geometry
+  (3D, or 4D with K samples on the last axis) under the cache protocol of :mod:`.cache`.
+"""
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..maps.store import TissueMapError, case_is_complete, write_case_maps
+from . import cache
+from .base import SliceEstimator
+from .io import (ReverseInputError, default_labels_dir, default_maps_dir, image_shape, list_cases, load_image,
+                 load_labels)
+from .qc import fit_scale, nrmse_pct, render_bssfp
+
+#: ``labels_dir="auto"``: use the sibling labelsTr folder when it exists.
+AUTO = "auto"
+PathLike = Union[str, os.PathLike]
+
+
+class ReverseError(RuntimeError):
+    """Some cases could not be processed; the message lists them with their reasons."""
+
+
+@dataclass
+class ReverseSummary:
+    """What a run did. ``qc`` holds the QC figures of the cases written in this run."""
+
+    maps_dir: Path
+    estimator: str
+    prior_hash: Optional[str]
+    shard: tuple[int, int]
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    qc: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+    n_slices: int = 0
+
+    def format(self) -> str:
+        """Human-readable summary (several lines)."""
+        lines = [f"physaug-reverse: estimator {self.estimator}"
+                 + (f" (prior {self.prior_hash})" if self.prior_hash else " (weight-free, no prior)")
+                 + (f", shard {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else ""),
+                 f"  maps folder: {self.maps_dir}",
+                 f"  cases: {len(self.done)} done, {len(self.skipped)} skipped (already complete), "
+                 f"{len(self.failed)} failed; {self.n_slices} slices in {self.seconds:.1f} s"
+                 + (f" ({self.n_slices / self.seconds:.1f} slices/s)" if self.seconds > 0 and self.n_slices else "")]
+        if self.qc:
+            nr = np.array([q["nrmse_pct"] for q in self.qc.values()])
+            worst = max(self.qc, key=lambda c: self.qc[c]["nrmse_pct"])
+            lines.append(f"  data consistency (bSSFP re-render NRMSE): mean {nr.mean():.3g} %, "
+                         f"max {nr.max():.3g} % ({worst})")
+        for case, msg in self.failed.items():
+            lines.append(f"  FAILED {case}: {msg}")
+        return "\n".join(lines)
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``"cuda"`` becomes ``cuda:<LOCAL_RANK>`` under torchrun; a missing GPU is a clear error."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def make_estimator(method: str = "label", prior: Union[None, PathLike, object] = None, preset: str = "fast",
+                   field_strength: str = "1.5T", device: Union[str, torch.device] = "cpu") -> SliceEstimator:
+    """Build a slice estimator.
+
+    Args:
+        method: ``"label"`` (weight-free, the default without a prior) or ``"diffusion"``.
+        prior: for ``"diffusion"``: a prior folder (diffusers layout) or a loaded ``PhysicsPrior``.
+        preset: diffusion sampler preset, ``"fast"`` or ``"paper"``.
+        field_strength: tissue-table field ("1.5T", "3T") of the label estimator.
+        device: where the prior runs.
+    Raises:
+        PriorError: the prior folder has the wrong layout or channel count (from ``PhysicsPrior``).
+    """
+    if method == "label":
+        if prior is not None:
+            raise ValueError("method 'label' takes no prior; pass method='diffusion' to use one")
+        from .label_estimator import LabelEstimator
+        return LabelEstimator(field=field_strength)
+    if method == "diffusion":
+        if prior is None:
+            raise ValueError("method 'diffusion' needs a prior folder (--prior DIR)")
+        from .diffusion import DiffusionEstimator  # imported lazily: diffusers is heavy
+        from .prior import PhysicsPrior
+        if isinstance(prior, (str, os.PathLike)):
+            prior = PhysicsPrior.from_pretrained(prior, device=resolve_device(device))
+        else:
+            prior = prior.to(resolve_device(device))
+        return DiffusionEstimator(prior, preset=preset)
+    raise ValueError(f"unknown method {method!r}; choose 'label' or 'diffusion'")
+
+
+@dataclass
+class _CaseWork:
+    case: str
+    image: np.ndarray          # (X, Y, Z) float32
+    affine: np.ndarray
+    labels: Optional[np.ndarray]
+    t0: float
+    maps: Optional[np.ndarray] = None   # (Z, K, 3, X, Y)
+    slice_qc: list = field(default_factory=list)
+    remaining: int = 0
+
+
+def _batch_seed(seed: int, case: str, z: int) -> int:
+    return zlib.crc32(f"{seed}:{case}:{z}".encode()) & 0x7FFFFFFF
+
+
+def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Clamp, harmonise M0 across slices, and compute the case QC. image (X,Y,Z), maps (Z,K,3,X,Y)."""
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).double()  # (Z, X, Y)
+    m = torch.from_numpy(maps).double()
+    m[:, :, 0].clamp_(min=0.0)
+    m[:, :, 1:].clamp_(min=1.0)
+    r = render_bssfp(m)                                      # (Z, K, X, Y)
+    c = fit_scale(x[:, None], r)                             # (Z, K) slice factors
+    valid = c > 0
+    ref = c[valid].median() if bool(valid.any()) else torch.tensor(1.0, dtype=c.dtype)
+    factor = torch.where(valid, c / ref, torch.ones_like(c))
+    m[:, :, 0] *= factor[:, :, None, None]
+    r = r * factor[:, :, None, None]
+    per_sample = nrmse_pct(x[:, None].permute(1, 0, 2, 3), r.permute(1, 0, 2, 3), dims=(-3, -2, -1))  # (K,)
+    per_slice = nrmse_pct(x[:, None], r).mean(dim=1)        # (Z,)
+    qc = {"nrmse_pct": float(per_sample.mean()), "nrmse_pct_slice_max": float(per_slice.max()),
+          "n_slices": int(x.shape[0]), "n_samples": int(m.shape[1])}
+    return m.float().numpy(), qc
+
+
+def _write_case(maps_dir: Path, work: _CaseWork, ident_hash: str) -> dict:
+    maps, qc = _finish_maps(work.image, work.maps)
+    for key in sorted({k for q in work.slice_qc for k, v in q.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}):
+        vals = [q[key] for q in work.slice_qc if key in q]
+        qc[f"slice_mean_{key}"] = float(np.mean(vals))
+    qc["labels"] = work.labels is not None
+    arrays = []
+    for ch in range(3):
+        a = np.transpose(maps[:, :, ch], (2, 3, 0, 1))     # (Z, K, X, Y) -> (X, Y, Z, K)
+        arrays.append(a[..., 0] if a.shape[-1] == 1 else a)
+    cache.begin_case(maps_dir, work.case)
+    write_case_maps(maps_dir, work.case, *arrays, affine=work.affine, overwrite=True)
+    qc["seconds"] = round(time.perf_counter() - work.t0, 3)
+    cache.finish_case(maps_dir, work.case, ident_hash, qc)
+    return qc
+
+
+def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
+                estimator: Optional[SliceEstimator] = None, labels_dir: Union[None, PathLike, str] = AUTO,
+                device: Union[str, torch.device] = "cpu", batch_size: int = 16, n_samples: int = 1,
+                shard: Optional[tuple[int, int]] = None, overwrite: bool = False,
+                cases: Optional[list[str]] = None, seed: int = 0, progress: bool = True) -> ReverseSummary:
+    """Estimate tissue maps for the images of an nnU-Net image folder.
+
+    Args:
+        images_dir: folder of ``CASE_0000.nii.gz`` 3D images (channel 0000 is used).
+        maps_dir: output folder; default ``<images_dir>/../tissueMapsTr``.
+        estimator: a :class:`SliceEstimator`; default the weight-free ``LabelEstimator``.
+        labels_dir: label folder (``CASE.nii.gz``, ACDC convention); ``"auto"`` = the sibling
+            ``labelsTr`` when it exists; None = no labels. Cases without a label file get none.
+        device: torch device for the estimator's inputs.
+        batch_size: slices per estimator call.
+        n_samples: K maps per case (written as 4D when K > 1).
+        shard: ``(i, n)`` to process the i-th of n disjoint case shares; default from the
+            torch.distributed / torchrun rank (RANK, WORLD_SIZE), else all cases.
+        overwrite: redo finished cases and replace a folder made with other settings.
+        cases: restrict to these case identifiers (all must exist in ``images_dir``).
+        seed: base seed of the estimator's random numbers.
+        progress: show a tqdm bar over slices.
+    Returns:
+        a :class:`ReverseSummary`; per-case input errors are collected in ``failed``, not raised.
+    Raises:
+        ReverseInputError: missing/empty images folder, wrong file naming, unknown cases.
+        CacheMismatchError: ``maps_dir`` holds maps made with other settings (without ``overwrite``).
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    if batch_size < 1 or n_samples < 1:
+        raise ValueError(f"batch_size ({batch_size}) and n_samples ({n_samples}) must be >= 1")
+    all_cases = list_cases(images_dir)
+    if cases is not None:
+        unknown = sorted(set(cases) - set(all_cases))
+        if unknown:
+            raise ReverseInputError(f"cases {unknown} have no image {{case}}_0000.nii.gz in {images_dir}")
+    selected = sorted(set(cases)) if cases is not None else list(all_cases)
+    maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
+    if labels_dir == AUTO:
+        labels_dir = default_labels_dir(images_dir)
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise ReverseInputError(f"label folder {labels_dir} does not exist; pass an existing folder or no labels")
+    dev = resolve_device(device)
+    if estimator is None:
+        estimator = make_estimator("label")
+    shard = cache.resolve_shard(shard)
+    mine = cache.shard_cases(selected, shard)
+
+    identity = estimator.identity()
+    identity = {"estimator": identity["estimator"], "prior_hash": identity.get("prior_hash"),
+                "parameters": {**identity.get("parameters", {}), "n_samples": int(n_samples), "seed": int(seed),
+                               "slice_axis": "Z (nibabel axis 2)", "m0_harmonisation": "per case, median slice scale"}}
+    ident_hash = cache.prepare(maps_dir, identity, overwrite)
+    summary = ReverseSummary(maps_dir=maps_dir, estimator=identity["estimator"],
+                             prior_hash=identity["prior_hash"], shard=shard)
+    if not overwrite:
+        cache.reconcile(maps_dir, ident_hash, mine)
+    todo = []
+    for c in mine:
+        if not overwrite and cache.case_done(maps_dir, c, ident_hash):
+            summary.skipped.append(c)
+        else:
+            todo.append(c)
+
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for c in list(todo):
+        try:
+            shapes[c] = image_shape(all_cases[c])
+        except ReverseInputError as e:
+            summary.failed[c] = str(e)
+            todo.remove(c)
+    bar = tqdm(total=sum(s[2] for s in shapes.values() if s), unit="slice", disable=not progress,
+               desc=f"reverse ({estimator.name})")
+
+    pending: dict[str, _CaseWork] = {}
+    queue: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        if not queue:
+            return
+        works = [pending[c] for c, _ in queue]
+        imgs = torch.from_numpy(np.stack([w.image[:, :, z] for w, (_, z) in zip(works, queue)])).to(dev)
+        labs = None
+        if works[0].labels is not None:
+            labs = torch.from_numpy(np.stack([w.labels[:, :, z] for w, (_, z) in zip(works, queue)])).to(dev)
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(_batch_seed(seed, *queue[0]))
+        with torch.no_grad():
+            est = estimator.estimate(imgs, labs, n_samples, gen)
+        out = est.maps.detach().to("cpu", torch.float32).numpy()
+        if out.shape != (len(queue), n_samples, 3) + tuple(imgs.shape[1:]):
+            raise RuntimeError(f"estimator {estimator.name} returned maps of shape {out.shape}, expected "
+                               f"{(len(queue), n_samples, 3) + tuple(imgs.shape[1:])}")
+        for i, (c, z) in enumerate(queue):
+            w = pending[c]
+            w.maps[z] = out[i]
+            w.slice_qc.append(est.qc[i] if i < len(est.qc) else {})
+            w.remaining -= 1
+            if w.remaining == 0:
+                try:
+                    summary.qc[c] = _write_case(maps_dir, w, ident_hash)
+                    summary.done.append(c)
+                except TissueMapError as e:
+                    summary.failed[c] = str(e)
+                del pending[c]
+        bar.update(len(queue))
+        summary.n_slices += len(queue)
+        queue.clear()
+
+    try:
+        for c in todo:
+            try:
+                vol, affine = load_image(all_cases[c])
+                labels = load_labels(labels_dir, c, vol.shape)
+            except ReverseInputError as e:
+                summary.failed[c] = str(e)
+                bar.update(shapes[c][2])
+                continue
+            x, y, nz = vol.shape
+            work = _CaseWork(case=c, image=vol, affine=affine, labels=labels, t0=time.perf_counter(),
+                             maps=np.empty((nz, n_samples, 3, x, y), np.float32), remaining=nz)
+            pending[c] = work
+            for z in range(nz):
+                if queue:
+                    head = pending[queue[0][0]]
+                    if (len(queue) >= batch_size or head.image.shape[:2] != vol.shape[:2]
+                            or (head.labels is None) != (labels is None)):
+                        flush()
+                queue.append((c, z))
+        flush()
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def fill_missing_maps(images_dir: PathLike, maps_dir: PathLike, cases: list[str],
+                      device: Union[str, torch.device] = "cpu", prior: Union[None, PathLike, object] = None,
+                      labels_dir: Union[None, PathLike, str] = AUTO, preset: str = "fast", n_samples: int = 1,
+                      batch_size: int = 16, field_strength: str = "1.5T", seed: int = 0,
+                      progress: bool = True) -> list[str]:
+    """Compute maps only for the listed cases that have none in ``maps_dir`` (for the trainer).
+
+    Uses the same writer and manifest rules as :func:`run_reverse` (a folder made with other
+    settings is an error, nothing is overwritten). Without ``prior`` the weight-free estimator is used.
+
+    Returns:
+        the cases written by this call.
+    Raises:
+        ReverseError: some cases failed (the message lists each with its reason).
+        CacheMismatchError, ReverseInputError, PriorError: as for :func:`run_reverse` / the prior.
+    """
+    todo = sorted({c for c in cases if not case_is_complete(maps_dir, c)})
+    if not todo:
+        return []
+    estimator = make_estimator("diffusion" if prior is not None else "label", prior=prior, preset=preset,
+                               field_strength=field_strength, device=device)
+    summary = run_reverse(images_dir, maps_dir, estimator=estimator, labels_dir=labels_dir, device=device,
+                          batch_size=batch_size, n_samples=n_samples, shard=(0, 1), overwrite=False,
+                          cases=todo, seed=seed, progress=progress)
+    if summary.failed:
+        raise ReverseError("tissue maps could not be computed for: "
+                           + "; ".join(f"{c}: {m}" for c, m in summary.failed.items()))
+    return summary.done

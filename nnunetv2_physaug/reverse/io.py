@@ -1,0 +1,150 @@
+"""Input side of reverse imaging: find the cases of an nnU-Net image folder and read them safely.
+
+An nnU-Net ``imagesTr``-style folder holds ``CASE_XXXX.nii.gz`` files, ``XXXX`` the 4-digit channel;
+only channel 0000 is used (the bSSFP cine of ACDC / M&Ms style datasets). Volumes must be 3D
+(X, Y, Z) and are processed slice by slice along Z. 4D cine (X, Y, Z, T) is refused: the map files
+reserve the 4th axis for posterior samples, and nnU-Net datasets store cine frames (ED/ES) as
+separate 3D cases anyway.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+import nibabel as nib
+import numpy as np
+
+#: ``CASE_XXXX.nii.gz`` / ``CASE_XXXX.nii``
+_IMAGE_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$")
+_NIFTI_RE = re.compile(r"\.nii(\.gz)?$")
+
+
+class ReverseInputError(ValueError):
+    """Bad input to reverse imaging; the message names the file and says what to do."""
+
+
+def list_cases(images_dir: os.PathLike | str) -> dict[str, Path]:
+    """Cases of an nnU-Net image folder.
+
+    Returns:
+        sorted mapping case identifier -> path of its channel-0 image (``CASE_0000.nii.gz``).
+    Raises:
+        ReverseInputError: the folder is missing or empty, a NIfTI file does not follow the
+            ``CASE_XXXX.nii.gz`` naming, or a case has other channels but no channel 0000.
+    """
+    d = Path(images_dir)
+    if not d.is_dir():
+        raise ReverseInputError(f"images folder {d} does not exist; pass an nnU-Net imagesTr-style folder "
+                                "holding CASE_0000.nii.gz files (-i)")
+    cases: dict[str, Path] = {}
+    channels: dict[str, list[str]] = {}
+    for p in sorted(d.iterdir()):
+        if p.name.startswith(".") or not p.is_file() or not _NIFTI_RE.search(p.name):
+            continue  # hidden files (e.g. editors' temp files) and non-image files are not cases
+        m = _IMAGE_RE.match(p.name)
+        if m is None:
+            raise ReverseInputError(f"image {p} does not follow the nnU-Net naming CASE_XXXX.nii.gz "
+                                    "(4-digit channel suffix, e.g. patient001_frame01_0000.nii.gz); rename it")
+        channels.setdefault(m["case"], []).append(m["channel"])
+        if m["channel"] == "0000":
+            cases[m["case"]] = p
+    for case, chs in channels.items():
+        if case not in cases:
+            raise ReverseInputError(f"case {case!r} in {d} has channels {sorted(chs)} but no channel 0000 "
+                                    f"({case}_0000.nii.gz); reverse imaging reads channel 0000")
+    if not cases:
+        raise ReverseInputError(f"images folder {d} holds no CASE_0000.nii.gz images")
+    return dict(sorted(cases.items()))
+
+
+def image_shape(path: os.PathLike | str) -> tuple[int, int, int]:
+    """Shape (X, Y, Z) of a 3D image from its header; see :func:`load_image` for the checks."""
+    img = _open(path)
+    return _check_shape(img.shape, path)
+
+
+def _open(path: os.PathLike | str) -> nib.Nifti1Image:
+    try:
+        return nib.load(str(path))
+    except Exception as e:  # nibabel raises several types for corrupt or foreign files
+        raise ReverseInputError(f"cannot read image {path}: {e}. Check that it is a valid NIfTI file") from e
+
+
+def _check_shape(shape: tuple[int, ...], path) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 4:
+        raise ReverseInputError(f"image {path} is 4D {shape} (a cine series?); physaug-reverse needs 3D volumes "
+                                "(X, Y, Z). Split the frames into separate 3D cases (nnU-Net datasets such as "
+                                "ACDC keep ED and ES as separate cases)")
+    if len(shape) != 3:
+        raise ReverseInputError(f"image {path} has shape {shape}; physaug-reverse needs 3D volumes (X, Y, Z)")
+    return shape  # type: ignore[return-value]
+
+
+def load_image(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3D image.
+
+    Returns:
+        ``(volume, affine)``: float32 (X, Y, Z) in nibabel axis order and the 4x4 affine.
+    Raises:
+        ReverseInputError: unreadable file, not 3D, NaN/Inf values, or an empty/constant image.
+    """
+    img = _open(path)
+    shape = _check_shape(img.shape, path)
+    try:
+        vol = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as e:  # truncated gzip streams fail only when the data are read
+        raise ReverseInputError(f"cannot read the data of image {path}: {e}. The file may be truncated") from e
+    if not np.all(np.isfinite(vol)):
+        raise ReverseInputError(f"image {path} contains NaN or Inf values; fix or remove the case")
+    if vol.size == 0 or float(vol.max()) == float(vol.min()):
+        raise ReverseInputError(f"image {path} is empty or constant (all voxels = "
+                                f"{float(vol.flat[0]) if vol.size else 'n/a'}); no tissue can be estimated from it")
+    return vol, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_labels(labels_dir: Optional[os.PathLike | str], case: str, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    """Read ``labels_dir/CASE.nii.gz`` as int64 (X, Y, Z), or None when there is no such file.
+
+    Raises:
+        ReverseInputError: unreadable file, shape different from the image's, NaN values.
+    """
+    if labels_dir is None:
+        return None
+    path = Path(labels_dir) / f"{case}.nii.gz"
+    if not path.is_file():
+        path = Path(labels_dir) / f"{case}.nii"
+        if not path.is_file():
+            return None
+    try:
+        img = nib.load(str(path))
+        lab = np.asarray(img.dataobj)
+    except Exception as e:
+        raise ReverseInputError(f"cannot read label file {path}: {e}") from e
+    while lab.ndim > 3 and lab.shape[-1] == 1:
+        lab = lab[..., 0]
+    if tuple(lab.shape) != tuple(shape):
+        raise ReverseInputError(f"label file {path} has shape {tuple(lab.shape)} but its image has shape "
+                                f"{tuple(shape)}; labels must match their image voxel for voxel")
+    if not np.all(np.isfinite(lab)):
+        raise ReverseInputError(f"label file {path} contains NaN or Inf values")
+    return np.rint(lab).astype(np.int64)
+
+
+def default_maps_dir(images_dir: os.PathLike | str) -> Path:
+    """``<IMAGES_DIR>/../tissueMapsTr`` (``tissueMapsTs`` for an ``imagesTs`` folder)."""
+    d = Path(images_dir).resolve()
+    suffix = d.name[len("images"):] if d.name.startswith("images") and len(d.name) > len("images") else "Tr"
+    return d.parent / f"tissueMaps{suffix}"
+
+
+def default_labels_dir(images_dir: os.PathLike | str) -> Optional[Path]:
+    """The sibling label folder (``labelsTr`` for ``imagesTr``, ``labelsTs`` for ``imagesTs``) if it exists."""
+    d = Path(images_dir).resolve()
+    suffix = d.name[len("images"):] if d.name.startswith("images") and len(d.name) > len("images") else "Tr"
+    cand = d.parent / f"labels{suffix}"
+    return cand if cand.is_dir() else None
