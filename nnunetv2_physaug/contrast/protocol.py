@@ -1,0 +1,319 @@
+"""Contrast protocols: which sequence families to render, with which parameter ranges and how often.
+
+A protocol is data (a YAML or JSON file; presets in ``presets/``)::
+
+    name: wide
+    p_render: 0.7                 # probability that a training case is replaced by a rendering
+    families:                     # probabilities sum to 1
+      - family: spoiled_gre
+        probability: 0.5
+        params:                   # every parameter of the family, [low, high] (uniform) or a number
+          flip_deg: [3, 15]
+          ...
+    imperfections:                # optional; each applied with its own probability
+      b1:    {probability: 0.5, scale: [0.8, 1.2], grid: [2, 4]}
+      bias:  {probability: 0.5, gain: [0.7, 1.3], grid: [2, 4]}
+      noise: {probability: 0.5, snr: [8, 60]}
+    labels:                       # optional; ACDC convention by default
+      blood: [1, 3]
+      myocardium: [2]
+      blood_t2_min_ms: 150        # label-free fallback: blood is T2 > this
+    postprocess:                  # optional
+      t_min_ms: 1.0               # clamp T1, T2 >= this before rendering
+      clip_percentile: 99.5       # clip to this percentile of valid pixels after rendering
+      stats_max_pixels: 16384     # percentiles are taken on at most this many strided pixels
+    gd_r1: 4.5                    # optional; Gd relaxivity in L/(mmol s)
+
+:func:`load_protocol` validates everything and raises :class:`ProtocolError` with a message
+naming the file and field path, e.g. ``wide.yaml: families[2].params.tr_ms: inverted range [100, 15]``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .families import FAMILIES, ParamSpec
+from .imperfections import IMPERFECTIONS, INTEGER_PARAMS
+
+__all__ = ["ProtocolError", "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "Protocol",
+           "PRESETS", "load_protocol", "save_protocol", "protocol_from_dict"]
+
+PRESETS: tuple[str, ...] = ("paper", "wide")
+PROTOCOL_SUFFIXES = (".yaml", ".yml", ".json")
+Range = tuple[float, float]
+
+
+class ProtocolError(ValueError):
+    """An invalid protocol; the message names the file and the field path."""
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One family of a protocol: its name, selection probability and parameter ranges."""
+
+    family: str
+    probability: float
+    params: dict[str, Range]
+
+
+@dataclass(frozen=True)
+class ImperfectionSpec:
+    """One imperfection: probability of applying it and its parameter ranges."""
+
+    probability: float
+    params: dict[str, Range]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Which label values are blood / myocardium (ACDC: 1 RV, 2 MYO, 3 LV) and the label-free rule."""
+
+    blood: tuple[int, ...] = (1, 3)
+    myocardium: tuple[int, ...] = (2,)
+    blood_t2_min_ms: float = 150.0
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """Clamping before and clipping after rendering (the z-score happens later, in the trainer)."""
+
+    t_min_ms: float = 1.0
+    clip_percentile: float = 99.5
+    stats_max_pixels: int = 16384
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A validated contrast protocol (see the module docstring for the file format)."""
+
+    name: str
+    p_render: float
+    families: tuple[FamilySpec, ...]
+    imperfections: dict[str, ImperfectionSpec] = field(default_factory=dict)
+    labels: LabelSpec = LabelSpec()
+    postprocess: PostprocessSpec = PostprocessSpec()
+    gd_r1: float = 4.5
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        """A plain dict (lists, floats) that :func:`protocol_from_dict` turns back into an equal protocol."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "p_render": self.p_render,
+            "families": [{"family": f.family, "probability": f.probability,
+                          "params": {k: list(v) for k, v in f.params.items()}} for f in self.families],
+            "imperfections": {k: {"probability": s.probability, **{p: list(v) for p, v in s.params.items()}}
+                              for k, s in self.imperfections.items()},
+            "labels": {"blood": list(self.labels.blood), "myocardium": list(self.labels.myocardium),
+                       "blood_t2_min_ms": self.labels.blood_t2_min_ms},
+            "postprocess": {"t_min_ms": self.postprocess.t_min_ms,
+                            "clip_percentile": self.postprocess.clip_percentile,
+                            "stats_max_pixels": self.postprocess.stats_max_pixels},
+            "gd_r1": self.gd_r1,
+        }
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(v: Any, where: str) -> float:
+    if not _is_number(v):
+        raise ProtocolError(f"{where}: expected a number, got {v!r}")
+    if not math.isfinite(v):
+        raise ProtocolError(f"{where}: must be finite, got {v!r}")
+    return float(v)
+
+
+def _probability(v: Any, where: str) -> float:
+    p = _number(v, where)
+    if not 0.0 <= p <= 1.0:
+        raise ProtocolError(f"{where}: probability {p:g} outside [0, 1]")
+    return p
+
+
+def _mapping(v: Any, where: str) -> Mapping:
+    if not isinstance(v, Mapping):
+        raise ProtocolError(f"{where}: expected a mapping (key: value), got {type(v).__name__}")
+    return v
+
+
+def _check_keys(d: Mapping, allowed: set[str], required: set[str], where: str) -> None:
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise ProtocolError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(d))
+    if missing:
+        raise ProtocolError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+def _range(v: Any, spec: ParamSpec, where: str, integer: bool = False) -> Range:
+    """Parse ``[low, high]`` (or a single number meaning a fixed value) and check it is physical."""
+    if _is_number(v):
+        lo = hi = v
+    elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(x) for x in v):
+        lo, hi = v
+    else:
+        raise ProtocolError(f"{where}: expected [low, high] or a number, got {v!r}")
+    lo, hi = _number(lo, where), _number(hi, where)
+    if lo > hi:
+        raise ProtocolError(f"{where}: inverted range [{lo:g}, {hi:g}]")
+    for x in (lo, hi):
+        why = spec.violation(x)
+        if why:
+            raise ProtocolError(f"{where}: non-physical range [{lo:g}, {hi:g}]: {spec.doc} {why}")
+        if integer and not float(x).is_integer():
+            raise ProtocolError(f"{where}: expected integers, got [{lo:g}, {hi:g}]")
+    return (lo, hi)
+
+
+def _int_list(v: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ProtocolError(f"{where}: expected a list of integer label values, got {v!r}")
+    return tuple(v)
+
+
+def _family(d: Any, where: str) -> FamilySpec:
+    d = _mapping(d, where)
+    _check_keys(d, {"family", "probability", "params"}, {"family", "probability", "params"}, where)
+    name = d["family"]
+    if name not in FAMILIES:
+        raise ProtocolError(f"{where}.family: unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    prob = _probability(d["probability"], f"{where}.probability")
+    params = _mapping(d["params"], f"{where}.params")
+    schema = FAMILIES[name].PARAMS
+    _check_keys(params, set(schema), set(schema), f"{where}.params ({name})")
+    return FamilySpec(name, prob, {k: _range(params[k], schema[k], f"{where}.params.{k}") for k in schema})
+
+
+def _imperfections(d: Any, where: str) -> dict[str, ImperfectionSpec]:
+    d = _mapping(d, where)
+    _check_keys(d, set(IMPERFECTIONS), set(), where)
+    out = {}
+    for kind in IMPERFECTIONS:  # fixed order, so equal protocols compare equal
+        if kind not in d:
+            continue
+        w = f"{where}.{kind}"
+        entry = _mapping(d[kind], w)
+        schema = IMPERFECTIONS[kind]
+        _check_keys(entry, {"probability", *schema}, {"probability", *schema}, w)
+        out[kind] = ImperfectionSpec(
+            _probability(entry["probability"], f"{w}.probability"),
+            {k: _range(entry[k], schema[k], f"{w}.{k}", integer=k in INTEGER_PARAMS) for k in schema})
+    return out
+
+
+def _labels(d: Any, where: str) -> LabelSpec:
+    d = _mapping(d, where)
+    _check_keys(d, {"blood", "myocardium", "blood_t2_min_ms"}, set(), where)
+    default = LabelSpec()
+    blood = _int_list(d.get("blood", list(default.blood)), f"{where}.blood")
+    myo = _int_list(d.get("myocardium", list(default.myocardium)), f"{where}.myocardium")
+    if set(blood) & set(myo):
+        raise ProtocolError(f"{where}: label(s) {sorted(set(blood) & set(myo))} are both blood and myocardium")
+    thr = _number(d.get("blood_t2_min_ms", default.blood_t2_min_ms), f"{where}.blood_t2_min_ms")
+    if thr <= 0:
+        raise ProtocolError(f"{where}.blood_t2_min_ms: must be > 0 ms, got {thr:g}")
+    return LabelSpec(blood, myo, thr)
+
+
+def _postprocess(d: Any, where: str) -> PostprocessSpec:
+    d = _mapping(d, where)
+    _check_keys(d, {"t_min_ms", "clip_percentile", "stats_max_pixels"}, set(), where)
+    default = PostprocessSpec()
+    t_min = _number(d.get("t_min_ms", default.t_min_ms), f"{where}.t_min_ms")
+    if t_min <= 0:
+        raise ProtocolError(f"{where}.t_min_ms: must be > 0 ms, got {t_min:g}")
+    q = _number(d.get("clip_percentile", default.clip_percentile), f"{where}.clip_percentile")
+    if not 0 < q <= 100:
+        raise ProtocolError(f"{where}.clip_percentile: must be in (0, 100], got {q:g}")
+    n = d.get("stats_max_pixels", default.stats_max_pixels)
+    if not (isinstance(n, int) and not isinstance(n, bool)) or n < 100:
+        raise ProtocolError(f"{where}.stats_max_pixels: expected an integer >= 100, got {n!r}")
+    return PostprocessSpec(t_min, q, n)
+
+
+_TOP_KEYS = {"name", "description", "p_render", "families", "imperfections", "labels", "postprocess", "gd_r1"}
+
+
+def protocol_from_dict(d: Any, source: str = "<protocol>") -> Protocol:
+    """Validate a protocol given as a plain dict; ``source`` prefixes every error message."""
+    d = _mapping(d, source)
+    _check_keys(d, _TOP_KEYS, {"name", "p_render", "families"}, source)
+    name = d["name"]
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{source}: name: expected a non-empty string, got {name!r}")
+    description = d.get("description", "")
+    if not isinstance(description, str):
+        raise ProtocolError(f"{source}: description: expected a string, got {description!r}")
+    p_render = _probability(d["p_render"], f"{source}: p_render")
+    fams = d["families"]
+    if not isinstance(fams, list) or not fams:
+        raise ProtocolError(f"{source}: families: expected a non-empty list of families")
+    families = tuple(_family(f, f"{source}: families[{i}]") for i, f in enumerate(fams))
+    total = math.fsum(f.probability for f in families)
+    if abs(total - 1.0) > 1e-6:
+        raise ProtocolError(f"{source}: families: probabilities sum to {total:.9g}, must sum to 1")
+    gd_r1 = _number(d.get("gd_r1", 4.5), f"{source}: gd_r1")
+    if gd_r1 <= 0:
+        raise ProtocolError(f"{source}: gd_r1: relaxivity must be > 0 L/(mmol s), got {gd_r1:g}")
+    return Protocol(
+        name=name, p_render=p_render, families=families,
+        imperfections=_imperfections(d.get("imperfections", {}) or {}, f"{source}: imperfections"),
+        labels=_labels(d.get("labels", {}) or {}, f"{source}: labels"),
+        postprocess=_postprocess(d.get("postprocess", {}) or {}, f"{source}: postprocess"),
+        gd_r1=gd_r1, description=description)
+
+
+# --------------------------------------------------------------------------- files
+
+def _parse_text(text: str, suffix: str, source: str) -> Any:
+    try:
+        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ProtocolError(f"{source}: not valid {'JSON' if suffix == '.json' else 'YAML'}: {e}") from e
+
+
+def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
+    """Load and validate a protocol: a preset name (see :data:`PRESETS`) or a .yaml/.yml/.json path."""
+    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        text = resources.files("nnunetv2_physaug.contrast").joinpath(f"presets/{name_or_path}.yaml").read_text()
+        return protocol_from_dict(_parse_text(text, ".yaml", f"{name_or_path}.yaml"), f"{name_or_path}.yaml")
+    path = Path(name_or_path)
+    if path.suffix.lower() not in PROTOCOL_SUFFIXES:
+        raise ProtocolError(f"{path}: not a preset ({', '.join(PRESETS)}) and not a protocol file "
+                            f"(expected one of {', '.join(PROTOCOL_SUFFIXES)})")
+    if not path.is_file():
+        raise ProtocolError(f"{path}: protocol file not found; give an existing file or a preset "
+                            f"({', '.join(PRESETS)})")
+    return protocol_from_dict(_parse_text(path.read_text(), path.suffix.lower(), path.name), path.name)
+
+
+def save_protocol(protocol: Protocol, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``protocol`` as YAML or JSON (by the suffix of ``path``) atomically."""
+    from ..maps.store import atomic_write_bytes
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in PROTOCOL_SUFFIXES:
+        raise ProtocolError(f"{path}: protocol files end in one of {', '.join(PROTOCOL_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    d = protocol.to_dict()
+    text = json.dumps(d, indent=2) + "\n" if suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write_bytes(path, write, suffix)
+    return path

@@ -1,0 +1,266 @@
+"""Render a random contrast from tissue maps: the per-sample work of the training data loader.
+
+``ContrastRenderer(protocol).render(m0, t1, t2, rng, labels=None, valid=None)`` draws a family and
+its parameters, renders the signal equation, applies the protocol's imperfections (B1 field,
+receive bias, Rician noise) and clips to the P99.5 of the valid pixels. The z-score that nnU-Net's
+preprocessing would apply is the caller's job.
+
+Performance: this runs single-threaded per sample in the loader (DESIGN §3), so everything is
+float32, temporaries are reused in place, and percentiles are nearest-rank statistics on at most
+``postprocess.stats_max_pixels`` strided valid pixels (``torch.kthvalue``, no full sort).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .families import FAMILIES
+from .imperfections import add_rician_noise, smooth_field
+from .protocol import Protocol
+
+__all__ = ["ContrastRenderer", "RenderContext"]
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)  # no copy
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+    return x
+
+
+class RenderContext:
+    """The maps of one render and cheap cached statistics over their valid pixels.
+
+    Attributes:
+        m0, t1, t2: float32 tensors of shape (..., Y, X); T1/T2 in ms, clamped >= t_min_ms.
+        labels: optional integer tensor of the same shape (or None).
+        b1: optional (Y, X) float32 flip-angle scale field (None = ideal transmit).
+        r1: Gd relaxivity in L/(mmol s).
+        cache: scratch space shared by a family's sample() and render().
+    """
+
+    def __init__(self, m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, labels: Optional[torch.Tensor],
+                 valid: Optional[torch.Tensor], protocol: Protocol):
+        self.m0, self.t1, self.t2, self.labels = m0, t1, t2, labels
+        self.valid = valid
+        self.b1: Optional[torch.Tensor] = None
+        self.r1 = protocol.gd_r1
+        self.label_spec = protocol.labels
+        self.cache: dict = {}
+        self._masks: dict[str, torch.Tensor] = {}
+        self._max_n = protocol.postprocess.stats_max_pixels
+        self._idx: dict[Optional[str], torch.Tensor] = {}
+
+    # -- regions ------------------------------------------------------------------------------
+    def _label_mask(self, values: tuple[int, ...]) -> torch.Tensor:
+        mask = self.labels == values[0]
+        for v in values[1:]:
+            mask |= self.labels == v
+        return mask
+
+    def blood_mask(self) -> torch.Tensor:
+        """Blood pixels: label in ``labels.blood``, or, without labels, T2 > ``labels.blood_t2_min_ms``."""
+        if "blood" not in self._masks:
+            if self.labels is not None:
+                self._masks["blood"] = self._label_mask(self.label_spec.blood)
+            else:
+                self._masks["blood"] = self.t2 > self.label_spec.blood_t2_min_ms
+        return self._masks["blood"]
+
+    def myocardium_mask(self) -> torch.Tensor:
+        """Myocardium pixels: label in ``labels.myocardium``; without labels, all non-blood tissue
+        (the maps alone cannot tell myocardium from other soft tissue of similar T1/T2)."""
+        if "myocardium" not in self._masks:
+            if self.labels is not None:
+                self._masks["myocardium"] = self._label_mask(self.label_spec.myocardium)
+            else:
+                self._masks["myocardium"] = ~self.blood_mask()
+        return self._masks["myocardium"]
+
+    def region_values(self, blood: float, myocardium: float, other: float) -> torch.Tensor:
+        """A float32 map holding ``blood``/``myocardium``/``other`` in the respective regions."""
+        out = torch.full_like(self.t1, other)
+        out.masked_fill_(self.myocardium_mask(), myocardium)
+        out.masked_fill_(self.blood_mask(), blood)
+        return out
+
+    # -- statistics ---------------------------------------------------------------------------
+    def _indices(self, region: Optional[str]) -> np.ndarray:
+        """Flat indices of at most ``stats_max_pixels`` strided valid pixels (of ``region``)."""
+        if region in self._idx:
+            return self._idx[region]
+        n = self.t1.numel()
+        step = max(1, n // self._max_n)
+        masks = []
+        if self.valid is not None:
+            masks.append(self.valid)
+        if region == "myocardium":
+            masks.append(self.myocardium_mask())
+        elif region is not None:
+            raise ValueError(f"unknown region {region!r}")
+        if not masks:
+            idx = np.arange(0, n, max(1, math.ceil(n / self._max_n)))
+        else:
+            flat = [_numpy(m).reshape(-1) for m in masks]
+
+            def select(s: int) -> np.ndarray:
+                sel = flat[0][::s]
+                for f in flat[1:]:
+                    sel = sel & f[::s]
+                return np.flatnonzero(sel) * s
+
+            # Stride first (cheap); a sparse region gets too few samples that way, so then
+            # select among all pixels and stride the selection instead.
+            idx = select(step)
+            if step > 1 and idx.size < self._max_n // 4:
+                idx = select(1)
+                idx = idx[::max(1, math.ceil(idx.size / self._max_n))]
+            if idx.size == 0:
+                # No valid pixel (e.g. a patch entirely outside the crop): fall back to the whole
+                # valid area, then to all pixels, rather than failing in the data loader.
+                idx = self._indices(None) if region is not None else np.arange(0, n, max(1, math.ceil(n / self._max_n)))
+        self._idx[region] = idx
+        return idx
+
+    def percentile(self, x: torch.Tensor, q: float, region: Optional[str] = None) -> float:
+        """Nearest-rank ``q``-th percentile of ``x`` over the (subsampled) valid pixels of ``region``."""
+        sample = _numpy(x).reshape(-1)[self._indices(region)]
+        k = min(sample.size, max(1, math.ceil(q / 100.0 * sample.size))) - 1
+        return float(np.partition(sample, k)[k])
+
+    def mean(self, x: torch.Tensor) -> float:
+        """Mean of ``x`` over the (subsampled) valid pixels."""
+        return float(_numpy(x).reshape(-1)[self._indices(None)].mean(dtype=np.float64))
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (a copy for other devices), for cheap statistics."""
+    return x.detach().cpu().numpy() if x.device.type != "cpu" else x.detach().numpy()
+
+
+class ContrastRenderer:
+    """Draws and renders random contrasts of a :class:`~.protocol.Protocol`.
+
+    Example::
+
+        renderer = ContrastRenderer(load_protocol("wide"))
+        if rng.random() < renderer.p_render:
+            image, params = renderer.render(m0, t1, t2, rng, labels=seg, valid=seg >= 0)
+    """
+
+    def __init__(self, protocol: Protocol):
+        self.protocol = protocol
+        self.p_render: float = protocol.p_render
+        self._families = [FAMILIES[f.family] for f in protocol.families]
+        self._cum = np.cumsum([f.probability for f in protocol.families])
+
+    def choose_family(self, rng: np.random.Generator) -> int:
+        """Index into ``protocol.families`` of a family drawn with the protocol's probabilities."""
+        return min(int(np.searchsorted(self._cum, rng.random() * self._cum[-1], side="right")),
+                   len(self._cum) - 1)
+
+    def _check(self, m0, t1, t2, labels, valid):
+        maps = {"M0": _as_tensor(m0, "m0"), "T1": _as_tensor(t1, "t1"), "T2": _as_tensor(t2, "t2")}
+        shape = maps["M0"].shape
+        if len(shape) < 2:
+            raise ValueError(f"maps must have at least 2 dimensions (..., Y, X); got shape {tuple(shape)}")
+        for name, x in maps.items():
+            if x.shape != shape:
+                raise ValueError(f"shape mismatch: M0 has shape {tuple(shape)} but {name} has {tuple(x.shape)}")
+            if x.dtype != torch.float32:
+                maps[name] = x = x.float()
+            # One reduction is far cheaper than an elementwise check; NaN/Inf make the sum non-finite.
+            if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} map contains NaN or Inf values; fix or recompute the tissue maps")
+        if labels is not None:
+            labels = _as_tensor(labels, "labels")
+            if labels.shape != shape:
+                raise ValueError(f"shape mismatch: maps have shape {tuple(shape)} but labels have {tuple(labels.shape)}")
+        if valid is not None:
+            valid = _as_tensor(valid, "valid")
+            if valid.shape != shape:
+                raise ValueError(f"shape mismatch: maps have shape {tuple(shape)} but valid has {tuple(valid.shape)}")
+            if valid.dtype != torch.bool:
+                valid = valid != 0
+        return maps["M0"], maps["T1"], maps["T2"], labels, valid
+
+    def render(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike, rng: np.random.Generator,
+               labels: Optional[ArrayLike] = None, valid: Optional[ArrayLike] = None,
+               family: Optional[str] = None) -> tuple[torch.Tensor, dict]:
+        """Render one random contrast.
+
+        Args:
+            m0, t1, t2: float tensors/arrays of identical shape (..., Y, X); T1, T2 in ms. The last
+                two axes are in-plane (smooth fields vary over them). Not modified.
+            rng: source of every random draw (parameters, fields, noise).
+            labels: optional integer map of the same shape (ACDC: 1 RV, 2 MYO, 3 LV; -1 outside
+                the crop) for label-aware Gd uptake and black blood.
+            valid: optional bool map; only these pixels enter percentiles and the noise level.
+            family: render this family (must be in the protocol) instead of drawing one.
+        Returns:
+            ``(image, params)``: float32 tensor of the maps' shape, finite, clipped to
+            [0, P] (signed families: [-P, P] with P from |S|), P the clip percentile of the valid
+            pixels; ``params`` a JSON-serialisable dict with ``family``, every drawn parameter
+            (units in the keys) and ``clip_level``.
+        """
+        m0, t1, t2, labels, valid = self._check(m0, t1, t2, labels, valid)
+        post = self.protocol.postprocess
+        t1 = t1.clamp(min=post.t_min_ms)  # new tensors: the caller's maps stay untouched
+        t2 = t2.clamp(min=post.t_min_ms)
+        ctx = RenderContext(m0, t1, t2, labels, valid, self.protocol)
+
+        if family is None:
+            i = self.choose_family(rng)
+        else:
+            names = [f.family for f in self.protocol.families]
+            if family not in names:
+                raise ValueError(f"family {family!r} is not in protocol {self.protocol.name!r} ({', '.join(names)})")
+            i = names.index(family)
+        fam, spec = self._families[i], self.protocol.families[i]
+        params: dict = {"family": fam.name}
+        params.update(fam.sample(rng, spec.params, ctx))
+
+        imp = self.protocol.imperfections
+        shape_yx = tuple(t1.shape[-2:])
+        if fam.uses_flip and "b1" in imp and rng.random() < imp["b1"].probability:
+            ctx.b1 = self._field(rng, shape_yx, imp["b1"].params["grid"], imp["b1"].params["scale"], params, "b1_scale")
+
+        image = fam.render(ctx, params)
+        if image.data_ptr() in (m0.data_ptr(), t1.data_ptr(), t2.data_ptr()):
+            image = image.clone()  # never hand out (or later modify in place) an input map
+
+        if "bias" in imp and rng.random() < imp["bias"].probability:
+            image.mul_(self._field(rng, shape_yx, imp["bias"].params["grid"], imp["bias"].params["gain"],
+                                   params, "bias_gain"))
+        if "noise" in imp and rng.random() < imp["noise"].probability:
+            snr = float(rng.uniform(*imp["noise"].params["snr"]))
+            ref = ctx.mean(image.abs()) if fam.signed else ctx.mean(image)
+            sigma = ref / snr
+            params["noise_snr"] = snr
+            params["noise_sigma"] = sigma
+            if sigma > 0:
+                image = add_rician_noise(image, sigma, rng, fam.signed)
+
+        if fam.signed:
+            level = ctx.percentile(image.abs(), post.clip_percentile)
+            image.clamp_(-level, level)
+        else:
+            level = ctx.percentile(image, post.clip_percentile)
+            image.clamp_(0.0, level)
+        params["clip_level"] = level
+        return image, params
+
+    @staticmethod
+    def _field(rng, shape_yx, grid_range, value_range, params: dict, key: str) -> torch.Tensor:
+        grid = int(rng.integers(int(grid_range[0]), int(grid_range[1]) + 1))
+        field = smooth_field(rng, shape_yx, grid, value_range)
+        params[f"{key}_grid"] = grid
+        params[f"{key}_min"] = float(field.min())
+        params[f"{key}_max"] = float(field.max())
+        return field
