@@ -1,0 +1,282 @@
+"""physaug-reverse engine, cache and CLI: maps, manifest, resume, overwrite, shards, kill-and-resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_physaug.cli.reverse import main as cli_main
+from nnunetv2_physaug.maps.store import list_complete_cases, read_case_maps, read_manifest
+from nnunetv2_physaug.physics import bssfp
+from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
+from nnunetv2_physaug.reverse.cache import parse_shard, resolve_shard, shard_cases
+
+PY = sys.executable
+AFFINE = np.array([[0.0, -1.4, 0.0, 30.0], [1.4, 0.0, 0.0, -12.0], [0.0, 0.0, 9.0, 4.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def ring_case(shape=(40, 34, 3), seed=0, scale=500.0) -> tuple[np.ndarray, np.ndarray]:
+    """A bSSFP-like volume (X, Y, Z) of concentric rings (LV blood, myocardium, muscle) and its labels."""
+    rng = np.random.default_rng(seed)
+    x, y, z = shape
+    xx, yy = np.meshgrid(np.arange(x), np.arange(y), indexing="ij")
+    r = np.hypot(xx - x / 2, yy - y / 2)
+    lab = np.zeros((x, y), np.int16)
+    lab[r < 6] = 3
+    lab[(r >= 6) & (r < 9)] = 2
+    m0 = np.select([lab == 3, lab == 2, r < 15], [0.95, 0.8, 0.75], 0.05)
+    t1 = np.select([lab == 3, lab == 2], [1550.0, 1000.0], 860.0)
+    t2 = np.select([lab == 3, lab == 2], [270.0, 50.0], 30.0)
+    img = bssfp(torch.tensor(m0), torch.tensor(t1), torch.tensor(t2), 45.0, 0.0, short_tr=True).numpy()
+    vol = np.stack([img * scale * (1 + 0.1 * k) + rng.normal(0, 0.5, img.shape) for k in range(z)], -1)
+    return np.abs(vol).astype(np.float32), np.repeat(lab[:, :, None], z, 2)
+
+
+def make_dataset(root: Path, n: int, shape=(40, 34, 3), labels=True) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    if labels:
+        (root / "labelsTr").mkdir()
+    for i in range(n):
+        vol, lab = ring_case(shape, seed=i)
+        nib.save(nib.Nifti1Image(vol, AFFINE), root / "imagesTr" / f"case{i:02d}_0000.nii.gz")
+        if labels:
+            nib.save(nib.Nifti1Image(lab, AFFINE), root / "labelsTr" / f"case{i:02d}.nii.gz")
+    return root / "imagesTr"
+
+
+def run_cli(*args: str) -> None:
+    cli_main([*args, "--no-progress"])
+
+
+def test_cli_end_to_end_resume_overwrite_mismatch(tmp_path, capsys):
+    images = make_dataset(tmp_path, 3)
+    run_cli("-i", str(images), "--batch-size", "4")  # 4 slices per call: batches span cases
+    out = capsys.readouterr().out
+    assert "3 done, 0 skipped" in out and "weight-free" in out and "data consistency" in out
+    maps_dir = tmp_path / "tissueMapsTr"  # default: beside imagesTr
+    assert list_complete_cases(maps_dir) == ["case00", "case01", "case02"]
+    for c in ("case00", "case01", "case02"):
+        maps, affine = read_case_maps(maps_dir, c, reference_image=images / f"{c}_0000.nii.gz")
+        assert maps.shape == (3, 40, 34, 3, 1)
+        np.testing.assert_allclose(affine, AFFINE, atol=1e-5)
+        # independent re-render of the written maps reproduces the image up to one volume-wide scale
+        img = np.asarray(nib.load(images / f"{c}_0000.nii.gz").dataobj)
+        r = bssfp(torch.tensor(maps[0, ..., 0]), torch.tensor(maps[1, ..., 0]), torch.tensor(maps[2, ..., 0]),
+                  45.0, 0.0, short_tr=True).numpy()
+        k = (r * img).sum() / (r * r).sum()
+        assert np.linalg.norm(img - k * r) / np.linalg.norm(img) < 1e-4
+        # labelled blood pool holds blood-like T1/T2 (labels were found in the sibling labelsTr)
+        lab = np.asarray(nib.load(tmp_path / "labelsTr" / f"{c}.nii.gz").dataobj)
+        assert 1300 < np.median(maps[1, ..., 0][lab == 3]) < 1800
+        assert 200 < np.median(maps[2, ..., 0][lab == 3]) < 340
+    man = read_manifest(maps_dir)
+    assert man["estimator"] == "label" and man["prior_hash"] is None
+    assert man["parameters"]["field"] == "1.5T" and man["parameters"]["n_samples"] == 1
+    assert man["package_version"]
+    assert set(man["cases"]) == {"case00", "case01", "case02"}
+    assert all(q["nrmse_pct"] < 1e-3 and q["labels"] and q["n_slices"] == 3 for q in man["cases"].values())
+
+    # rerun: everything skipped, nothing rewritten
+    mtimes = {p: p.stat().st_mtime_ns for p in maps_dir.glob("*.nii.gz")}
+    run_cli("-i", str(images))
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in maps_dir.glob("*.nii.gz")} == mtimes
+
+    # a case that lost a map is redone, the others are skipped
+    (maps_dir / "case01_T2.nii.gz").unlink()
+    run_cli("-i", str(images))
+    assert "1 done, 2 skipped" in capsys.readouterr().out
+    assert list_complete_cases(maps_dir) == ["case00", "case01", "case02"]
+
+    # other settings: a clear error naming the difference, nothing touched
+    with pytest.raises(SystemExit) as e:
+        run_cli("-i", str(images), "--field", "3T")
+    assert "other settings" in str(e.value) and "field" in str(e.value) and "--overwrite" in str(e.value)
+    assert read_manifest(maps_dir)["parameters"]["field"] == "1.5T"
+
+    # --overwrite redoes every case with the new settings
+    run_cli("-i", str(images), "--field", "3T", "--overwrite")
+    assert "3 done, 0 skipped" in capsys.readouterr().out
+    man = read_manifest(maps_dir)
+    assert man["parameters"]["field"] == "3T" and set(man["cases"]) == {"case00", "case01", "case02"}
+    assert all(p.stat().st_mtime_ns != mtimes[p] for p in maps_dir.glob("*.nii.gz") if p in mtimes)
+
+
+def test_samples_written_as_4d_and_foreign_maps_refused(tmp_path):
+    images = make_dataset(tmp_path, 2, labels=False)
+    out = tmp_path / "maps"
+    s = run_reverse(images, out, n_samples=2, batch_size=5, progress=False)
+    assert s.done == ["case00", "case01"] and not s.failed
+    maps, _ = read_case_maps(out, "case00", reference_image=images / "case00_0000.nii.gz")
+    assert maps.shape == (3, 40, 34, 3, 2)
+    assert not np.allclose(maps[1, ..., 0], maps[1, ..., 1])  # two different tissue explanations
+    assert read_manifest(out)["cases"]["case00"]["labels"] is False
+
+    # maps in a folder without manifest were not made by us: refuse to overwrite them
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for p in out.glob("case00_*.nii.gz"):
+        (foreign / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(CacheMismatchError, match="no manifest.json"):
+        run_reverse(images, foreign, progress=False)
+
+
+def test_fill_missing_maps_only_computes_missing_cases(tmp_path):
+    images = make_dataset(tmp_path, 3)
+    maps_dir = tmp_path / "tissueMapsTr"
+    assert fill_missing_maps(images, maps_dir, ["case01"], progress=False) == ["case01"]
+    assert list_complete_cases(maps_dir) == ["case01"]
+    before = (maps_dir / "case01_M0.nii.gz").stat().st_mtime_ns
+    assert fill_missing_maps(images, maps_dir, ["case00", "case01", "case02"], progress=False) == ["case00", "case02"]
+    assert (maps_dir / "case01_M0.nii.gz").stat().st_mtime_ns == before
+    assert fill_missing_maps(images, maps_dir, ["case00", "case01", "case02"], progress=False) == []
+    assert set(read_manifest(maps_dir)["cases"]) == {"case00", "case01", "case02"}
+
+
+def test_shard_assignment_is_disjoint_and_complete(monkeypatch):
+    cases = [f"c{i:03d}" for i in range(23)]
+    shares = [shard_cases(cases, (i, 4)) for i in range(4)]
+    assert sorted(sum(shares, [])) == cases
+    assert all(not set(a) & set(b) for i, a in enumerate(shares) for b in shares[i + 1:])
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "1-2", "-1/3", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_shard(None) == (3, 4)  # torchrun's environment
+    assert resolve_shard((1, 2)) == (1, 2)  # an explicit --shard wins
+
+
+def _subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_concurrent_shards_fill_one_folder(tmp_path):
+    images = make_dataset(tmp_path, 6)
+    out = tmp_path / "maps"
+    procs = [subprocess.Popen([PY, "-m", "nnunetv2_physaug.cli.reverse", "-i", str(images), "-o", str(out),
+                               "--shard", f"{i}/2", "--batch-size", "2", "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env())
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert "3 done" in outs[0][0] and "shard 0/2" in outs[0][0]
+    assert "3 done" in outs[1][0] and "shard 1/2" in outs[1][0]
+    assert list_complete_cases(out) == [f"case{i:02d}" for i in range(6)]
+    man = read_manifest(out)
+    assert set(man["cases"]) == {f"case{i:02d}" for i in range(6)}  # no shard's update was lost
+    assert not list(out.rglob(".tmp-*"))
+
+
+_SLOW_WRITER = """
+import sys, time, nibabel
+_save = nibabel.save
+def slow_save(img, path):  # keep each temp file on disk for a while so the kill lands mid-write
+    _save(img, path)
+    time.sleep(0.25)
+nibabel.save = slow_save
+from nnunetv2_physaug.cli.reverse import main
+main(sys.argv[1:])
+"""
+
+
+def test_killed_run_resumes_without_half_files(tmp_path):
+    images = make_dataset(tmp_path, 5)
+    out = tmp_path / "maps"
+    proc = subprocess.Popen([PY, "-c", _SLOW_WRITER, "-i", str(images), "-o", str(out), "--batch-size", "1",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_subprocess_env())
+    deadline = time.time() + 90
+    try:
+        # wait until one case is finished and another one is half written (a temp file on disk)
+        while time.time() < deadline:
+            if len(list_complete_cases(out)) >= 1 and list(out.glob(".tmp-*.nii.gz")):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the run did not reach a mid-case state in time")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finished = list_complete_cases(out)
+    assert 1 <= len(finished) < 5
+    s = run_reverse(images, out, progress=False)
+    assert sorted(s.skipped) == finished  # finished cases are not redone
+    assert sorted(s.done + s.skipped) == [f"case{i:02d}" for i in range(5)] and not s.failed
+    assert list_complete_cases(out) == [f"case{i:02d}" for i in range(5)]
+    assert not list(out.rglob(".tmp-*"))  # no temp files remain
+    assert set(read_manifest(out)["cases"]) == {f"case{i:02d}" for i in range(5)}
+    for i in range(5):
+        read_case_maps(out, f"case{i:02d}", reference_image=images / f"case{i:02d}_0000.nii.gz")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kind,expected", [
+    ("constant", "empty or constant"),
+    ("nan", "NaN"),
+    ("unreadable", "cannot read"),
+    ("labels_shape", "label file"),
+    ("cine4d", "4D"),
+])
+def test_bad_case_is_reported_by_name_and_others_finish(tmp_path, capsys, kind, expected):
+    images = make_dataset(tmp_path, 2)
+    bad = images / "case01_0000.nii.gz"
+    if kind == "constant":
+        nib.save(nib.Nifti1Image(np.full((40, 34, 3), 7.0, np.float32), AFFINE), bad)
+    elif kind == "nan":
+        vol = np.asarray(nib.load(bad).dataobj).copy()
+        vol[3, 4, 1] = np.nan
+        nib.save(nib.Nifti1Image(vol, AFFINE), bad)
+    elif kind == "unreadable":
+        bad.write_bytes(b"this is not a nifti file")
+    elif kind == "labels_shape":
+        bad = tmp_path / "labelsTr" / "case01.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((40, 30, 3), np.int16), AFFINE), bad)
+    elif kind == "cine4d":
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 34, 3, 5), dtype=np.float32), AFFINE), bad)
+    with pytest.raises(SystemExit) as e:
+        run_cli("-i", str(images))
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert "1 done" in out and "1 failed" in out
+    line = next(l for l in out.splitlines() if "FAILED case01" in l)
+    assert str(bad) in line and expected in line
+    maps_dir = tmp_path / "tissueMapsTr"
+    assert list_complete_cases(maps_dir) == ["case00"] and not list(maps_dir.glob("case01_*"))
+
+
+def test_bad_folder_level_input_is_a_clear_error(tmp_path):
+    images = make_dataset(tmp_path, 1)
+    with pytest.raises(SystemExit, match="does not exist"):
+        run_cli("-i", str(tmp_path / "nope"))
+    (images / "case07.nii.gz").write_bytes(b"")  # no _0000 channel suffix
+    with pytest.raises(SystemExit, match=r"case07\.nii\.gz does not follow the nnU-Net naming"):
+        run_cli("-i", str(images))
+    (images / "case07.nii.gz").unlink()
+    (images / "case09_0001.nii.gz").write_bytes(b"")  # channel 1 without channel 0
+    with pytest.raises(SystemExit, match="case09.*no channel 0000"):
+        run_cli("-i", str(images))
+    (images / "case09_0001.nii.gz").unlink()
+    empty = tmp_path / "empty_prior"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=f"prior folder {empty}.*unet"):
+        run_cli("-i", str(images), "--prior", str(empty))
+    with pytest.raises(SystemExit, match="needs --prior"):
+        run_cli("-i", str(images), "--preset", "paper")
+    assert not (tmp_path / "tissueMapsTr").exists()  # nothing was started
