@@ -11,9 +11,9 @@ Tolerances:
 * Short-TR bSSFP and the IR-TrueFISP (Look-Locker) curve are approximations. Because the echo is at
   TE = TR/2 the first-order terms in TR cancel and the error is second order: for small flip angles
   the full/short-TR ratio is exactly 1/cosh(TR/2T2) ≈ 1 - (TR/T2)²/8, and a sweep over cardiac
-  tissues and flip angles gives at most 0.125 (TR/T2)² for bSSFP and 0.79 (TR/T2)² (relative to
-  the steady state) for the Look-Locker curve. The tests bound them by 0.13 (TR/T2)² and
-  1.0 (TR/T2)² and check the second-order convergence directly.
+  tissues and flip angles gives at most 0.125 (TR/T2)² for bSSFP and, for flips up to 90°,
+  0.79 (TR/T2)² (relative to the steady state) for the Look-Locker curve (α/2 catalyst). The
+  tests bound them by 0.13 (TR/T2)² and 1.0 (TR/T2)² and check the second-order convergence.
 """
 from __future__ import annotations
 
