@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..contrast import ContrastRenderer, load_protocol
+from ..contrast import FAMILIES, ContrastRenderer, RenderContext, load_protocol
 
 STATS_MODES = ("case", "patch")
 _EPS = 1e-8  # nnU-Net's ZScoreNormalization eps for float32
@@ -30,9 +30,10 @@ _EPS = 1e-8  # nnU-Net's ZScoreNormalization eps for float32
 class RenderOnCrop:
     """Array-like stand-in for a case's preprocessed image (shape (1, z, y, x), float32).
 
-    ``self[slices]`` renders the region ``slices`` of the case under one fixed draw of sequence
-    parameters and returns a normalised numpy array. Only basic slicing is supported (what
-    ``acvl_utils``' ``crop_and_pad_nd`` does); ``np.asarray(view)`` renders the whole case.
+    ``self[slices]`` renders the region ``slices`` of the case (one random draw of sequence
+    parameters per indexing) and returns it normalised, as a numpy array. Only basic slicing is
+    supported (what ``acvl_utils``' ``crop_and_pad_nd`` does); ``np.asarray(view)`` renders the
+    whole case. The parameters of the last render are in :attr:`params`.
     """
 
     ndim = 4
@@ -50,52 +51,49 @@ class RenderOnCrop:
         self._stats = stats
         self.shape = (1, *maps.shape[1:])
         self.params: Optional[dict] = None
-        self._case_stats: Optional[tuple[float, float, float]] = None
-        self._draw = renderer.draw(rng, t1_reference=torch.from_numpy(np.ascontiguousarray(sample[1])))
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _render(self, m0: np.ndarray, t1: np.ndarray, t2: np.ndarray, labels: Optional[np.ndarray],
-                clip_max: Optional[float]) -> torch.Tensor:
-        t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (m0, t1, t2)]
-        lab = torch.from_numpy(np.ascontiguousarray(labels)).to(torch.int16) if labels is not None else None
-        img, self.params = self._renderer.apply(*t, self._draw, self._rng,
-                                                labels=lab if self._use_labels else None,
-                                                valid=(lab >= 0) if lab is not None else None,
-                                                clip_max=clip_max)
-        return img
+    def case_statistics(self, params: dict) -> tuple[float, float]:
+        """Mean and std of the rendering with ``params`` over the case's normalisation voxels.
 
-    def case_statistics(self) -> tuple[float, float, float]:
-        """(clip level, mean, std) of this draw over the case's normalisation voxels (subsample)."""
-        if self._case_stats is None:
-            s = self._sample
-            img = self._renderer.apply(*(torch.from_numpy(np.ascontiguousarray(s[i])) for i in range(3)), self._draw,
-                                       np.random.default_rng(0),  # noise-free statistics: fixed stream
-                                       labels=torch.from_numpy(s[3]).to(torch.int16) if self._use_labels else None,
-                                       valid=None, clip_max=None, spatial=False)[0]
-            clip = float(img.max())
-            self._case_stats = (clip, float(img.mean()), float(img.std()))
-        return self._case_stats
+        Evaluated on the case's fixed voxel subsample with the same family and parameters,
+        clipped at the same level (smooth fields and noise are left out: they change the mean
+        and spread by a few percent at most, which nnU-Net's own intensity augmentation exceeds).
+        """
+        s = self._sample
+        m0, t1, t2 = (torch.from_numpy(np.ascontiguousarray(s[i]))[None] for i in range(3))
+        post = self._renderer.protocol.postprocess
+        t1 = t1.clamp(min=post.t_min_ms)
+        t2 = t2.clamp(min=post.t_min_ms)
+        labels = torch.from_numpy(s[3]).to(torch.int16)[None] if self._use_labels else None
+        ctx = RenderContext(m0, t1, t2, labels, None, self._renderer.protocol)
+        family = FAMILIES[params["family"]]
+        img = family.render(ctx, params)
+        level = params["clip_level"]
+        img = img.clamp(-level, level) if family.signed else img.clamp(0.0, level)
+        return float(img.mean()), float(img.std(unbiased=False))
 
     def __getitem__(self, slices) -> np.ndarray:
         if not isinstance(slices, tuple):
             slices = (slices,)
         slices = slices + (slice(None),) * (4 - len(slices))
         region = slices[1:]
-        maps = self._maps[(slice(None),) + region]
-        seg = np.asarray(self._seg[(slice(0, 1),) + region])[0]
+        maps = np.ascontiguousarray(self._maps[(slice(None),) + region], dtype=np.float32)
+        seg = torch.from_numpy(np.asarray(self._seg[(slice(0, 1),) + region])[0].astype(np.int16, copy=False))
+        valid = seg >= 0
+        img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),
+                                                 torch.from_numpy(maps[2]), self._rng,
+                                                 labels=seg if self._use_labels else None, valid=valid)
         if self._stats == "case":
-            clip, mean, std = self.case_statistics()
-            img = self._render(maps[0], maps[1], maps[2], seg, clip_max=clip)
-            img.sub_(mean).div_(max(std, _EPS))
+            mean, std = self.case_statistics(self.params)
         else:
-            img = self._render(maps[0], maps[1], maps[2], seg, clip_max=None)
-            mask = torch.from_numpy(seg >= 0) if self._use_mask else None
-            vals = img[mask] if mask is not None and bool(mask.any()) else img
-            img.sub_(vals.mean()).div_(max(float(vals.std(unbiased=False)), _EPS))
+            vals = img[valid] if self._use_mask and bool(valid.any()) else img
+            mean, std = float(vals.mean()), float(vals.std(unbiased=False))
+        img.sub_(mean).div_(max(std, _EPS))
         if self._use_mask:
-            img[torch.from_numpy(seg < 0)] = 0.0
+            img.masked_fill_(~valid, 0.0)  # preprocessing leaves the outside of the mask at zero
         out = img.numpy()[None]
         return out[(slices[0],)] if slices[0] != slice(None) else out
 

@@ -1,0 +1,170 @@
+"""The training-dataset wrapper and the trainer's map handling, on a small preprocessed dataset."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_helpers import load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+
+DATASET_ID = 963
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer_ds")
+    env = nnunet_env(root)
+    folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "TrainerToy", n_cases=5)
+    plan_and_preprocess(env, DATASET_ID)
+    keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    yield env, folder
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _trainer(env, folder, cls_name="nnUNetTrainerPhysAug"):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    pp = Path(env["nnUNet_preprocessed"]) / folder.name
+    plans = load_json(pp / "nnUNetPlans.json")
+    plans["continue_training"] = False
+    cls = recursive_find_trainer_class_by_name(cls_name)
+    return cls(plans, "2d", 0, load_json(pp / "dataset.json"), torch.device("cpu"))
+
+
+def _wrapped(env, folder, p_render=1.0, stats="case", protocol="paper"):
+    from nnunetv2_physaug.nnunet.dataset import PhysAugTrainingDataset
+
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = p_render
+    tr.physaug_stats = stats
+    tr.physaug_protocol = protocol
+    base_tr, _ = super(type(tr), tr).get_tr_and_val_datasets()
+    wrapped, val = tr.get_tr_and_val_datasets()
+    assert isinstance(wrapped, PhysAugTrainingDataset)
+    assert type(val) is type(base_tr), "validation must see nnU-Net's own dataset (real images)"
+    assert list(wrapped.identifiers) == list(base_tr.identifiers)
+    return tr, wrapped, base_tr
+
+
+def test_stock_lookup_finds_every_variant_through_the_shim(toy):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as stock
+
+    for name in ("nnUNetTrainerPhysAug", "nnUNetTrainerPhysAug_paper", "nnUNetTrainerPhysAug_GRE",
+                 "nnUNetTrainerPhysAug_IR", "nnUNetTrainerPhysAug_5epochs"):
+        cls = recursive_find_trainer_class_by_name(name)
+        assert cls.__module__ == "nnunetv2_physaug.nnunet.trainers"  # real module, picklable
+    # every stock training-length variant has its PhysAug twin with the same epoch count
+    for stock_name in [n for n in dir(stock) if n.startswith("nnUNetTrainer_") and n.endswith(("epoch", "epochs"))]:
+        twin = recursive_find_trainer_class_by_name(stock_name.replace("nnUNetTrainer_", "nnUNetTrainerPhysAug_"))
+        assert issubclass(twin, getattr(stock, stock_name))
+
+
+def test_training_loads_render_normalised_crops_and_validation_stays_real(toy):
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+    env, folder = toy
+    tr, wrapped, base = _wrapped(env, folder, p_render=1.0, stats="patch")
+    key = wrapped.identifiers[0]
+    view, seg, _, props = wrapped.load_case(key)
+    data, seg_b, _, _ = base.load_case(key)
+    assert view.shape == data.shape
+    bbox = [[0, 1], [2, 2 + 20], [-3, 25]]  # one slice, partly outside the image (padding path)
+    crop = crop_and_pad_nd(view, bbox, 0)
+    assert isinstance(crop, np.ndarray) and crop.dtype == np.float32
+    assert crop.shape == (1, 1, 20, 28)
+    seg_crop = crop_and_pad_nd(seg, bbox, -1)
+    inside = seg_crop >= 0
+    if tr.configuration_manager.use_mask_for_norm[0]:
+        assert np.all(crop[~inside] == 0)
+    vals = crop[inside]
+    assert abs(vals.mean()) < 1e-3 and abs(vals.std() - 1) < 1e-2  # patch statistics: exact z-score
+    assert view.params["family"] in ("look_locker", "spoiled_gre")
+    # the rendering is not the real image
+    real = crop_and_pad_nd(data, bbox, 0)
+    assert not np.allclose(real[inside], crop[inside], atol=0.1)
+
+
+def test_case_statistics_match_a_full_case_render(toy):
+    env, folder = toy
+    _, wrapped, _ = _wrapped(env, folder, p_render=1.0, stats="case")
+    key = wrapped.identifiers[1]
+    view, seg, _, _ = wrapped.load_case(key)
+    full = np.asarray(view)
+    mask = np.asarray(seg[:]) >= 0 if wrapped.use_mask_for_norm else np.ones(full.shape, bool)
+    vals = full[mask]
+    # case statistics come from a voxel subsample (and exclude smooth fields/noise): close, not exact
+    assert abs(vals.mean()) < 0.15 and abs(vals.std() - 1) < 0.15
+
+
+def test_p_render_zero_returns_real_data_and_wrapper_pickles(toy):
+    env, folder = toy
+    _, wrapped, base = _wrapped(env, folder, p_render=0.0)
+    clone = pickle.loads(pickle.dumps(wrapped))
+    key = wrapped.identifiers[0]
+    data, _, _, _ = clone.load_case(key)
+    np.testing.assert_array_equal(np.asarray(data[:]), np.asarray(base.load_case(key)[0][:]))
+
+
+def test_rng_differs_between_processes(toy):
+    import multiprocessing as mp
+
+    env, folder = toy
+    _, wrapped, _ = _wrapped(env, folder, p_render=1.0)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        draws = pool.map(_draw_in_worker, [pickle.dumps(wrapped)] * 2)
+    assert draws[0] != draws[1]
+
+
+def _draw_in_worker(blob):
+    wrapped = pickle.loads(blob)
+    view = wrapped.load_case(wrapped.identifiers[0])[0]
+    view[(slice(None),) * 4]
+    return repr(sorted(view.params.items()))
+
+
+def test_missing_maps_error_names_cases_and_command(toy, monkeypatch, tmp_path):
+    from nnunetv2_physaug.nnunet.trainers import MissingTissueMapsError
+
+    env, folder = toy
+    monkeypatch.setenv("PHYSAUG_MAPS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("PHYSAUG_COMPUTE_MISSING", "0")
+    tr = _trainer(env, folder)
+    with pytest.raises(MissingTissueMapsError) as e:
+        tr.get_tr_and_val_datasets()
+    msg = str(e.value)
+    assert "toy_00" in msg and "physaug-reverse -i" in msg and str(tmp_path / "empty") in msg
+
+
+def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_path):
+    from nnunetv2_physaug.contrast import load_protocol, save_protocol
+
+    env, folder = toy
+    custom = tmp_path / "only_gre.yaml"
+    proto = load_protocol("paper")
+    data = proto.to_dict() if hasattr(proto, "to_dict") else None
+    if data is None:
+        pytest.skip("protocol has no to_dict")
+    data["families"] = [f for f in data["families"] if f["family"] == "spoiled_gre"]
+    data["families"][0]["probability"] = 1.0
+    data["name"] = "only_gre"
+    import yaml
+    custom.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("PHYSAUG_PROTOCOL", str(custom))
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = 1.0
+    wrapped, _ = tr.get_tr_and_val_datasets()
+    view = wrapped.load_case(wrapped.identifiers[0])[0]
+    view[(slice(None),) * 4]
+    assert view.params["family"] == "spoiled_gre"
