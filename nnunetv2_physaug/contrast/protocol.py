@@ -45,7 +45,7 @@ from .imperfections import IMPERFECTIONS, INTEGER_PARAMS
 __all__ = ["ProtocolError", "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "Protocol",
            "PRESETS", "load_protocol", "save_protocol", "protocol_from_dict"]
 
-PRESETS: tuple[str, ...] = ("paper", "wide")
+PRESETS: tuple[str, ...] = ("paper", "wide", "paper_gre", "paper_ir")
 PROTOCOL_SUFFIXES = (".yaml", ".yml", ".json")
 Range = tuple[float, float]
 
