@@ -1,0 +1,198 @@
+"""Cross-domain evaluation: nnU-Net prediction + nnU-Net's own metrics, per model and test domain.
+
+For each trained model folder (``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONF``) and each labeled
+test set (``NAME=IMAGES_DIR:LABELS_DIR``), predicts with ``nnUNetPredictor`` and scores with
+``compute_metrics_on_folder2``; writes ``results.md`` (Markdown table), ``results.csv``,
+``results.json`` and ``dice.png`` (bar chart) into the output folder.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .maps.store import atomic_write_bytes, atomic_write_json
+from .nnunet.env import register_ext_trainers
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (missing folder, label mismatch); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A labeled test set: images ``CASE_0000<ending>`` and labels ``CASE<ending>``."""
+
+    name: str
+    images: Path
+    labels: Path
+
+    @classmethod
+    def parse(cls, spec: str) -> "Domain":
+        """Parse ``NAME=IMAGES_DIR:LABELS_DIR``."""
+        if "=" not in spec or ":" not in spec.split("=", 1)[1]:
+            raise EvaluationError(f"test set {spec!r} must look like NAME=IMAGES_DIR:LABELS_DIR")
+        name, dirs = spec.split("=", 1)
+        images, labels = dirs.rsplit(":", 1)
+        return cls(name, Path(images), Path(labels))
+
+
+def model_label(model_dir: Path) -> str:
+    """Short name of a model folder: its trainer class name."""
+    return model_dir.name.split("__")[0]
+
+
+def _check_inputs(models: Sequence[Path], domains: Sequence[Domain]) -> None:
+    for m in models:
+        if not (m / "dataset.json").is_file() or not (m / "plans.json").is_file():
+            raise EvaluationError(f"{m} is not a trained nnU-Net model folder (no dataset.json/plans.json); train "
+                                  "it first or pass the TRAINER__PLANS__CONFIGURATION folder")
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"test set names must be unique, got {names}")
+    for d in domains:
+        for what, p in (("images", d.images), ("labels", d.labels)):
+            if not p.is_dir():
+                raise EvaluationError(f"test set {d.name!r}: {what} folder {p} does not exist")
+
+
+def _check_labels(domain: Domain, dataset_json: dict) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    allowed = {int(v) for v in dataset_json["labels"].values() if not isinstance(v, (list, tuple))}
+    ending = dataset_json["file_ending"]
+    files = sorted(domain.labels.glob(f"*{ending}"))
+    if not files:
+        raise EvaluationError(f"test set {domain.name!r}: no *{ending} label files in {domain.labels}")
+    for f in files:
+        values = set(np.unique(np.asarray(nib.load(str(f)).dataobj)).astype(int).tolist())
+        extra = values - allowed
+        if extra:
+            raise EvaluationError(f"test set {domain.name!r}: label file {f} has values {sorted(extra)} that the "
+                                  f"model's dataset.json does not define ({sorted(allowed)}); convert the labels "
+                                  "to the training convention (e.g. ACDC: 1 RV, 2 MYO, 3 LV)")
+        case = f.name[: -len(ending)]
+        if not (domain.images / f"{case}_0000{ending}").is_file():
+            raise EvaluationError(f"test set {domain.name!r}: label {f} has no image "
+                                  f"{domain.images / (case + '_0000' + ending)}")
+
+
+def predict_folder(model_dir: Path, images: Path, out: Path, folds: Sequence, device: str, tta: bool,
+                   checkpoint: str = "checkpoint_final.pth") -> None:
+    """Predict every image of ``images`` into ``out`` with nnU-Net's predictor (in this process)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                perform_everything_on_device=device != "cpu", device=torch.device(device),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=tuple(folds), checkpoint_name=checkpoint)
+    n_proc = max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
+    predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
+                                 num_processes_preprocessing=n_proc, num_processes_segmentation_export=n_proc)
+
+
+def score_folder(labels: Path, predictions: Path, model_dir: Path) -> dict:
+    """nnU-Net's metrics of ``predictions`` against ``labels``: per-label Dice and foreground mean."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
+
+    n_proc = max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
+    summary = compute_metrics_on_folder2(str(labels), str(predictions), str(model_dir / "dataset.json"),
+                                         str(model_dir / "plans.json"), str(predictions / "summary.json"),
+                                         num_processes=n_proc, chill=True)
+    per_label = {str(k): float(v["Dice"]) for k, v in summary["mean"].items()}
+    return {"dice_per_label": per_label, "mean_fg_dice": float(summary["foreground_mean"]["Dice"]),
+            "n_cases": len(summary["metric_per_case"])}
+
+
+def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out_dir: os.PathLike | str,
+             folds: Sequence = (0,), device: str = "cpu", tta: bool = False, overwrite: bool = False,
+             checkpoint: str = "checkpoint_final.pth", progress: bool = True) -> list[dict]:
+    """Predict and score every (model, domain) pair; write the report files; return the rows."""
+    from tqdm import tqdm
+
+    register_ext_trainers()  # the predictor re-imports the trainer class named in the checkpoint
+    models = [Path(m) for m in models]
+    out_dir = Path(out_dir)
+    _check_inputs(models, domains)
+    if (out_dir / "results.json").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite to evaluate again")
+    for m in models:
+        ds = json.loads((m / "dataset.json").read_text())
+        for d in domains:
+            _check_labels(d, ds)
+    rows = []
+    pairs = [(m, d) for m in models for d in domains]
+    for m, d in tqdm(pairs, desc="evaluating", unit="model x domain", disable=not progress):
+        pred = out_dir / "predictions" / model_label(m) / d.name
+        predict_folder(m, d.images, pred, folds, device, tta, checkpoint)
+        scores = score_folder(d.labels, pred, m)
+        rows.append({"model": model_label(m), "domain": d.name, **scores})
+    write_report(rows, out_dir, label_names=json.loads((models[0] / "dataset.json").read_text())["labels"])
+    return rows
+
+
+def write_report(rows: list[dict], out_dir: Path, label_names: dict) -> None:
+    """results.json, results.csv, results.md and dice.png for the rows of :func:`evaluate`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = {str(v): k for k, v in label_names.items() if str(v) != "0"}
+    atomic_write_json(out_dir / "results.json", rows)
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "domain", "n_cases", "mean_fg_dice", *[f"dice_{n}" for n in names.values()]])
+            for r in rows:
+                w.writerow([r["model"], r["domain"], r["n_cases"], f"{r['mean_fg_dice']:.4f}",
+                            *[f"{r['dice_per_label'].get(k, float('nan')):.4f}" for k in names]])
+    atomic_write_bytes(out_dir / "results.csv", write_csv, ".csv")
+    md = markdown_table(rows)
+    atomic_write_bytes(out_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
+    atomic_write_bytes(out_dir / "dice.png", lambda tmp: _bar_chart(rows, tmp), ".png")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Mean foreground Dice: one row per domain, one column per model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    domains = list(dict.fromkeys(r["domain"] for r in rows))
+    value = {(r["model"], r["domain"]): r["mean_fg_dice"] for r in rows}
+    lines = ["| domain | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for d in domains:
+        lines.append(f"| {d} | " + " | ".join(f"{value.get((m, d), float('nan')):.3f}" for m in models) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_chart(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    domains = list(dict.fromkeys(r["domain"] for r in rows))
+    value = {(r["model"], r["domain"]): r["mean_fg_dice"] for r in rows}
+    x = np.arange(len(domains))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(domains) + 2), 4))
+    for i, m in enumerate(models):
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, [value.get((m, d), np.nan) for d in domains], width, label=m)
+    ax.set_xticks(x, domains, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean foreground Dice")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def resolve_model_dirs(dataset: Optional[str], configuration: str, trainers: Sequence[str],
+                       plans: str = "nnUNetPlans") -> list[Path]:
+    """Model folders of ``trainers`` for a dataset in ``$nnUNet_results``."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    return [Path(get_output_folder(dataset, t, plans, configuration)) for t in trainers]
