@@ -1,0 +1,267 @@
+"""Training a tissue-map diffusion prior on (M0, T1, T2) maps (``physaug-train-prior``).
+
+Data: a maps folder in the store format (:mod:`nnunetv2_physaug.maps.store`): a user's own
+quantitative mapping data or the phantom's ground truth. Every 2D slice (and every stored sample)
+becomes one training example, mapped to the prior grid exactly as the samplers map an image
+(:mod:`.geometry`: transpose so H >= W, symmetric pad, bilinear resize) with the padding at the
+latent floor (-1: no signal). M0 is rescaled per slice so that the 98th percentile of its short-TR
+bSSFP rendering (alpha = 45 deg, sin(alpha) folded into M0) is 0.3 — the scale at which the samplers
+see a percentile-normalised image (DESIGN §5) — so maps of any M0 unit train a usable prior.
+Random flips and transposes augment orientation.
+
+Objective: the standard DDPM epsilon-prediction loss over the scheduler's 1000 training steps,
+AdamW, an exponential moving average of the weights (saved as the prior).
+
+Scale-out: under ``torchrun`` (WORLD_SIZE > 1) the network is wrapped in
+``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU); each rank draws its own batches, rank 0
+writes checkpoints and the final prior. Resuming: a checkpoint ``OUT/checkpoint/state.pt`` is
+written atomically every ``checkpoint_every`` steps; a rerun with the same settings continues from
+it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..maps.store import list_complete_cases, read_case_maps
+from ..physics import bssfp
+from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE
+from .geometry import GridGeometry, to_grid
+from .prior import UNET_PRESETS, LatentMapping, PhysicsPrior
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_NAME = "state.pt"
+
+
+class PriorTrainingError(ValueError):
+    """Unusable training input or a checkpoint that does not fit the requested run."""
+
+
+def load_training_latents(maps_dir: os.PathLike | str, size: int, mapping: LatentMapping = LatentMapping(),
+                          normalise_m0: bool = True) -> torch.Tensor:
+    """All map slices of a maps folder as prior-grid latents.
+
+    Args:
+        maps_dir: folder of ``CASE_{M0,T1,T2}.nii.gz`` maps (3D, or 4D with K samples).
+        size: prior grid side in pixels.
+        mapping: latent <-> physical mapping (T1/T2 beyond its range are clipped).
+        normalise_m0: rescale M0 per slice as described in the module docstring.
+    Returns:
+        (N, 3, size, size) float32 latents in [-1, 1]; slices with no M0 signal are skipped.
+    Raises:
+        PriorTrainingError: no complete case in ``maps_dir``.
+    """
+    cases = list_complete_cases(maps_dir)
+    if not cases:
+        raise PriorTrainingError(f"no complete tissue maps (CASE_M0/T1/T2.nii.gz) in {maps_dir}; make them with "
+                                 "physaug-phantom or point --maps at your own quantitative maps")
+    out = []
+    for case in cases:
+        maps, _ = read_case_maps(maps_dir, case)                       # (3, X, Y, Z, K)
+        arr = torch.from_numpy(maps).permute(3, 4, 0, 1, 2).reshape(-1, 3, maps.shape[1], maps.shape[2])
+        keep = arr[:, 0].flatten(1).amax(dim=1) > 0
+        arr = arr[keep].float()
+        if arr.shape[0] == 0:
+            continue
+        m0, t1, t2 = arr[:, 0], arr[:, 1], arr[:, 2]
+        if normalise_m0:
+            sig = bssfp(m0, t1.clamp_min(1e-3), t2.clamp_min(1e-3), PAPER_FLIP_DEG, 0.0, short_tr=True)
+            sig = sig / math.sin(math.radians(PAPER_FLIP_DEG))
+            p98 = torch.quantile(sig.flatten(1), 0.98, dim=1).clamp_min(1e-6)
+            # the sampler sees y = 0.3 * image / p98(image): M0 is only known up to that scale
+            m0 = m0 * (PAPER_INPUT_SCALE / p98).view(-1, 1, 1)
+        z = mapping.to_latent(m0, t1, t2)
+        geom = GridGeometry.plan(z.shape[-2], z.shape[-1], size)
+        out.append(to_grid(z, geom, pad_value=-1.0))
+    if not out:
+        raise PriorTrainingError(f"all map slices in {maps_dir} have M0 = 0 everywhere; nothing to train on")
+    return torch.cat(out).clamp(-1.0, 1.0).contiguous()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal/vertical flips and transposes per example (the 8 square symmetries)."""
+    n = x.shape[0]
+    flips = torch.rand((3, n), generator=gen, device=gen.device).to(x.device) < 0.5
+    x = torch.where(flips[0].view(n, 1, 1, 1), x.flip(-1), x)
+    x = torch.where(flips[1].view(n, 1, 1, 1), x.flip(-2), x)
+    return torch.where(flips[2].view(n, 1, 1, 1), x.transpose(-1, -2), x)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_unet_config(unet_config: str | dict | None, size: int) -> dict[str, Any]:
+    if unet_config is None:
+        unet_config = "paper"
+    if isinstance(unet_config, str):
+        if unet_config in UNET_PRESETS:
+            return UNET_PRESETS[unet_config](size)
+        path = Path(unet_config)
+        if not path.is_file():
+            raise PriorTrainingError(f"unet config {unet_config!r} is neither a preset ({', '.join(UNET_PRESETS)}) "
+                                     "nor an existing JSON file")
+        unet_config = json.loads(path.read_text())
+    cfg = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+    cfg.update(sample_size=size, in_channels=3, out_channels=3)
+    return cfg
+
+
+def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises torch.distributed under torchrun."""
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world > 1:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        return dist.get_rank(), world, dev
+    return 0, 1, dev
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int = 128, steps: int = 20000,
+                batch_size: int = 16, lr: float = 1e-4, resume: bool = True, device: Optional[str] = None,
+                unet_config: str | dict | None = "paper", checkpoint_every: int = 500, seed: int = 0,
+                ema_decay: float = 0.9999, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train (or resume training) a prior and save it as a diffusers folder ``--prior`` loads.
+
+    Args:
+        maps_dir: training maps (store format).
+        out_dir: output prior folder; also holds ``checkpoint/state.pt`` while training.
+        size: prior grid side in pixels (the paper: 128).
+        steps: total optimisation steps (a resumed run continues up to this number).
+        batch_size: examples per step and per process.
+        lr: AdamW learning rate.
+        resume: continue from ``out_dir/checkpoint/state.pt`` when it exists.
+        device: "cpu", "cuda" (default: cuda when available); under torchrun each rank takes its LOCAL_RANK GPU.
+        unet_config: "tiny", "small", "paper" (default), a JSON file of UNet2DModel kwargs, or a dict.
+        checkpoint_every: steps between checkpoints.
+        seed: base random seed (rank r uses seed + r for its batches).
+        ema_decay: maximum decay of the weight moving average (warm-up makes early decay smaller).
+        overwrite: allow a fresh run (``resume=False``) to replace an existing prior or checkpoint.
+        progress: show the tqdm bar (rank 0).
+    Returns:
+        ``out_dir``.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.training_utils import EMAModel
+
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_NAME
+    if not resume and not overwrite and (ckpt_path.exists() or (out_dir / "unet").exists()):
+        raise FileExistsError(f"{out_dir} already holds a prior or a training checkpoint; resume it "
+                              "(default) or pass --overwrite to start afresh")
+    rank, world, dev = _dist_setup(device)
+    mapping = LatentMapping()
+    cfg = _resolve_unet_config(unet_config, size)
+    run_config = {"size": size, "unet_config": cfg, "mapping": mapping.__dict__, "batch_size": batch_size,
+                  "lr": lr, "seed": seed, "ema_decay": ema_decay}
+
+    data = load_training_latents(maps_dir, size, mapping).to(dev)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**cfg).to(dev)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    abar = scheduler.alphas_cumprod.to(dev, torch.float32)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
+    gen = torch.Generator(device="cpu").manual_seed(seed + rank)
+    start = 0
+
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        saved = json.loads(state["run_config"])
+        if saved != json.loads(json.dumps(run_config)):
+            diff = sorted(k for k in run_config if saved.get(k) != json.loads(json.dumps(run_config))[k])
+            raise PriorTrainingError(f"checkpoint {ckpt_path} was made with other settings ({', '.join(diff)}); "
+                                     "rerun with the same settings, or pass --no-resume --overwrite to start afresh")
+        unet.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        ema.to(dev)
+        if rank < len(state["generators"]):  # a run resumed on more processes seeds the new ranks afresh
+            gen.set_state(state["generators"][rank])
+        start = int(state["step"])
+
+    model = unet
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(unet, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def checkpoint(step: int) -> None:
+        # every rank's batch generator state is needed to resume exactly: gather them on rank 0
+        states = [gen.get_state()]
+        if world > 1:
+            import torch.distributed as dist
+            states = [None] * world
+            dist.all_gather_object(states, gen.get_state())
+        if rank == 0:
+            _atomic_torch_save({"step": step, "model": unet.state_dict(), "optimizer": opt.state_dict(),
+                                "ema": ema.state_dict(), "generators": states,
+                                "run_config": json.dumps(run_config)}, ckpt_path)
+        _barrier(world)
+
+    bar = tqdm(total=steps, initial=start, desc="train prior", unit="step", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    smooth = None
+    unet.train()
+    for step in range(start, steps):
+        idx = torch.randint(data.shape[0], (batch_size,), generator=gen).to(dev)
+        x0 = _augment(data[idx], gen)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        t = torch.randint(abar.shape[0], (batch_size,), generator=gen).to(dev)
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(model(x_t, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.step(unet.parameters())
+        lv = float(loss.detach())
+        smooth = lv if smooth is None else 0.95 * smooth + 0.05 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{smooth:.4f}")
+        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint(step + 1)
+    bar.close()
+    if start < steps:
+        checkpoint(steps)
+
+    if rank == 0:
+        final = copy.deepcopy(unet).eval()
+        ema.copy_to(final.parameters())
+        PhysicsPrior(final, scheduler, mapping).save_pretrained(
+            out_dir, overwrite=True,
+            extra_config={"training": {"steps": max(steps, start), "maps_dir": str(maps_dir),
+                                       "examples": int(data.shape[0]), "m0_normalised_to_bssfp_p98": True,
+                                       **{k: v for k, v in run_config.items() if k != "unet_config"}}})
+    _barrier(world)
+    return out_dir
