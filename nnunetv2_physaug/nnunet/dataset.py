@@ -80,7 +80,8 @@ class RenderOnCrop:
             slices = (slices,)
         slices = slices + (slice(None),) * (4 - len(slices))
         region = slices[1:]
-        maps = np.ascontiguousarray(self._maps[(slice(None),) + region], dtype=np.float32)
+        # a writable copy of just the crop (the memmap is read-only; torch wants writable arrays)
+        maps = np.array(self._maps[(slice(None),) + region], dtype=np.float32)
         seg = torch.from_numpy(np.asarray(self._seg[(slice(0, 1),) + region])[0].astype(np.int16, copy=False))
         valid = seg >= 0
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),

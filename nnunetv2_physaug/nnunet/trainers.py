@@ -13,8 +13,10 @@ Class attributes configure the variants (nnU-Net style), environment variables o
 - ``physaug_protocol``: preset name or protocol file (env ``PHYSAUG_PROTOCOL``).
 - ``physaug_p_render``: probability that a training load is rendered (None: the protocol's value).
 - ``physaug_stats``: "case" or "patch" normalisation statistics.
-- ``physaug_compute_missing``: compute missing tissue maps at training start instead of failing
-  (env ``PHYSAUG_COMPUTE_MISSING=0`` turns it off).
+- ``physaug_compute_missing``: compute missing tissue maps at training start, on the training
+  device, into the maps folder (default on; env ``PHYSAUG_COMPUTE_MISSING=0`` turns it off, and then
+  a missing case is an error that names it). The weight-free estimator is used unless env
+  ``PHYSAUG_PRIOR`` names a diffusion prior folder.
 - tissue maps are read from ``$nnUNet_raw/DatasetXXX/tissueMapsTr`` (env ``PHYSAUG_MAPS_DIR``).
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .dataset import PhysAugTrainingDataset
 MAPS_DIR_ENV = "PHYSAUG_MAPS_DIR"
 PROTOCOL_ENV = "PHYSAUG_PROTOCOL"
 COMPUTE_MISSING_ENV = "PHYSAUG_COMPUTE_MISSING"
+PRIOR_ENV = "PHYSAUG_PRIOR"
 DEFAULT_MAPS_SUBDIR = "tissueMapsTr"
 
 
@@ -47,7 +50,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
     physaug_p_render: Optional[float] = None
     physaug_stats: str = "case"
     physaug_use_labels: bool = True
-    physaug_compute_missing: bool = False
+    physaug_compute_missing: bool = True
 
     # --- where things are -------------------------------------------------------------------
     def physaug_raw_dataset_folder(self) -> Path:
@@ -102,8 +105,10 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
                                f"into {maps_dir}")
         raw = self.physaug_raw_dataset_folder()
         labels = raw / "labelsTr"
-        fill_missing_maps(raw / "imagesTr", maps_dir, cases, device=str(self.device),
-                          labels_dir=labels if labels.is_dir() else None)
+        written = fill_missing_maps(raw / "imagesTr", maps_dir, cases, device=str(self.device),
+                                    prior=os.environ.get(PRIOR_ENV) or None,
+                                    labels_dir=labels if labels.is_dir() else None)
+        self.print_to_log_file(f"PhysAug: wrote tissue maps of {len(written)} case(s)")
 
     # --- the one hook into nnU-Net's data path ---------------------------------------------------
     def get_tr_and_val_datasets(self):
