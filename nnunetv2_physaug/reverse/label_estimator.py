@@ -3,19 +3,23 @@
 No prior weights ship with the package and none can be downloaded, so this estimator explains a
 bSSFP slice with reference tissue values instead of a learned prior:
 
-1. **Tissue weights per pixel.** Labelled pixels take their tissue (ACDC convention: labels 1 and
-   3 = blood, 2 = myocardium). Every other pixel gets soft weights over intensity classes (lung,
-   skeletal muscle, liver, bright = fat or blood): the slice is first brought to physical scale
-   (blood-pool median, or the 99th percentile when the slice has no blood label, set to the
-   reference blood signal), then each class is weighted by a Gaussian in log-signal distance to the
-   class's reference bSSFP signal. Soft weights keep the maps smooth across class boundaries.
-   Bright unlabelled pixels are fat in slices that carry labels (the heart's blood pools are
-   labelled there) and blood in slices without labels (the brightest structures of a cine are
-   its blood pools).
+1. **Tissue weights per pixel.** The slice is first brought to physical scale (blood-pool
+   median, or its 99th percentile when it has no blood label, set to the reference blood signal).
+   Labelled pixels (ACDC convention: labels 1 and 3 = blood, 2 = myocardium) take their tissue,
+   with intensity-driven partial volume: a blood-labelled pixel darker than blood is a blood /
+   myocardium mixture in proportion to its signal (papillary muscles and trabeculae are labelled
+   as cavity in ACDC, border pixels are partial-volume), and a myocardium-labelled pixel brighter
+   than myocardium mixes with blood next to a blood pool and with fat elsewhere (epicardial fat).
+   Every other pixel gets soft weights over intensity classes (lung, skeletal muscle, liver,
+   bright), each weighted by a Gaussian in log-signal distance to the class's reference bSSFP
+   signal; soft weights keep the maps smooth across class boundaries. Bright unlabelled pixels
+   are fat in slices that carry labels (the heart's blood pools are labelled there) and blood in
+   slices without labels (the brightest structures of a cine are its blood pools).
 2. **T1/T2 drawn from the tissue table** (``nnunetv2_physaug.physics.tissue_table(field)``): per
-   slice, sample and tissue one value from the table's normal (mean, spread), mixed per pixel
-   geometrically by the weights, times a smooth random field ``exp(variation * cv * g)`` (``g`` a
-   unit-variance field, bicubic upsampling of coarse noise, ``cv`` the tissue's relative spread).
+   slice, sample and tissue one value from the table's normal (mean, spread), mixed per pixel as
+   partial volume does (M0-weighted mean of the tissues' T1, T2), times a smooth random field
+   ``exp(variation * cv * g)`` (``g`` a unit-variance field, bicubic upsampling of coarse noise,
+   ``cv`` the weighted relative spread of the tissues).
 3. **M0 solved per pixel** so that the short-TR bSSFP rendering (alpha = 45 deg) reproduces the
    input exactly up to the slice's global scale: ``M0 = x / c * (1 + cos a + (1 - cos a) T1/T2) / sin a``
    (negative intensities are clipped to 0).
@@ -35,9 +39,13 @@ from .qc import bssfp_nrmse_pct
 
 #: ACDC label values -> tissue of the tissue table.
 LABEL_TISSUES: dict[int, str] = {1: "blood", 2: "myocardium", 3: "blood"}
-#: Intensity classes used for unlabelled pixels, dark to bright; the last entry is replaced by
-#: "blood" in slices without any label (see the module docstring).
-INTENSITY_CLASSES: tuple[str, ...] = ("lung", "skeletal_muscle", "liver", "fat")
+#: Intensity classes used for unlabelled pixels, dark to bright; the bright class is fat in
+#: slices with labels and blood in slices without (see the module docstring).
+INTENSITY_CLASSES: tuple[str, ...] = ("lung", "skeletal_muscle", "liver", "bright")
+#: Tissues of the table the estimator mixes, in the order of its weight channels.
+TISSUES: tuple[str, ...] = ("blood", "myocardium", "lung", "skeletal_muscle", "liver", "fat")
+#: Myocardium pixels within this many pixels of a blood label mix with blood rather than fat.
+NEAR_BLOOD_PX = 2
 #: A slice needs this many blood-labelled pixels to take its scale from the blood pool.
 MIN_BLOOD_PIXELS = 20
 
@@ -68,8 +76,6 @@ class LabelEstimator(SliceEstimator):
         self.class_width = float(class_width)
         self.grid_px = int(grid_px)
         self.scale_quantile = float(scale_quantile)
-        # tissue order: labelled tissues, then intensity classes; blood doubles as the bright class
-        self.tissues: tuple[str, ...] = ("blood", "myocardium") + INTENSITY_CLASSES
         a = math.radians(FORWARD_FLIP_DEG)
         self._ca, self._sa = math.cos(a), math.sin(a)
 
@@ -79,7 +85,8 @@ class LabelEstimator(SliceEstimator):
                                "draw_tissue_values": self.draw_tissue_values, "class_width": self.class_width,
                                "grid_px": self.grid_px, "scale_quantile": self.scale_quantile,
                                "label_tissues": {str(k): v for k, v in LABEL_TISSUES.items()},
-                               "intensity_classes": list(INTENSITY_CLASSES),
+                               "intensity_classes": list(INTENSITY_CLASSES), "partial_volume": True,
+                               "near_blood_px": NEAR_BLOOD_PX,
                                "forward_model": f"short-TR bSSFP, alpha={FORWARD_FLIP_DEG:g} deg"}}
 
     def _reference_signal(self, name: str) -> float:
@@ -108,6 +115,52 @@ class LabelEstimator(SliceEstimator):
         scale = torch.where(from_blood, pool, bright) / self._reference_signal("blood")
         return torch.where(scale > 0, scale, torch.ones_like(scale)), from_blood
 
+    def _mix_fraction(self, s: torch.Tensor, a: str, b: str, n_grid: int = 2049) -> torch.Tensor:
+        """Fraction f in [0, 1] of tissue ``a`` in an a/b voxel of physical signal ``s``.
+
+        The voxel's maps follow the estimator's own mixing rule (M0 adds up; T1, T2 are M0-weighted
+        means), so f solves ``bssfp(M(f), T1(f), T2(f)) = s``; signals outside the two tissues'
+        range give 0 or 1. The signal is monotone in f, so the curve is tabulated once and
+        inverted by interpolation.
+        """
+        ta, tb = self.table[a], self.table[b]
+        f = torch.linspace(0.0, 1.0, n_grid, dtype=torch.float64)
+        m = tb.m0[0] + f * (ta.m0[0] - tb.m0[0])
+        t1 = (tb.m0[0] * tb.t1[0] + f * (ta.m0[0] * ta.t1[0] - tb.m0[0] * tb.t1[0])) / m
+        t2 = (tb.m0[0] * tb.t2[0] + f * (ta.m0[0] * ta.t2[0] - tb.m0[0] * tb.t2[0])) / m
+        sig = m * self._sa / (1.0 + self._ca + (1.0 - self._ca) * t1 / t2)
+        if sig[-1] < sig[0]:
+            sig, f = sig.flip(0), f.flip(0)
+        sig, f = sig.to(s.device, s.dtype), f.to(s.device, s.dtype)
+        q = s.clamp(float(sig[0]), float(sig[-1])).contiguous()
+        i = torch.searchsorted(sig, q).clamp(1, n_grid - 1)
+        s0, s1, f0, f1 = sig[i - 1], sig[i], f[i - 1], f[i]
+        return f0 + (f1 - f0) * ((q - s0) / (s1 - s0).clamp_min(1e-12))
+
+    def _tissue_weights(self, s: torch.Tensor, blood: torch.Tensor, myo: torch.Tensor, labelled: torch.Tensor,
+                        slice_has_labels: torch.Tensor) -> torch.Tensor:
+        """Weights (B, T, H, W) over :data:`TISSUES`, summing to 1 per pixel; s (B, H, W) in physical scale."""
+        # labelled pixels: partial volume with the neighbouring tissue, fraction from the signal
+        # (myocardium mixes only on its border: inside, brighter pixels are myocardium's own spread)
+        f_blood = self._mix_fraction(s, "blood", "myocardium")
+        near_blood = F.max_pool2d(blood[:, None].float(), 2 * NEAR_BLOOD_PX + 1, 1, NEAR_BLOOD_PX)[:, 0] > 0
+        border = F.max_pool2d((~myo)[:, None].float(), 3, 1, 1)[:, 0] > 0
+        f_bright = torch.where(border, torch.where(near_blood, f_blood, self._mix_fraction(s, "fat", "myocardium")),
+                               0.0)
+        w_blood = torch.where(blood, f_blood, torch.where(myo & near_blood, f_bright, 0.0))
+        w_myo = torch.where(blood, 1.0 - f_blood, torch.where(myo, 1.0 - f_bright, 0.0))
+        w_fat = torch.where(myo & ~near_blood, f_bright, 0.0)
+        # unlabelled pixels: soft intensity classes in log-signal space
+        ref = torch.tensor([self._reference_signal(n) for n in ("lung", "skeletal_muscle", "liver", "fat")],
+                           device=s.device)
+        d = torch.log(s.clamp_min(1e-6))[:, None] - torch.log(ref)[None, :, None, None]
+        w_cls = torch.softmax(-0.5 * (d / self.class_width) ** 2, dim=1) * (~labelled)[:, None]
+        bright = w_cls[:, 3]
+        to_fat = slice_has_labels[:, None, None]
+        w_blood = w_blood + torch.where(to_fat, 0.0, bright)
+        w_fat = w_fat + torch.where(to_fat, bright, 0.0)
+        return torch.stack([w_blood, w_myo, w_cls[:, 0], w_cls[:, 1], w_cls[:, 2], w_fat], dim=1)
+
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
                  generator: torch.Generator) -> SliceEstimate:
         if images.dim() != 3:
@@ -128,44 +181,29 @@ class LabelEstimator(SliceEstimator):
         scale, from_blood = self._slice_scale(x.flatten(1), blood.flatten(1))  # (B,)
         s = x / scale[:, None, None]
 
-        # soft intensity-class weights (B, C, H, W) in log-signal space
-        ref = torch.tensor([self._reference_signal(t) for t in INTENSITY_CLASSES], device=device)
-        ref = ref[None, :].repeat(b, 1)
-        ref[~slice_has_labels, -1] = self._reference_signal("blood")
-        d = torch.log(s.clamp_min(1e-6))[:, None] - torch.log(ref)[:, :, None, None]
-        w_cls = torch.softmax(-0.5 * (d / self.class_width) ** 2, dim=1)
-        w_cls = w_cls * (~labelled)[:, None]
-        # tissue weights over self.tissues: blood, myocardium, lung, muscle, liver, bright
-        weights = torch.cat([blood[:, None].float(), myo[:, None].float(), w_cls], dim=1)  # (B, T, H, W)
+        weights = self._tissue_weights(s, blood, myo, labelled, slice_has_labels)  # (B, T, H, W)
 
-        # bright class is fat or blood per slice; build per-slice tissue parameter tables (B, T)
-        names_lab = list(self.tissues)
-        names_unl = list(self.tissues[:-1]) + ["blood"]
-
-        def table(attr: str, idx: int) -> torch.Tensor:
-            a = torch.tensor([getattr(self.table[n], attr)[idx] for n in names_lab], device=device)
-            u = torch.tensor([getattr(self.table[n], attr)[idx] for n in names_unl], device=device)
-            return torch.where(slice_has_labels[:, None], a[None], u[None])
-
+        tab = {attr: torch.tensor([getattr(self.table[n], attr) for n in TISSUES], device=device)
+               for attr in ("m0", "t1", "t2")}  # (T, 2): mean, sd
+        m0_t = tab["m0"][:, 0].clamp_min(1e-3)
+        pv = weights * m0_t[None, :, None, None]
+        pv = pv / pv.sum(dim=1, keepdim=True).clamp_min(1e-12)  # partial-volume (M0-weighted) mixing
         out = torch.empty((b, k, 3, h, w), dtype=torch.float32, device=device)
-        log_t = []
-        for attr in ("t1", "t2"):
-            mean, sd = table(attr, 0), table(attr, 1)  # (B, T)
+        for ch, attr in ((1, "t1"), (2, "t2")):
+            mean, sd = tab[attr][:, 0], tab[attr][:, 1]  # (T,)
             if self.draw_tissue_values:
-                z = torch.randn((b, k, mean.shape[1]), generator=generator, device=device)
-                val = (mean[:, None] + sd[:, None] * z).clamp_min(1.0)  # (B, K, T)
+                z = torch.randn((b, k, len(TISSUES)), generator=generator, device=device)
+                val = (mean + sd * z).clamp_min(1.0)  # (B, K, T)
             else:
-                val = mean[:, None].expand(b, k, -1)
-            cv = sd / mean  # (B, T)
-            log_mix = torch.einsum("bkt,bthw->bkhw", torch.log(val), weights)
-            cv_mix = torch.einsum("bt,bthw->bhw", cv, weights)[:, None]
+                val = mean.expand(b, k, -1)
+            t_map = torch.einsum("bkt,bthw->bkhw", val, pv)
             if self.variation > 0:
+                cv_mix = torch.einsum("t,bthw->bhw", sd / mean, pv)[:, None]
                 g = self._smooth_field((b, k), h, w, generator, device)
-                log_mix = log_mix + self.variation * cv_mix * g
-            log_t.append(log_mix)
-        t1, t2 = torch.exp(log_t[0]), torch.exp(log_t[1])
-        m0 = s[:, None] * (1.0 + self._ca + (1.0 - self._ca) * t1 / t2) / self._sa
-        out[:, :, 0], out[:, :, 1], out[:, :, 2] = m0, t1, t2
+                t_map = t_map * torch.exp(self.variation * cv_mix * g)
+            out[:, :, ch] = t_map.clamp_min(1.0)
+        t1, t2 = out[:, :, 1], out[:, :, 2]
+        out[:, :, 0] = s[:, None] * (1.0 + self._ca + (1.0 - self._ca) * t1 / t2) / self._sa
         nrmse = bssfp_nrmse_pct(images.to(torch.float32), out)
         qc = [{"nrmse_pct": float(nrmse[i]), "scale_from_blood_label": bool(from_blood[i])} for i in range(b)]
         return SliceEstimate(maps=out, qc=qc)
