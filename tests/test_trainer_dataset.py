@@ -183,3 +183,22 @@ def test_missing_maps_are_computed_on_the_fly_by_default(toy, monkeypatch, tmp_p
     assert read_manifest(maps_dir)["estimator"]
     view = wrapped.load_case(wrapped.identifiers[0])[0]
     assert np.isfinite(np.asarray(view)).all()
+
+
+def test_multiprocess_loader_yields_batches(toy, monkeypatch):
+    """nnU-Net's multi-process augmenter (worker processes) runs the wrapper and its renders."""
+    env, folder = toy
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = 1.0
+    tr.initialize()
+    dl_train, dl_val = tr.get_dataloaders()
+    try:
+        batch = next(dl_train)
+        data = batch["data"]
+        assert data.shape[0] == tr.batch_size and data.shape[1] == 1
+        assert torch.isfinite(data).all()
+    finally:
+        for dl in (dl_train, dl_val):
+            if hasattr(dl, "_finish"):
+                dl._finish()
