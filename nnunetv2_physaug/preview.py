@@ -1,0 +1,177 @@
+"""Preview sheet: one slice of an image, its tissue maps, and random renderings from a protocol.
+
+Layout (PNG, :data:`DPI` dots per inch, :data:`COLUMNS` panels per row): the first row holds the
+image and the M0, T1 and T2 maps with colour bars (T1, T2 in ms); the following rows hold the N
+renderings, each captioned with its family and drawn parameters. The sheet is
+``COLUMNS * PANEL_W_IN * DPI`` pixels wide and ``(1 + ceil(N / COLUMNS)) * PANEL_H_IN * DPI`` high
+(see :func:`sheet_size_px`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import nibabel as nib
+import numpy as np
+
+from .contrast import ContrastRenderer, load_protocol
+from .maps.store import atomic_write_bytes, read_case_maps
+
+__all__ = ["make_preview", "PreviewResult", "sheet_size_px", "case_from_image", "COLUMNS", "DPI"]
+
+COLUMNS = 4
+PANEL_W_IN = 3.2
+PANEL_H_IN = 3.6
+DPI = 100
+IMAGE_SUFFIX = "_0000.nii.gz"
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    """What :func:`make_preview` wrote: the PNG path, its size in pixels, the slice and the renderings' parameters."""
+
+    path: Path
+    width_px: int
+    height_px: int
+    slice_index: int
+    params: list[dict]
+
+
+def sheet_size_px(n_renderings: int) -> tuple[int, int]:
+    """(width, height) in pixels of a sheet with ``n_renderings`` renderings."""
+    rows = 1 + math.ceil(n_renderings / COLUMNS)
+    return round(COLUMNS * PANEL_W_IN * DPI), round(rows * PANEL_H_IN * DPI)
+
+
+def case_from_image(image: os.PathLike | str) -> str:
+    """Case identifier of an nnU-Net image file: ``CASE_0000.nii.gz`` -> ``CASE``."""
+    name = Path(image).name
+    if not name.endswith(IMAGE_SUFFIX) or len(name) == len(IMAGE_SUFFIX):
+        raise ValueError(f"cannot derive the case from {name!r} (expected CASE{IMAGE_SUFFIX}); pass the case "
+                         "explicitly (--case)")
+    return name[: -len(IMAGE_SUFFIX)]
+
+
+def _load_volume(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        a = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises several types for unreadable files
+        raise ValueError(f"cannot read {what} {path}: {e}") from e
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim == 4 and a.shape[3] == 1:
+        a = a[..., 0]
+    if a.ndim != 3:
+        raise ValueError(f"{what} {path} has shape {a.shape}; expected a 3D volume (X, Y, Z). For a 4D cine, "
+                         "save the frame to preview as its own 3D file")
+    return a
+
+
+def _caption(params: dict) -> str:
+    """The family on the first line, then ``key=value`` pairs (units in the keys), wrapped."""
+    items = []
+    for k, v in params.items():
+        if k in ("family", "clip_level"):
+            continue
+        items.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return params["family"] + "\n" + "\n".join(textwrap.wrap(", ".join(items), width=62))
+
+
+def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.PathLike | str,
+                 case: Optional[str] = None, labels: Optional[os.PathLike | str] = None,
+                 preset: str = "wide", n: int = 8, slice_index: Optional[int] = None, seed: int = 0,
+                 overwrite: bool = False) -> PreviewResult:
+    """Write the preview sheet of one slice of a case as a PNG (atomically).
+
+    Args:
+        image: the case's image, ``CASE_0000.nii.gz`` (3D).
+        maps_dir: folder with ``CASE_{M0,T1,T2}.nii.gz`` (read with
+            :func:`~nnunetv2_physaug.maps.read_case_maps`; the first sample when there are K > 1).
+        out: output PNG path.
+        case: case identifier; default: the image name minus ``_0000.nii.gz``.
+        labels: optional label map (same shape as the image) for label-aware renderings
+            (ACDC convention: 1 RV, 2 myocardium, 3 LV).
+        preset: protocol preset name (``wide``, ``paper``) or a protocol file path.
+        n: number of random renderings (>= 1).
+        slice_index: index along the third (Z) axis; default the middle slice.
+        seed: seed of the renderings' random generator.
+        overwrite: replace an existing ``out``.
+    Returns:
+        a :class:`PreviewResult`.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image, maps_dir, out = Path(image), Path(maps_dir), Path(out)
+    if n < 1:
+        raise ValueError(f"the number of renderings must be >= 1, got {n}")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"output {out} must end in .png")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not maps_dir.is_dir():
+        raise FileNotFoundError(f"tissue-map folder {maps_dir} not found; make the maps with physaug-reverse")
+    protocol = load_protocol(preset)
+    case = case or case_from_image(image)
+    img = _load_volume(image, "image").astype(np.float32)
+    maps, _ = read_case_maps(maps_dir, case, reference_image=image)
+    maps = maps[..., 0]  # (3, X, Y, Z): first posterior sample
+    z = img.shape[2] // 2 if slice_index is None else slice_index
+    if not 0 <= z < img.shape[2]:
+        raise ValueError(f"slice {z} is out of range: {image} has {img.shape[2]} slices (0..{img.shape[2] - 1})")
+    lab = None
+    if labels is not None:
+        lab_vol = _load_volume(Path(labels), "label map")
+        if lab_vol.shape != img.shape:
+            raise ValueError(f"label map {labels} has shape {lab_vol.shape} but the image {image} has {img.shape}")
+        lab = np.ascontiguousarray(np.rint(lab_vol[:, :, z]).astype(np.int64).T)
+
+    # Display and render in (Y, X) order: rows = Y, shown with origin at the bottom.
+    img2d = img[:, :, z].T
+    m0, t1, t2 = (np.ascontiguousarray(maps[i, :, :, z].T) for i in range(3))
+    renderer = ContrastRenderer(protocol)
+    rng = np.random.default_rng(seed)
+    renders = [renderer.render(m0, t1, t2, rng, labels=lab, valid=None if lab is None else lab >= 0)
+               for _ in range(n)]
+
+    rows = 1 + math.ceil(n / COLUMNS)
+    fig = plt.figure(figsize=(COLUMNS * PANEL_W_IN, rows * PANEL_H_IN), dpi=DPI)
+    try:
+        top = 1 - 0.45 / (rows * PANEL_H_IN)
+        bottom = 0.95 / (rows * PANEL_H_IN)
+        fig.subplots_adjust(left=0.02, right=0.96, top=top, bottom=bottom, wspace=0.25, hspace=0.55)
+        fig.suptitle(f"{case}  slice {z}  preset {protocol.name}  seed {seed}", fontsize=10)
+        panels = [
+            (img2d, "image", "gray", "signal (a.u.)", None),
+            (m0, "M0", "viridis", "M0 (relative)", None),
+            (t1, "T1", "magma", "T1 (ms)", float(np.percentile(t1, 99.5))),
+            (t2, "T2", "magma", "T2 (ms)", float(np.percentile(t2, 99.5))),
+        ]
+        for i, (a, title, cmap, unit, vmax) in enumerate(panels):
+            ax = fig.add_subplot(rows, COLUMNS, i + 1)
+            im = ax.imshow(a, cmap=cmap, origin="lower", vmin=0 if vmax is not None else None, vmax=vmax)
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+            cb.set_label(unit, fontsize=7)
+            cb.ax.tick_params(labelsize=6)
+        for j, (rendering, params) in enumerate(renders):
+            ax = fig.add_subplot(rows, COLUMNS, COLUMNS + j + 1)
+            level = params["clip_level"]
+            signed = float(rendering.min()) < 0
+            ax.imshow(rendering.numpy(), cmap="gray", origin="lower", vmin=-level if signed else 0, vmax=level)
+            ax.set_axis_off()
+            ax.text(0.5, -0.03, _caption(params), transform=ax.transAxes, ha="center", va="top", fontsize=6,
+                    linespacing=1.15)
+        atomic_write_bytes(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), ".png")
+    finally:
+        plt.close(fig)
+    w, h = sheet_size_px(n)
+    return PreviewResult(out, w, h, z, [p for _, p in renders])
