@@ -1,0 +1,206 @@
+"""Write the phantom as nnU-Net v2 raw datasets (training set with ground-truth maps + test sets).
+
+Layout under ``out_dir`` (an nnU-Net raw folder)::
+
+    Dataset{first_id}_PhantomCine/        imagesTr/ labelsTr/ tissueMapsTr/ dataset.json   (bSSFP training set)
+    Dataset{first_id+1}_PhantomCineTest/  imagesTr/ labelsTr/ dataset.json                 (new anatomies, bSSFP)
+    Dataset{first_id+2}_PhantomLGE/ ...   one labelled dataset per unseen domain, same test anatomies
+    phantom_summary.json
+
+Each dataset is built in a hidden temporary folder beside its target and renamed into place when
+complete, so an interrupted run leaves no half-written dataset.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Optional, Union
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from ..maps.store import atomic_write_bytes, atomic_write_json, write_case_maps, write_manifest
+from .anatomy import ACDC_LABELS, PhantomCase, make_case
+from .domains import Domain, load_domains, render_domain
+
+__all__ = ["write_phantom_datasets", "format_summary", "case_affine", "SUMMARY_NAME"]
+
+SUMMARY_NAME = "phantom_summary.json"
+FILE_ENDING = ".nii.gz"
+# Random streams (numpy SeedSequence keys) so that each stream is independent of the others and of
+# the case counts: training anatomies, training renderings, test anatomies, test renderings.
+_TRAIN_ANATOMY, _TRAIN_RENDER, _TEST_ANATOMY, _TEST_RENDER = 0, 1, 2, 3
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *[int(k) for k in keys]]))
+
+
+def case_affine(case: PhantomCase) -> np.ndarray:
+    """4x4 voxel-to-world matrix of a case written as (X, Y, Z): diag(dx, dy, dz) in mm."""
+    dz, dy, dx = case.spacing_zyx_mm
+    return np.diag([dx, dy, dz, 1.0])
+
+
+def _save_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
+    img = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)).astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    atomic_write_bytes(path, lambda tmp: nib.save(img, tmp), FILE_ENDING)
+
+
+def _plan(out_dir: Path, domains: dict[str, Domain], first_id: int) -> list[dict]:
+    train = next(d for d in domains.values() if d.role == "training")
+    plan = [{"domain": train.name, "dataset": train.dataset, "role": "train", "channel_name": train.channel_name},
+            {"domain": train.name, "dataset": train.dataset + "Test", "role": "test", "channel_name": train.channel_name}]
+    plan += [{"domain": d.name, "dataset": d.dataset, "role": "test", "channel_name": d.channel_name}
+             for d in domains.values() if d.role == "test"]
+    if first_id < 1 or first_id + len(plan) - 1 > 999:
+        raise ValueError(f"first_id {first_id} leaves no room for {len(plan)} dataset ids in 1..999 "
+                         f"(nnU-Net ids have 3 digits); choose --first-id <= {1000 - len(plan)}")
+    for i, p in enumerate(plan):
+        p["id"] = first_id + i
+        p["name"] = f"Dataset{p['id']:03d}_{p['dataset']}"
+        p["imitates"] = domains[p["domain"]].imitates
+    return plan
+
+
+def _check_targets(out_dir: Path, plan: list[dict], overwrite: bool) -> None:
+    """Refuse to clobber existing data, and refuse dataset-id clashes nnU-Net would reject."""
+    existing = [p for p in out_dir.iterdir() if p.is_dir()] if out_dir.is_dir() else []
+    for p in plan:
+        target = out_dir / p["name"]
+        clash = [e.name for e in existing if e.name.startswith(f"Dataset{p['id']:03d}_") and e.name != p["name"]]
+        if clash:
+            raise FileExistsError(f"{out_dir / clash[0]} already uses dataset id {p['id']}; nnU-Net needs unique "
+                                  f"ids. Choose another --first-id or move that folder")
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"{target} exists and is not a folder; remove it or choose another -o")
+        if target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise FileExistsError(f"dataset folder {target} already exists and is not empty; pass --overwrite "
+                                  "(overwrite=True) to replace it, or choose another -o / --first-id")
+    summary = out_dir / SUMMARY_NAME
+    if summary.exists() and not overwrite:
+        raise FileExistsError(f"{summary} already exists; pass --overwrite (overwrite=True) to replace the phantom")
+
+
+def _write_case(folder: Path, case_id: str, image: np.ndarray, case: PhantomCase) -> None:
+    affine = case_affine(case)
+    _save_nifti(image, affine, folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}", np.float32)
+    _save_nifti(case.labels, affine, folder / "labelsTr" / f"{case_id}{FILE_ENDING}", np.uint8)
+
+
+def _dataset_json(folder: Path, p: dict, cases: dict, seed: int, size: int, field: str) -> None:
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    generate_dataset_json(
+        str(folder), channel_names={0: p["channel_name"]}, labels=dict(ACDC_LABELS),
+        num_training_cases=len(cases), file_ending=FILE_ENDING, dataset_name=p["name"],
+        description=f"nnunetv2-physaug synthetic short-axis cardiac phantom, domain {p['domain']!r}: {p['imitates']}",
+        reference="nnunetv2_physaug.phantom", license="CC0 (synthetic data)", converted_by="physaug-phantom",
+        physaug_phantom={"domain": p["domain"], "role": p["role"], "imitates": p["imitates"], "seed": seed,
+                         "size": size, "field": field, "cases": cases})
+
+
+def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, n_test: int = 10, seed: int = 0,
+                           size: int = 128, first_id: int = 900, field: str = "1.5T", overwrite: bool = False,
+                           domains_file: Optional[Union[str, os.PathLike]] = None, progress: bool = True) -> dict:
+    """Generate the phantom datasets (see module docstring) under ``out_dir``.
+
+    Args:
+        out_dir: nnU-Net raw folder to write into (created if missing).
+        n_train: training cases (new anatomies, bSSFP cine, with ground-truth maps).
+        n_test: test anatomies; each test dataset holds these n_test cases rendered in its domain.
+        seed: master seed; every case and rendering is a deterministic function of it.
+        size: in-plane matrix in pixels (field of view fixed, so spacing = fov / size).
+        first_id: dataset id of the training set; the test sets take the following ids.
+        field: tissue-table field strength ("1.5T" or "3T").
+        overwrite: replace existing phantom dataset folders and summary.
+        domains_file: alternative ``domains.yaml``.
+        progress: show a tqdm progress bar.
+    Returns:
+        the summary also written to ``out_dir/phantom_summary.json``: seed, size, field, counts,
+        ``datasets`` (list of {id, name, domain, role, n_cases, channel_name, imitates}) in id order,
+        training set first, in-domain test set second.
+    """
+    for name, v, lo in (("n_train", n_train, 1), ("n_test", n_test, 1), ("size", size, 16)):
+        if not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    domains = load_domains(domains_file)
+    plan = _plan(out_dir, domains, first_id)
+    _check_targets(out_dir, plan, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tmp = {p["name"]: Path(tempfile.mkdtemp(prefix=f".tmp-{p['name']}-", dir=out_dir)) for p in plan}
+    cases_meta: dict[str, dict] = {p["name"]: {} for p in plan}
+    try:
+        bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
+        train_p, train_domain = plan[0], domains[plan[0]["domain"]]
+        folder = tmp[train_p["name"]]
+        maps_dir = folder / "tissueMapsTr"
+        for i in range(n_train):
+            case_id = f"phantom_{i:03d}"
+            case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
+            image, info = render_domain(case, train_domain, _rng(seed, _TRAIN_RENDER, i))
+            _write_case(folder, case_id, image, case)
+            write_case_maps(maps_dir, case_id, case.m0.T, case.t1.T, case.t2.T, case_affine(case))
+            cases_meta[train_p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
+                                                    **info}
+            bar.update(1)
+        write_manifest(maps_dir, estimator="ground_truth",
+                       parameters={"source": "nnunetv2_physaug.phantom", "seed": seed, "size": size, "field": field},
+                       cases={c: {"phase": m["phase"], "n_slices": m["n_slices"]}
+                              for c, m in cases_meta[train_p["name"]].items()})
+
+        for j in range(n_test):
+            case_id = f"phantomtest_{j:03d}"
+            case = make_case(_rng(seed, _TEST_ANATOMY, j), size=size, field=field)
+            for p in plan[1:]:
+                key = zlib.crc32(p["name"].split("_", 1)[1].encode())  # stable per domain dataset, not per id
+                image, info = render_domain(case, domains[p["domain"]], _rng(seed, _TEST_RENDER, key, j))
+                _write_case(tmp[p["name"]], case_id, image, case)
+                cases_meta[p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
+                                                  **info}
+            bar.update(1)
+        bar.close()
+
+        for p in plan:
+            p["n_cases"] = len(cases_meta[p["name"]])
+            _dataset_json(tmp[p["name"]], p, cases_meta[p["name"]], seed, size, field)
+        for p in plan:  # everything is complete: move the datasets into place
+            target = out_dir / p["name"]
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp.pop(p["name"]), target)
+    finally:
+        for t in tmp.values():
+            shutil.rmtree(t, ignore_errors=True)
+
+    summary = {
+        "seed": seed, "size": size, "field": field, "first_id": first_id, "n_train": n_train, "n_test": n_test,
+        "out_dir": str(out_dir.resolve()),
+        "datasets": [{k: p[k] for k in ("id", "name", "domain", "role", "n_cases", "channel_name", "imitates")}
+                     for p in plan],
+        "seconds": round(time.time() - t_start, 2),
+    }
+    atomic_write_json(out_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable lines: the folders written and their case counts."""
+    lines = [f"phantom written to {summary['out_dir']} (seed {summary['seed']}, {summary['size']} px, "
+             f"{summary['field']}, {summary['seconds']:.1f} s):"]
+    for d in summary["datasets"]:
+        extra = " + tissueMapsTr (ground truth)" if d["role"] == "train" else ""
+        lines.append(f"  {d['name']:<32} {d['role']:<5} {d['n_cases']:>4} cases  {d['imitates']}{extra}")
+    lines.append(f"  {SUMMARY_NAME}")
+    return "\n".join(lines)
