@@ -473,10 +473,19 @@ def test_rician_noise_mean_bias(snr):
 
 
 def test_psir_noise_is_gaussian_and_signed():
+    """Phase-sensitive images keep the real channel: zero signal plus noise has mean 0 and sd sigma."""
     renderer = _only("noise", snr=[4, 4])
-    m0, t1, t2, labels = region_maps((64, 64))
-    img, p = renderer.render(m0, t1, t2, np.random.default_rng(8), labels=labels, family="psir")
-    assert img.min() < 0 and img.min() >= -p["clip_level"]
+    m0, t1, t2, labels = region_maps((128, 128))
+    air = np.zeros_like(labels, bool)
+    air[:, 1:40] = True
+    m0[air] = 0.0
+    img, p = renderer.render(m0, t1, t2, np.random.default_rng(8), labels=labels, valid=labels >= 0, family="psir")
+    noise = img.numpy()[air]
+    sigma = p["noise_sigma"]
+    assert sigma > 0 and sigma * 3 < p["clip_level"]
+    assert abs(noise.mean()) < 4 * sigma / math.sqrt(noise.size)
+    assert noise.std() == pytest.approx(sigma, rel=0.03)
+    assert img.min() >= -p["clip_level"]
 
 
 # ----------------------------------------------------------------------------- input handling
