@@ -1,0 +1,262 @@
+"""Diffusion samplers: geometry, forward model, data-consistency solve, DPS step, NCC selection, end to end."""
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_physaug.physics import bssfp
+from nnunetv2_physaug.reverse.diffusion import DiffusionEstimator
+from nnunetv2_physaug.reverse.forward import bssfp_latent, data_consistency
+from nnunetv2_physaug.reverse.geometry import GridGeometry, from_grid, percentile_normalise, to_grid
+from nnunetv2_physaug.reverse.ncc import local_ncc, select_by_ncc
+from nnunetv2_physaug.reverse.prior import LatentMapping, PhysicsPrior, tiny_prior_config
+
+torch.set_num_threads(1)
+MAP = LatentMapping()
+
+
+# ------------------------------------------------------------------ geometry
+@pytest.mark.parametrize("h,w", [(17, 30), (31, 12), (20, 20), (9, 14)])
+def test_geometry_round_trip_is_exact_without_resize(h, w):
+    x = torch.randn(2, 3, h, w)
+    geom = GridGeometry.plan(h, w, max(h, w))
+    g = to_grid(x, geom, pad_value=-7.0)
+    assert g.shape == (2, 3, max(h, w), max(h, w))
+    assert torch.equal(from_grid(g, geom), x)
+    # transposed so that H >= W, padding symmetric (+-1) on the short side
+    assert geom.transposed == (h < w)
+    assert abs(geom.pad_before - geom.pad_after) <= 1
+    assert int((g[0, 0] == -7.0).all(dim=0).sum()) == abs(h - w)
+
+
+@pytest.mark.parametrize("h,w,size", [(40, 64, 32), (64, 40, 96), (23, 37, 16)])
+def test_geometry_round_trip_through_resize_keeps_orientation(h, w, size):
+    """A smooth anisotropic field comes back in place (only interpolation error)."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    field = torch.stack([torch.sin(2 * yy) + 0.3 * xx, 2 * xx ** 2 - yy])[None]
+    back = from_grid(to_grid(field, GridGeometry.plan(h, w, size), pad_value=0.0), GridGeometry.plan(h, w, size))
+    assert back.shape == field.shape
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    err = (back - field)[inner].abs().max()
+    assert err < 0.12, err
+    # a transposed or flipped result would be far off
+    assert (back - field.flip(-1))[inner].abs().max() > 0.5
+
+
+def test_percentile_normalisation_matches_numpy():
+    rng = np.random.default_rng(0)
+    img = rng.gamma(2.0, 50.0, size=(3, 11, 17)).astype(np.float32)
+    img[2] = 5.0                                                 # constant slice -> zeros
+    x, lo, hi = percentile_normalise(torch.from_numpy(img), 0.0, 98.0)
+    for i in range(2):
+        p0, p98 = np.percentile(img[i], [0, 98])
+        ref = np.clip((img[i] - p0) / (p98 - p0), 0, 1)
+        assert np.allclose(x[i].numpy(), ref, atol=1e-5)
+    assert torch.all(x[2] == 0)
+    x_unclipped, _, _ = percentile_normalise(torch.from_numpy(img), 0.0, 98.0, clip=False)
+    assert x_unclipped[:2].max() > 1.0
+
+
+# ------------------------------------------------------------------ forward model and data consistency
+def test_forward_model_is_the_short_tr_bssfp_without_sin():
+    z = torch.rand(4, 3, 5, 6) * 1.8 - 0.9
+    u = (z + 1) / 2
+    ref = bssfp(u[:, 0] / 0.6, 3200 * u[:, 1], 300 * u[:, 2], 45.0, 0.0, short_tr=True) / math.sin(math.pi / 4)
+    assert torch.allclose(bssfp_latent(z, MAP)[:, 0], ref, rtol=1e-5)
+    # closed form at alpha = 45 deg: M0 / (1 + cos a + (1 - cos a) T1/T2)
+    c = math.cos(math.pi / 4)
+    hand = (u[:, 0] / 0.6) / (1 + c + (1 - c) * (3200 * u[:, 1]) / (300 * u[:, 2]))
+    assert torch.allclose(bssfp_latent(z, MAP)[:, 0], hand, rtol=1e-5)
+
+
+def test_data_consistency_solves_the_per_pixel_map_problem():
+    torch.manual_seed(0)
+    z0 = torch.rand(2, 3, 4, 5) * 1.2 - 0.6
+    z_true = (z0 + 0.15 * torch.randn_like(z0)).clamp(-0.9, 0.9)
+    y = bssfp_latent(z_true, MAP)
+    # data term dominant: the rendering matches the measurement
+    fit = data_consistency(z0, y, MAP, prior_var=1.0, noise_var=1e-6, iters=10)
+    assert (bssfp_latent(fit, MAP) - y).abs().max() < 1e-4
+    # prior dominant: nothing moves
+    still = data_consistency(z0, y, MAP, prior_var=1e-9, noise_var=1.0, iters=3)
+    assert torch.allclose(still, z0, atol=1e-6)
+    # a balanced problem: the solution is a stationary point (compare with autograd on the objective)
+    pv, nv, w = 0.05, 0.01, torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1)
+    sol = data_consistency(z0, y, MAP, prior_var=pv, noise_var=nv, channel_weights=(0.5, 1.0, 2.0), iters=30)
+    zz = sol.clone().requires_grad_(True)
+    obj = ((y - bssfp_latent(zz, MAP)) ** 2 / nv).sum() + (w * (zz - z0) ** 2 / pv).sum()
+    g, = torch.autograd.grad(obj, zz)
+    assert g.abs().max() < 1e-3 * (1 + obj.item())
+    # and it beats the start on the objective
+    def f(z):
+        return ((y - bssfp_latent(z, MAP)) ** 2 / nv).sum() + (w * (z - z0) ** 2 / pv).sum()
+    assert f(sol) < f(z0)
+
+
+# ------------------------------------------------------------------ a DPS step against a hand-computed gradient
+class _LinearEps(torch.nn.Module):
+    """Analytic epsilon-predictor eps(x, t) = k x, so x0_hat = g_t x with g_t = (1 - sqrt(1 - abar) k) / sqrt(abar)."""
+
+    def __init__(self, k: float, size: int):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(k))
+        self.config = types.SimpleNamespace(in_channels=3, out_channels=3, sample_size=size)
+
+    def forward(self, x, t):
+        return types.SimpleNamespace(sample=self.k * x)
+
+
+def test_one_dps_step_matches_the_hand_computed_update():
+    from diffusers import DDPMScheduler
+    s, cand, xi, sigma = 6, 2, 400.0, 0.1
+    sched = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    sched.set_timesteps(1)
+    t = int(sched.timesteps[0])                       # the single strided step; its previous abar is 1
+    abar = sched.alphas_cumprod[t].double()
+    g_t = 0.5                                         # choose k so that x0_hat = 0.5 x_t
+    k = float((1 - g_t * torch.sqrt(abar)) / torch.sqrt(1 - abar))
+    prior = PhysicsPrior(_LinearEps(k, s), DDPMScheduler(num_train_timesteps=1000, clip_sample=False))
+    est = DiffusionEstimator(prior, "paper", steps=1, candidates=cand, xi=xi, sigma=sigma, micro_batch=1)
+    torch.manual_seed(0)
+    x_grid = torch.rand(1, s, s)
+    gen = torch.Generator().manual_seed(5)
+    g_copy = torch.Generator().manual_seed(5)
+    latents = est._paper_candidates(x_grid, cand, gen)     # (cand, 3, s, s)
+
+    # the same computation by hand: z_T from the generator, x0_hat = g_t z_T
+    z = torch.randn((cand, 3, s, s), generator=g_copy)
+    x0 = g_t * z.double()
+    u = (x0 + 1) / 2
+    m0, t1, t2 = u[:, 0] / 0.6, 3200 * u[:, 1], (300 * u[:, 2]).clamp_min(1e-4)
+    c = math.cos(math.pi / 4)
+    den = 1 + c + (1 - c) * t1 / t2
+    a = m0 / den
+    y = 0.3 * x_grid.double()
+    # L = sum over candidates of mean over pixels of (y - A)^2 / (C sigma^2)
+    dl_da = -2 * (y - a) / (cand * s * s * sigma ** 2)
+    da_du0 = 1 / (0.6 * den)
+    da_du1 = -m0 * (1 - c) * 3200 / (t2 * den ** 2)
+    da_du2 = m0 * (1 - c) * t1 * 300 / (t2 ** 2 * den ** 2) * (300 * u[:, 2] > 1e-4)
+    grad = torch.stack([dl_da * da_du0, dl_da * da_du1, dl_da * da_du2], dim=1) * 0.5 * g_t
+    # DDPM posterior mean at the last step (previous abar = 1): mu = x0_hat; the variance is 0 there
+    expected = x0 - xi * grad
+    assert torch.allclose(latents.double(), expected, rtol=1e-4, atol=1e-5)
+    assert (xi * grad).abs().max() > 1e-2              # the guidance term is not negligible here
+
+
+# ------------------------------------------------------------------ NCC selection
+def test_ncc_selects_the_structurally_matching_sample():
+    torch.manual_seed(0)
+    s = 24
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    image = ((yy - 12) ** 2 + (xx - 10) ** 2 < 40).float() + 0.5 * (xx > 17).float()
+    assert local_ncc(image[None], image[None] * 3) > 0.99              # invariant to gain
+    assert local_ncc(image[None], torch.randn(1, s, s)) < 0.3
+    lat = torch.randn(1, 4, 3, s, s) * 0.5
+    lat[0, 2, 1] = 0.8 * image - 0.5          # candidate 2: T1 and T2 follow the image, inverted contrast for T2
+    lat[0, 2, 2] = -0.6 * image + 0.2
+    lat[0, 3, 1] = image - 0.5                # candidate 3: only T1 follows
+    keep, n1, n2 = select_by_ncc(image[None], lat, keep=2)
+    assert keep.tolist() == [[2, 3]]
+    assert min(n1[0, 2], n2[0, 2]) > 0.7 > 0.5 > n2[0, 3]     # border windows see the zero padding
+
+
+# ------------------------------------------------------------------ end to end
+class _OracleEps(torch.nn.Module):
+    """An epsilon-predictor that knows the clean latent of every row: x0_hat is exactly the truth."""
+
+    def __init__(self, truth: torch.Tensor):
+        super().__init__()
+        self.truth = truth
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.config = types.SimpleNamespace(in_channels=3, out_channels=3, sample_size=truth.shape[-1])
+        self.abar = None
+
+    def forward(self, x, t):
+        a = self.abar[torch.as_tensor(t).reshape(-1)[0]]
+        reps = x.shape[0] // self.truth.shape[0]
+        target = self.truth.repeat_interleave(reps, dim=0)
+        return types.SimpleNamespace(sample=(x - a.sqrt() * target) / (1 - a).sqrt() + 0 * self.w)
+
+
+def _smooth_truth(b, h, w):
+    """Native latent maps (B, 3, H, W) with a zero-signal border, and their bSSFP image (arbitrary scale)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    r = (yy ** 2 + xx ** 2).sqrt()
+    body = torch.sigmoid((0.85 - r) * 20)
+    z = torch.stack([body * (0.5 + 0.3 * xx) * 2 - 1, body * (0.55 + 0.3 * yy) * 2 - 1,
+                     body * (0.4 + 0.2 * torch.cos(3 * xx)) * 2 - 1])
+    z = z[None].repeat(b, 1, 1, 1)
+    z[1:, 0] = (z[1:, 0] + 1) * 0.7 - 1
+    m0, t1, t2 = MAP.to_physical(z)
+    # M0 on the scale the samplers assume: 98th percentile of the signal at 0.3 (DESIGN §5)
+    p98 = torch.quantile(bssfp_latent(z, MAP).flatten(1), 0.98, dim=1)
+    m0 = m0 * (0.3 / p98).view(-1, 1, 1)
+    z = MAP.to_latent(m0, t1, t2)
+    m0, t1, t2 = MAP.to_physical(z)
+    sig = bssfp_latent(z, MAP)[:, 0]
+    return z, m0, t1, t2, 123.0 * sig
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_oracle_prior_returns_the_truth_in_native_geometry(preset):
+    """With a prior that knows the answer, both samplers return it on the native (non-square) pixels."""
+    from diffusers import DDPMScheduler
+    b, h, w, size = 2, 30, 44, 32
+    z, m0, t1, t2, images = _smooth_truth(b, h, w)
+    truth_grid = to_grid(z, GridGeometry.plan(h, w, size), pad_value=-1.0)
+    oracle = _OracleEps(truth_grid)
+    prior = PhysicsPrior(oracle, DDPMScheduler(num_train_timesteps=1000))
+    oracle.abar = prior.scheduler.alphas_cumprod
+    kw = dict(steps=8) if preset == "fast" else dict(steps=4, candidates=2, micro_batch=4)
+    est = DiffusionEstimator(prior, preset, **kw)
+    out = est.estimate(images, None, n_samples=1, generator=torch.Generator().manual_seed(0))
+    assert out.maps.shape == (b, 1, 3, h, w)
+    body = (m0 > 0.3)
+    for c, ref, tol in ((1, t1, 0.06), (2, t2, 0.06)):
+        rel = ((out.maps[:, 0, c] - ref).abs() / ref.clamp_min(1.0))[body]
+        assert rel.median() < tol, (preset, c, float(rel.median()))
+    assert all(q["nrmse_pct"] < (1.0 if preset == "fast" else 6.0) for q in out.qc)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    torch.manual_seed(0)
+    return PhysicsPrior.create(tiny_prior_config(16))
+
+
+@pytest.mark.parametrize("preset", ["fast", "paper"])
+def test_untrained_tiny_prior_end_to_end_shapes_and_validity(tiny_prior, preset):
+    _, _, _, _, images = _smooth_truth(3, 21, 13)
+    kw = dict(steps=5) if preset == "fast" else dict(steps=3, candidates=3)
+    est = DiffusionEstimator(tiny_prior, preset, **kw)
+    out = est.estimate(images, None, n_samples=2, generator=torch.Generator().manual_seed(1))
+    assert out.maps.shape == (3, 2, 3, 21, 13) and out.maps.dtype == torch.float32
+    assert torch.isfinite(out.maps).all()
+    assert (out.maps[:, :, 1:] >= 1.0).all() and (out.maps[:, :, 0] >= 0).all()
+    assert len(out.qc) == 3 and all(len(q["nrmse_pct_per_sample"]) == 2 for q in out.qc)
+    if preset == "paper":
+        assert {"ncc_t1", "ncc_t2", "abnormal"} <= set(out.qc[0])
+    else:  # the native-resolution data-consistency solve fits the image whatever the prior
+        assert max(q["nrmse_pct"] for q in out.qc) < 2.0
+    again = est.estimate(images, None, n_samples=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.maps, again.maps)                     # deterministic given the generator
+
+
+def test_estimator_identity_and_bad_arguments(tiny_prior):
+    est = DiffusionEstimator(tiny_prior, "paper")
+    ident = est.identity()
+    assert ident["estimator"] == "diffusion-paper" and ident["prior_hash"] == tiny_prior.hash
+    assert ident["parameters"]["xi"] == 400.0 and ident["parameters"]["steps"] == 200
+    assert ident["parameters"]["candidates"] == 5 and ident["parameters"]["sigma"] == 0.1
+    assert DiffusionEstimator(tiny_prior).name == "diffusion-fast"
+    with pytest.raises(ValueError, match="unknown diffusion preset"):
+        DiffusionEstimator(tiny_prior, "slow")
+    with pytest.raises(ValueError, match="unknown fast sampler parameter"):
+        DiffusionEstimator(tiny_prior, "fast", xi=3.0)
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        est.estimate(torch.zeros(4, 4), None, 1, torch.Generator())
