@@ -356,6 +356,29 @@ def test_percentile_subsample_on_large_input():
     assert p["clip_level"] == pytest.approx(np.percentile(sig, 99.5), rel=2e-3)
 
 
+@pytest.mark.parametrize("name", ["spoiled_gre", "bssfp", "look_locker"])
+@pytest.mark.parametrize("flip_map", [False, True])
+def test_fast_forms_equal_physics_module(name, flip_map):
+    """The in-place loader forms agree with physics.signal (float64) for scalar and per-pixel flips."""
+    from nnunetv2_physaug.contrast import fast
+    from nnunetv2_physaug.physics import signal
+    rng = np.random.default_rng(0)
+    shape = (3, 20, 24)
+    m0 = torch.from_numpy(rng.uniform(0.1, 1.0, shape).astype(np.float32))
+    t1 = torch.from_numpy(rng.uniform(200, 2000, shape).astype(np.float32))
+    t2 = torch.from_numpy(rng.uniform(20, 300, shape).astype(np.float32))
+    flip = torch.from_numpy(rng.uniform(5, 80, shape[-2:]).astype(np.float32)) if flip_map else 35.0
+    before = [x.clone() for x in (m0, t1, t2)]
+    args = {"spoiled_gre": (20.0, 6.0), "bssfp": (3.5,), "look_locker": (400.0,)}[name]
+    got = getattr(fast, name)(m0, t1, t2, flip, *args)
+    d = lambda x: x.double() if isinstance(x, torch.Tensor) else x  # noqa: E731
+    ref = getattr(signal, name)(d(m0), d(t1), d(t2), d(flip), *args)
+    assert got.dtype == torch.float32 and got.shape == shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=3e-4, atol=1e-7)
+    for a, b in zip((m0, t1, t2), before):
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------- tissue contrast
 
 def test_bssfp_blood_brighter_than_myocardium():

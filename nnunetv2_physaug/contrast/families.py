@@ -3,7 +3,8 @@
 Each family is a small stateless class (TorchIO style): :meth:`Family.sample` draws one set of
 sequence parameters from the protocol's ranges with a ``numpy.random.Generator``;
 :meth:`Family.render` evaluates the signal equation of :mod:`nnunetv2_physaug.physics.signal`
-on the tissue maps held by a :class:`RenderContext`. Ranges and probabilities are data (the
+on the tissue maps held by a :class:`RenderContext` (for GRE, bSSFP and Look-Locker through the
+equivalent in-place forms of :mod:`.fast`, which the tests check against the physics module). Ranges and probabilities are data (the
 protocol files in ``presets/``); the classes only know the physics and which parameters exist.
 
 Units: times in ms, flip angles in degrees, Gd concentrations in mmol/L. Parameters whose name
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ..physics import signal
+from . import fast
 
 if TYPE_CHECKING:  # pragma: no cover
     from .renderer import RenderContext
@@ -123,7 +125,7 @@ class SpoiledGRE(Family):
         return p
 
     def render(self, ctx, p):
-        return signal.spoiled_gre(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"], p["te_ms"])
+        return fast.spoiled_gre(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"], p["te_ms"])
 
 
 class LookLocker(Family):
@@ -157,7 +159,7 @@ class LookLocker(Family):
         return p
 
     def render(self, ctx, p):
-        return signal.look_locker(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["ti_ms"])
+        return fast.look_locker(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["ti_ms"])
 
 
 class BSSFP(Family):
@@ -178,7 +180,7 @@ class BSSFP(Family):
     uses_flip = True
 
     def render(self, ctx, p):
-        return signal.bssfp(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"])
+        return fast.bssfp(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"])
 
 
 class _GdFamily(Family):
@@ -303,8 +305,8 @@ class T2PrepBSSFP(Family):
     uses_flip = True
 
     def render(self, ctx, p):
-        readout = signal.bssfp(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"])
-        return signal.t2prep(readout, ctx.t2, p["te_prep_ms"])
+        readout = fast.bssfp(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"])
+        return readout.mul_(ctx.t2.reciprocal().mul_(-p["te_prep_ms"]).exp_())  # signal.t2prep weight
 
 
 class TSE(Family):

@@ -1,0 +1,73 @@
+"""In-place float32 evaluations of the hottest signal equations for the data loader.
+
+The reference forms live in :mod:`nnunetv2_physaug.physics.signal` (readable, differentiable,
+one temporary per operation). Rendering runs per sample in the loader, where every fresh
+full-size temporary costs an allocation and page faults, so these versions evaluate the same
+equations with two to four temporaries, updated in place. ``tests/test_contrast.py`` checks them
+against :mod:`~nnunetv2_physaug.physics.signal` and against hand-written numpy formulas.
+
+``flip_deg`` may be a float or a tensor broadcastable to the maps (a (Y, X) B1-scaled flip map).
+Times in ms, angles in degrees. The inputs are never modified.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+__all__ = ["spoiled_gre", "bssfp", "look_locker"]
+
+Flip = Union[float, torch.Tensor]
+
+
+def _trig(flip_deg: Flip):
+    if isinstance(flip_deg, torch.Tensor):
+        a = flip_deg * (math.pi / 180.0)
+        return torch.cos(a), torch.sin(a), a
+    a = math.radians(flip_deg)
+    return math.cos(a), math.sin(a), a
+
+
+def _decay(t: torch.Tensor, time_ms: float) -> torch.Tensor:
+    """A new tensor ``exp(-time_ms / t)``."""
+    return torch.reciprocal(t).mul_(-time_ms).exp_()
+
+
+def spoiled_gre(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, tr_ms: float,
+                te_ms: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.spoiled_gre`:
+    ``M0 sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE/T2)``, E1 = exp(-TR/T1)."""
+    ca, sa, _ = _trig(flip_deg)
+    s = _decay(t1, tr_ms)                       # E1
+    den = torch.mul(s, ca).neg_().add_(1.0)     # 1 - cos(a) E1
+    s.neg_().add_(1.0).div_(den)                # (1 - E1) / (1 - cos(a) E1)
+    torch.reciprocal(t2, out=den).mul_(-te_ms).exp_()
+    return s.mul_(den).mul_(m0).mul_(sa)
+
+
+def bssfp(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, tr_ms: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.bssfp` (full form, ``short_tr=False``):
+    ``M0 sin(a) (1-E1) sqrt(E2) / (1 - (E1-E2) cos(a) - E1 E2)``."""
+    ca, sa, _ = _trig(flip_deg)
+    e1 = _decay(t1, tr_ms)
+    e2 = _decay(t2, tr_ms)
+    den = torch.sub(e1, e2).mul_(ca).neg_().add_(1.0).addcmul_(e1, e2, value=-1.0)
+    return e1.neg_().add_(1.0).mul_(e2.sqrt_()).div_(den).mul_(m0).mul_(sa)
+
+
+def look_locker(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, ti_ms: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.look_locker` (magnitude):
+    ``|Sss (1 - INV exp(-TI/T1*))|`` with Sss = M0 sin(a) / D, D = (1+cos a) + (1-cos a) T1/T2,
+    INV = 1 + sin(a/2)/sin(a) D, 1/T1* = cos²(a/2)/T1 + sin²(a/2)/T2."""
+    ca, sa, a = _trig(flip_deg)
+    if isinstance(a, torch.Tensor):
+        sh, ch = torch.sin(a / 2.0), torch.cos(a / 2.0)
+    else:
+        sh, ch = math.sin(a / 2.0), math.cos(a / 2.0)
+    den = torch.div(t1, t2).mul_(1.0 - ca).add_(1.0 + ca)          # D
+    inv = torch.mul(den, sh / sa).add_(1.0)                          # INV
+    rate = torch.reciprocal(t2).mul_(sh * sh)
+    rate.add_(torch.reciprocal(t1).mul_(ch * ch))                    # 1/T1*
+    inv.mul_(rate.mul_(-ti_ms).exp_()).neg_().add_(1.0)              # 1 - INV exp(-TI/T1*)
+    return inv.mul_(m0).mul_(sa).div_(den).abs_()
