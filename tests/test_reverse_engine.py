@@ -280,3 +280,27 @@ def test_bad_folder_level_input_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="needs --prior"):
         run_cli("-i", str(images), "--preset", "paper")
     assert not (tmp_path / "tissueMapsTr").exists()  # nothing was started
+
+
+def test_cli_with_a_diffusion_prior_records_its_hash(tmp_path, capsys):
+    from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
+
+    images = make_dataset(tmp_path, 2, shape=(36, 30, 2))
+    priors = []
+    for seed in (0, 1):  # two untrained tiny priors with different weights
+        torch.manual_seed(seed)
+        folder = tmp_path / f"prior{seed}"
+        PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(folder)
+        priors.append(folder)
+    out = tmp_path / "maps"
+    run_cli("-i", str(images), "-o", str(out), "--prior", str(priors[0]), "--preset", "fast", "--samples", "2")
+    text = capsys.readouterr().out
+    assert "2 done" in text and "diffusion-fast" in text
+    man = read_manifest(out)
+    assert man["estimator"] == "diffusion-fast"
+    assert man["prior_hash"] == PhysicsPrior.from_pretrained(priors[0]).hash
+    maps, _ = read_case_maps(out, "case00", reference_image=images / "case00_0000.nii.gz")
+    assert maps.shape == (3, 36, 30, 2, 2)
+    # another prior into the same folder is refused: its maps would be mixed with these
+    with pytest.raises(SystemExit, match="prior_hash"):
+        run_cli("-i", str(images), "-o", str(out), "--prior", str(priors[1]), "--preset", "fast", "--samples", "2")

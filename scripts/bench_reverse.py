@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Benchmark of the reverse-imaging estimators on phantom slices with known maps.
+
+Runs with no arguments on a fresh checkout: it draws phantom cases (``nnunetv2_physaug.phantom``),
+writes the maps of a training set, trains a small phantom prior with ``train_prior`` (or reuses
+it from ``~/.cache/nnunetv2_physaug/bench_prior/<settings>``, or takes ``--prior DIR``), then runs
+the ``label``, diffusion ``fast`` and diffusion ``paper`` estimators on the same held-out bSSFP
+slices and prints per method: seconds, slices/s, bSSFP re-render NRMSE (percent, mean over slices)
+and T1/T2 mean absolute percentage error in blood (labels 1, 3) and myocardium (label 2).
+
+The last line is::
+
+    speedup=<paper s / fast s> nrmse_fast=<%> nrmse_paper=<%> t1_mape_fast=<%> t2_mape_fast=<%>
+
+where the MAPE figures are the worse of blood and myocardium. Goals (issue 4): speedup >= 30 with
+fast no worse than paper, NRMSE <= 2 %, MAPE <= 10 %. A tiny prior trained for a few hundred CPU
+steps is far from the authors' prior, so its map errors say more about the prior than the sampler.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunetv2_physaug.maps.store import write_case_maps
+from nnunetv2_physaug.phantom import make_case
+from nnunetv2_physaug.physics import bssfp
+from nnunetv2_physaug.reverse import LabelEstimator
+from nnunetv2_physaug.reverse.qc import bssfp_nrmse_pct, mape_pct
+
+CACHE = Path.home() / ".cache" / "nnunetv2_physaug" / "bench_prior"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--n-slices", type=int, default=6, help="held-out phantom slices to estimate (default: 6)")
+    p.add_argument("--prior", default=None, metavar="DIR", help="use this prior folder instead of training one")
+    p.add_argument("--size", type=int, default=32, help="phantom matrix and prior grid in pixels (default: 32)")
+    p.add_argument("--unet", default="tiny", choices=["tiny", "small"], help="prior network size (default: tiny)")
+    p.add_argument("--train-steps", type=int, default=300, help="prior training steps (default: 300)")
+    p.add_argument("--train-cases", type=int, default=16, help="phantom cases to train the prior on (default: 16)")
+    p.add_argument("--paper-steps", type=int, default=None,
+                   help="override the paper preset's 200 DPS steps (default: keep 200)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _nib(a: np.ndarray) -> np.ndarray:
+    """Phantom (Z, Y, X) -> nibabel (X, Y, Z)."""
+    return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
+
+
+def get_prior(args, device: torch.device):
+    from nnunetv2_physaug.reverse.prior import PhysicsPrior
+    from nnunetv2_physaug.reverse.train_prior import train_prior
+
+    if args.prior:
+        return PhysicsPrior.from_pretrained(args.prior, device=device), "given"
+    key = json.dumps({"size": args.size, "unet": args.unet, "steps": args.train_steps, "cases": args.train_cases,
+                      "seed": args.seed, "v": 1}, sort_keys=True)
+    folder = CACHE / hashlib.sha256(key.encode()).hexdigest()[:12]
+    if (folder / "unet" / "config.json").is_file():
+        try:
+            return PhysicsPrior.from_pretrained(folder, device=device), f"cached {folder}"
+        except Exception as e:  # a broken cache entry is retrained
+            print(f"cached prior {folder} unusable ({e}); retraining")
+    with tempfile.TemporaryDirectory() as tmp:
+        maps_dir = Path(tmp) / "maps"
+        for i in range(args.train_cases):
+            c = make_case(np.random.default_rng(10_000 + args.seed * 1000 + i), size=args.size)
+            write_case_maps(maps_dir, f"train{i:03d}", _nib(c.m0), _nib(c.t1), _nib(c.t2), np.eye(4))
+        t0 = time.perf_counter()
+        train_prior(maps_dir, folder, size=args.size, steps=args.train_steps, batch_size=16, device=str(device),
+                    unet_config=args.unet, seed=args.seed, checkpoint_every=max(50, args.train_steps // 4))
+        print(f"trained the phantom prior in {time.perf_counter() - t0:.0f} s -> {folder}")
+    return PhysicsPrior.from_pretrained(folder, device=device), f"trained {folder}"
+
+
+def test_slices(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Held-out slices showing the heart: images (B, H, W), truth maps (B, 3, H, W), labels (B, H, W)."""
+    imgs, truths, labs = [], [], []
+    i = 0
+    while len(imgs) < args.n_slices:
+        c = make_case(np.random.default_rng(90_000 + args.seed * 1000 + i), size=args.size)
+        i += 1
+        for z in range(c.m0.shape[0]):
+            if (c.labels[z] == 2).sum() >= 10 and len(imgs) < args.n_slices:
+                m = torch.from_numpy(np.stack([c.m0[z], c.t1[z], c.t2[z]]).astype(np.float32))
+                imgs.append(250.0 * bssfp(m[0], m[1], m[2], 45.0, 0.0, short_tr=True))
+                truths.append(m)
+                labs.append(torch.from_numpy(c.labels[z].astype(np.int64)))
+    return torch.stack(imgs), torch.stack(truths), torch.stack(labs)
+
+
+def evaluate(name: str, estimator, images, truth, labels, device, use_labels: bool, seed: int) -> dict:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    x = images.to(device)
+    lab = labels.to(device) if use_labels else None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        est = estimator.estimate(x, lab, 1, gen)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    maps = est.maps.detach().float().cpu()[:, 0]  # (B, 3, H, W)
+    blood, myo = (labels == 1) | (labels == 3), labels == 2
+    row = {"method": name, "seconds": seconds, "slices_per_s": images.shape[0] / seconds,
+           "nrmse_pct": float(bssfp_nrmse_pct(images, maps).mean())}
+    for ch, par in ((1, "t1"), (2, "t2")):
+        row[f"{par}_blood"] = mape_pct(maps[:, ch], truth[:, ch], blood)
+        row[f"{par}_myo"] = mape_pct(maps[:, ch], truth[:, ch], myo)
+    return row
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    from nnunetv2_physaug.reverse.diffusion import DiffusionEstimator
+
+    prior, how = get_prior(args, device)
+    images, truth, labels = test_slices(args)
+    print(f"prior: {how} (hash {prior.hash}, grid {prior.sample_size}); {images.shape[0]} slices "
+          f"{tuple(images.shape[1:])} on {device}")
+    paper_kw = {"steps": args.paper_steps} if args.paper_steps else {}
+    runs = [("label", LabelEstimator(), True),
+            ("fast", DiffusionEstimator(prior, preset="fast"), False),
+            ("paper", DiffusionEstimator(prior, preset="paper", **paper_kw), False)]
+    rows = []
+    for name, est, use_labels in runs:
+        rows.append(evaluate(name, est, images, truth, labels, device, use_labels, args.seed))
+        r = rows[-1]
+        print(f"{name:>6}: {r['seconds']:8.2f} s ({r['slices_per_s']:7.2f} slices/s)  NRMSE {r['nrmse_pct']:6.2f} %  "
+              f"T1 MAPE blood {r['t1_blood']:5.1f} % myo {r['t1_myo']:5.1f} %  "
+              f"T2 MAPE blood {r['t2_blood']:5.1f} % myo {r['t2_myo']:5.1f} %", flush=True)
+    by = {r["method"]: r for r in rows}
+    fast, paper = by["fast"], by["paper"]
+    print(f"speedup={paper['seconds'] / fast['seconds']:.1f} nrmse_fast={fast['nrmse_pct']:.2f} "
+          f"nrmse_paper={paper['nrmse_pct']:.2f} t1_mape_fast={max(fast['t1_blood'], fast['t1_myo']):.1f} "
+          f"t2_mape_fast={max(fast['t2_blood'], fast['t2_myo']):.1f}")
+
+
+if __name__ == "__main__":
+    main()
