@@ -190,9 +190,54 @@ class ContrastRenderer:
                 valid = valid != 0
         return maps["M0"], maps["T1"], maps["T2"], labels, valid
 
+    def _family_index(self, family: str) -> int:
+        names = [f.family for f in self.protocol.families]
+        if family not in names:
+            raise ValueError(f"family {family!r} is not in protocol {self.protocol.name!r} ({', '.join(names)})")
+        return names.index(family)
+
+    def draw(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike, rng: np.random.Generator,
+             labels: Optional[ArrayLike] = None, family: Optional[str] = None) -> dict:
+        """Draw a family and its sequence parameters on *reference* voxels, with their statistics.
+
+        Use it to render several regions of one case under one draw, normalised like the whole
+        case: pass voxels that represent the case (e.g. a subsample of its normalisation mask, shape
+        (1, N)), then ``render(region..., params=draw)`` for each region. Parameters that depend on
+        the maps (TI from P99(T1), the LGE null time of the median myocardial T1) come from the
+        reference, and so do the clip level and the statistics of the clipped rendering (smooth
+        fields and noise excluded).
+
+        Returns:
+            the params dict of :meth:`render` plus ``clip_level``, ``reference_mean_signal`` (mean
+            rendered signal before clipping, the noise reference), ``reference_mean`` and
+            ``reference_std`` (of the clipped rendering).
+        """
+        m0, t1, t2, labels, _ = self._check(m0, t1, t2, labels, None)
+        post = self.protocol.postprocess
+        ctx = RenderContext(m0, t1.clamp(min=post.t_min_ms), t2.clamp(min=post.t_min_ms), labels, None, self.protocol)
+        i = self.choose_family(rng) if family is None else self._family_index(family)
+        fam, spec = self._families[i], self.protocol.families[i]
+        params: dict = {"family": fam.name}
+        params.update(fam.sample(rng, spec.params, ctx))
+        image = fam.render(ctx, params)
+        if image.data_ptr() in (m0.data_ptr(), t1.data_ptr(), t2.data_ptr()):
+            image = image.clone()
+        if fam.signed:
+            params["reference_mean_signal"] = ctx.mean(image.abs())
+            level = ctx.percentile(image.abs(), post.clip_percentile)
+            image.clamp_(-level, level)
+        else:
+            params["reference_mean_signal"] = ctx.mean(image)
+            level = ctx.percentile(image, post.clip_percentile)
+            image.clamp_(0.0, level)
+        params["clip_level"] = level
+        params["reference_mean"] = float(image.mean())
+        params["reference_std"] = float(image.std(unbiased=False))
+        return params
+
     def render(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike, rng: np.random.Generator,
                labels: Optional[ArrayLike] = None, valid: Optional[ArrayLike] = None,
-               family: Optional[str] = None) -> tuple[torch.Tensor, dict]:
+               family: Optional[str] = None, params: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
         """Render one random contrast.
 
         Args:
@@ -203,6 +248,10 @@ class ContrastRenderer:
                 the crop) for label-aware Gd uptake and black blood.
             valid: optional bool map; only these pixels enter percentiles and the noise level.
             family: render this family (must be in the protocol) instead of drawing one.
+            params: render with these sequence parameters (from :meth:`draw`, or a previous
+                render) instead of drawing them; their ``clip_level`` and
+                ``reference_mean_signal`` (if present) replace the statistics of this region.
+                Imperfections are still drawn from ``rng``.
         Returns:
             ``(image, params)``: float32 tensor of the maps' shape, finite, clipped to
             [0, P] (signed families: [-P, P] with P from |S|), P the clip percentile of the valid
@@ -215,16 +264,14 @@ class ContrastRenderer:
         t2 = t2.clamp(min=post.t_min_ms)
         ctx = RenderContext(m0, t1, t2, labels, valid, self.protocol)
 
-        if family is None:
-            i = self.choose_family(rng)
+        if params is not None:
+            params = dict(params)
+            fam = self._families[self._family_index(params["family"])]
         else:
-            names = [f.family for f in self.protocol.families]
-            if family not in names:
-                raise ValueError(f"family {family!r} is not in protocol {self.protocol.name!r} ({', '.join(names)})")
-            i = names.index(family)
-        fam, spec = self._families[i], self.protocol.families[i]
-        params: dict = {"family": fam.name}
-        params.update(fam.sample(rng, spec.params, ctx))
+            i = self.choose_family(rng) if family is None else self._family_index(family)
+            fam, spec = self._families[i], self.protocol.families[i]
+            params = {"family": fam.name}
+            params.update(fam.sample(rng, spec.params, ctx))
 
         imp = self.protocol.imperfections
         shape_yx = tuple(t1.shape[-2:])
@@ -240,18 +287,21 @@ class ContrastRenderer:
                                    params, "bias_gain"))
         if "noise" in imp and rng.random() < imp["noise"].probability:
             snr = float(rng.uniform(*imp["noise"].params["snr"]))
-            ref = ctx.mean(image.abs()) if fam.signed else ctx.mean(image)
+            ref = params.get("reference_mean_signal")
+            if ref is None:
+                ref = ctx.mean(image.abs()) if fam.signed else ctx.mean(image)
             sigma = ref / snr
             params["noise_snr"] = snr
             params["noise_sigma"] = sigma
             if sigma > 0:
                 image = add_rician_noise(image, sigma, rng, fam.signed)
 
+        level = params.get("clip_level")
         if fam.signed:
-            level = ctx.percentile(image.abs(), post.clip_percentile)
+            level = ctx.percentile(image.abs(), post.clip_percentile) if level is None else level
             image.clamp_(-level, level)
         else:
-            level = ctx.percentile(image, post.clip_percentile)
+            level = ctx.percentile(image, post.clip_percentile) if level is None else level
             image.clamp_(0.0, level)
         params["clip_level"] = level
         return image, params
