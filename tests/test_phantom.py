@@ -300,7 +300,8 @@ def test_written_datasets_layout(written, domains):
         assert set(ph["cases"]) == {f"{prefix}{i:03d}" for i in range(n)}
         for meta in ph["cases"].values():
             assert meta["phase"] in ("ED", "ES") and 6 <= meta["n_slices"] <= 10
-        assert (folder / "tissueMapsTr").is_dir() == (d["role"] == "train")
+        assert (folder / "groundTruthMapsTr").is_dir() == (d["role"] == "train")
+        assert not (folder / "tissueMapsTr").exists()
         for i in range(n):
             img = nib.load(str(folder / "imagesTr" / images[i]))
             lab = nib.load(str(folder / "labelsTr" / labels[i]))
@@ -315,7 +316,7 @@ def test_written_datasets_layout(written, domains):
 def test_written_training_maps_are_the_ground_truth(written):
     out, summary = written
     folder = out / summary["datasets"][0]["name"]
-    maps_dir = folder / "tissueMapsTr"
+    maps_dir = folder / "groundTruthMapsTr"
     assert read_manifest(maps_dir)["estimator"] == "ground_truth"
     for i in range(3):
         case = f"phantom_{i:03d}"
@@ -367,7 +368,7 @@ def test_overwrite_replaces_the_datasets(tmp_path):
 def test_cli_help_explains():
     r = subprocess.run([sys.executable, "-m", "nnunetv2_physaug.cli.phantom", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for word in ("--n-train", "--first-id", "--overwrite", "ACDC", "tissueMapsTr", "deterministic"):
+    for word in ("--n-train", "--first-id", "--overwrite", "ACDC", "groundTruthMapsTr", "deterministic"):
         assert word in r.stdout
 
 

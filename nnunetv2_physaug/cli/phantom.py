@@ -9,7 +9,8 @@ DESCRIPTION = """\
 Write synthetic short-axis cardiac MRI phantoms as nnU-Net v2 raw datasets (labels in the ACDC
 convention: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity):
 
-  Dataset{ID}_PhantomCine        bSSFP cine training set + ground-truth M0/T1/T2 maps in tissueMapsTr/
+  Dataset{ID}_PhantomCine        bSSFP cine training set + ground-truth M0/T1/T2 maps in groundTruthMapsTr/
+                                 (tissueMapsTr/ is left for physaug-reverse)
   Dataset{ID+1}_PhantomCineTest  new anatomies, bSSFP cine (in-domain test set)
   Dataset{ID+2..}_Phantom<X>     the same test anatomies in each unseen contrast (LGE, MOLLI, T1w GRE,
                                  T2-prep bSSFP, first-pass perfusion, black-blood TSE)

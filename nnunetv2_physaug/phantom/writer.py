@@ -2,7 +2,7 @@
 
 Layout under ``out_dir`` (an nnU-Net raw folder)::
 
-    Dataset{first_id}_PhantomCine/        imagesTr/ labelsTr/ tissueMapsTr/ dataset.json   (bSSFP training set)
+    Dataset{first_id}_PhantomCine/        imagesTr/ labelsTr/ groundTruthMapsTr/ dataset.json   (bSSFP training set)
     Dataset{first_id+1}_PhantomCineTest/  imagesTr/ labelsTr/ dataset.json                 (new anatomies, bSSFP)
     Dataset{first_id+2}_PhantomLGE/ ...   one labelled dataset per unseen domain, same test anatomies
     phantom_summary.json
@@ -34,6 +34,10 @@ SUMMARY_NAME = "phantom_summary.json"
 FILE_ENDING = ".nii.gz"
 # Random streams (numpy SeedSequence keys) so that each stream is independent of the others and of
 # the case counts: training anatomies, training renderings, test anatomies, test renderings.
+# Ground truth sits beside the dataset, *not* in tissueMapsTr: that is the folder physaug-reverse
+# fills and the trainer reads, so the workflow on the phantom is the one a user runs on real data
+# (and benchmarks can compare estimated maps with this folder).
+GROUND_TRUTH_MAPS = "groundTruthMapsTr"
 _TRAIN_ANATOMY, _TRAIN_RENDER, _TEST_ANATOMY, _TEST_RENDER = 0, 1, 2, 3
 
 
@@ -145,7 +149,7 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
         bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
         train_p, train_domain = plan[0], domains[plan[0]["domain"]]
         folder = tmp[train_p["name"]]
-        maps_dir = folder / "tissueMapsTr"
+        maps_dir = folder / GROUND_TRUTH_MAPS
         for i in range(n_train):
             case_id = f"phantom_{i:03d}"
             case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
@@ -200,7 +204,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"phantom written to {summary['out_dir']} (seed {summary['seed']}, {summary['size']} px, "
              f"{summary['field']}, {summary['seconds']:.1f} s):"]
     for d in summary["datasets"]:
-        extra = " + tissueMapsTr (ground truth)" if d["role"] == "train" else ""
+        extra = f" + {GROUND_TRUTH_MAPS} (ground truth)" if d["role"] == "train" else ""
         lines.append(f"  {d['name']:<32} {d['role']:<5} {d['n_cases']:>4} cases  {d['imitates']}{extra}")
     lines.append(f"  {SUMMARY_NAME}")
     return "\n".join(lines)
