@@ -202,3 +202,28 @@ def test_multiprocess_loader_yields_batches(toy, monkeypatch):
         for dl in (dl_train, dl_val):
             if hasattr(dl, "_finish"):
                 dl._finish()
+
+
+def test_case_mode_crop_equals_the_full_case_rendering_cropped(toy):
+    """Rendering only the crop gives the same pixels as rendering the whole case (paper preset:
+    no random fields or noise), because parameters, clip level and statistics are the case's."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+    from nnunetv2_physaug.nnunet.dataset import RenderOnCrop
+
+    env, folder = toy
+    _, wrapped, _ = _wrapped(env, folder, p_render=1.0, stats="case", protocol="paper")
+    key = wrapped.identifiers[2]
+    _, seg, _, _ = wrapped.base.load_case(key)
+    aligned = Path(wrapped.aligned_folder)
+    maps = np.load(aligned / f"{key}.npy", mmap_mode="r")[0]
+    sample = np.load(aligned / f"{key}_sample.npy")[0]
+
+    def view(seed):
+        return RenderOnCrop(maps, seg, sample, wrapped.renderer, np.random.default_rng(seed),
+                            wrapped.use_mask_for_norm, True, "case")
+
+    for seed in range(6):
+        full = np.asarray(view(seed))
+        bbox = [[1, 2], [3, 23], [4, 30]]
+        crop = crop_and_pad_nd(view(seed), bbox, 0)
+        np.testing.assert_allclose(crop, full[:, 1:2, 3:23, 4:30], rtol=1e-5, atol=1e-5)

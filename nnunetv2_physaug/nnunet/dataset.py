@@ -9,8 +9,9 @@ augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
 Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
 ``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
-the case's (``stats="case"``: rendered on a fixed subsample of the case's voxels with the same
-sequence parameters, as preprocessing would over the whole volume) or the patch's (``stats="patch"``).
+the case's (``stats="case"``: the sequence parameters, the P99.5 clip level, mean and std come from
+rendering a fixed subsample of the case's normalisation voxels, as preprocessing would z-score the
+whole volume) or the patch's (``stats="patch"``: clip level and z-score of the rendered crop).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..contrast import FAMILIES, ContrastRenderer, RenderContext, load_protocol
+from ..contrast import ContrastRenderer, load_protocol
 
 STATS_MODES = ("case", "patch")
 _EPS = 1e-8  # nnU-Net's ZScoreNormalization eps for float32
@@ -55,25 +56,13 @@ class RenderOnCrop:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def case_statistics(self, params: dict) -> tuple[float, float]:
-        """Mean and std of the rendering with ``params`` over the case's normalisation voxels.
-
-        Evaluated on the case's fixed voxel subsample with the same family and parameters,
-        clipped at the same level (smooth fields and noise are left out: they change the mean
-        and spread by a few percent at most, which nnU-Net's own intensity augmentation exceeds).
-        """
+    def draw_on_case(self) -> dict:
+        """Sequence parameters drawn on the case's voxel subsample, with the case-level clip level,
+        mean and std of that rendering (what preprocessing's z-score of the whole case would use)."""
         s = self._sample
         m0, t1, t2 = (torch.from_numpy(np.ascontiguousarray(s[i]))[None] for i in range(3))
-        post = self._renderer.protocol.postprocess
-        t1 = t1.clamp(min=post.t_min_ms)
-        t2 = t2.clamp(min=post.t_min_ms)
         labels = torch.from_numpy(s[3]).to(torch.int16)[None] if self._use_labels else None
-        ctx = RenderContext(m0, t1, t2, labels, None, self._renderer.protocol)
-        family = FAMILIES[params["family"]]
-        img = family.render(ctx, params)
-        level = params["clip_level"]
-        img = img.clamp(-level, level) if family.signed else img.clamp(0.0, level)
-        return float(img.mean()), float(img.std(unbiased=False))
+        return self._renderer.draw(m0, t1, t2, self._rng, labels=labels)
 
     def __getitem__(self, slices) -> np.ndarray:
         if not isinstance(slices, tuple):
@@ -84,11 +73,12 @@ class RenderOnCrop:
         maps = np.array(self._maps[(slice(None),) + region], dtype=np.float32)
         seg = torch.from_numpy(np.asarray(self._seg[(slice(0, 1),) + region])[0].astype(np.int16, copy=False))
         valid = seg >= 0
+        draw = self.draw_on_case() if self._stats == "case" else None
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),
                                                  torch.from_numpy(maps[2]), self._rng,
-                                                 labels=seg if self._use_labels else None, valid=valid)
+                                                 labels=seg if self._use_labels else None, valid=valid, params=draw)
         if self._stats == "case":
-            mean, std = self.case_statistics(self.params)
+            mean, std = self.params["reference_mean"], self.params["reference_std"]
         else:
             vals = img[valid] if self._use_mask and bool(valid.any()) else img
             mean, std = float(vals.mean()), float(vals.std(unbiased=False))
