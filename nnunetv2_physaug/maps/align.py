@@ -29,7 +29,7 @@ from .store import MAP_NAMES, TissueMapError, atomic_write_bytes, atomic_write_j
 
 ALIGNED_SUFFIX = "__physaug_maps"
 INDEX_NAME = "index.json"
-STATS_SAMPLE_SIZE = 4096
+STATS_SAMPLE_SIZE = 2048
 # Order-3 spline resampling overshoots near sharp edges; T1/T2 must stay physical.
 MIN_RELAXATION_MS = 1.0
 

@@ -130,6 +130,8 @@ class PhysAugTrainingDataset:
                                     f"{' ...' if len(missing) > 5 else ''}")
         self._rng: Optional[np.random.Generator] = None
         self._rng_pid: Optional[int] = None
+        self._arrays: dict = {}
+        self._arrays_pid: Optional[int] = None
 
     # nnU-Net's loader reads these
     @property
@@ -143,6 +145,8 @@ class PhysAugTrainingDataset:
         state = self.__dict__.copy()
         state["_rng"] = None
         state["_rng_pid"] = None
+        state["_arrays"] = {}  # memmaps are per process
+        state["_arrays_pid"] = None
         return state
 
     @property
@@ -153,14 +157,23 @@ class PhysAugTrainingDataset:
             self._rng_pid = os.getpid()
         return self._rng
 
+    def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray]:
+        """(memory-mapped aligned maps, voxel sample) of a case, opened once per process."""
+        if self._arrays_pid != os.getpid():
+            self._arrays, self._arrays_pid = {}, os.getpid()
+        if identifier not in self._arrays:
+            folder = Path(self.aligned_folder)
+            self._arrays[identifier] = (
+                np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False),
+                np.load(folder / f"{identifier}_sample.npy", allow_pickle=False))
+        return self._arrays[identifier]
+
     def load_case(self, identifier: str):
         data, seg, seg_prev, properties = self.base.load_case(identifier)
         rng = self.rng
         if rng.random() >= self.p_render:
             return data, seg, seg_prev, properties
-        folder = Path(self.aligned_folder)
-        maps = np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False)
-        sample = np.load(folder / f"{identifier}_sample.npy", allow_pickle=False)
+        maps, sample = self._case_arrays(identifier)
         k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
         view = RenderOnCrop(maps[k], seg, sample[k], self.renderer, rng, self.use_mask_for_norm,
                             self.use_labels, self.stats)
