@@ -167,7 +167,7 @@ class PhysicsPrior:
                 raise PriorError(f"prior folder {folder}: {PRIOR_CONFIG_NAME} is invalid ({e!r}); it needs "
                                  "m0_divisor, t1_scale_ms and t2_scale_ms") from e
         try:
-            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
             scheduler = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise PriorError(f"prior folder {folder}: cannot load the diffusers model ({e})") from e
