@@ -98,12 +98,13 @@ def predict_folder(model_dir: Path, images: Path, out: Path, folds: Sequence, de
 
 def score_folder(labels: Path, predictions: Path, model_dir: Path) -> dict:
     """nnU-Net's metrics of ``predictions`` against ``labels``: per-label Dice and foreground mean."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
 
     n_proc = max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
-    summary = compute_metrics_on_folder2(str(labels), str(predictions), str(model_dir / "dataset.json"),
-                                         str(model_dir / "plans.json"), str(predictions / "summary.json"),
-                                         num_processes=n_proc, chill=True)
+    compute_metrics_on_folder2(str(labels), str(predictions), str(model_dir / "dataset.json"),
+                               str(model_dir / "plans.json"), str(predictions / "summary.json"),
+                               num_processes=n_proc, chill=True)
+    summary = load_summary_json(str(predictions / "summary.json"))
     per_label = {str(k): float(v["Dice"]) for k, v in summary["mean"].items()}
     return {"dice_per_label": per_label, "mean_fg_dice": float(summary["foreground_mean"]["Dice"]),
             "n_cases": len(summary["metric_per_case"])}

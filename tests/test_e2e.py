@@ -1,0 +1,80 @@
+"""End to end with nnU-Net's real commands: the demo in smoke mode, then stock predict + evaluate.
+
+phantom -> physaug-reverse -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (stock baseline and
+PhysAug, tiny budget, CPU) -> physaug-evaluate -> physaug-preview, all through ``scripts/demo``'s
+module; then ``nnUNetv2_predict`` on an unseen contrast and ``nnUNetv2_evaluate_folder``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnunet_helpers import nnunet_env, run
+
+SMOKE_TRAINERS = Path(__file__).parent / "smoke_trainers"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = nnunet_env(out)
+    env["nnUNet_extTrainer"] = str(SMOKE_TRAINERS)  # the demo appends ours
+    env.pop("nnUNet_n_proc_DA")  # the demo sets its own
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "nnunetv2_physaug.demo", "--out", str(out), "--n-train", "5",
+                           "--n-test", "2", "--size", "64", "--baseline", "nnUNetTrainer_smoke",
+                           "--physaug", "nnUNetTrainerPhysAug_smoke"], env=env, capture_output=True, text=True,
+                          timeout=1500)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc.stdout, seconds
+
+
+def test_demo_runs_every_step_and_reports(demo_run):
+    out, stdout, seconds = demo_run
+    last = stdout.strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in last.split())
+    assert set(fields) == {"unseen_dice_physaug", "unseen_dice_baseline", "indomain_dice_physaug",
+                           "indomain_dice_baseline", "seconds"}
+    for k, v in fields.items():
+        assert 0.0 <= float(v) <= (1.0 if k != "seconds" else 1e5)
+    rows = json.loads((out / "evaluation" / "results.json").read_text())
+    domains = {r["domain"] for r in rows}
+    assert len(domains) == 8 and {r["model"] for r in rows} == {"nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"}
+    for name in ("results.md", "results.csv", "dice.png"):
+        assert (out / "evaluation" / name).stat().st_size > 0
+    assert (out / "preview_wide.png").stat().st_size > 10_000
+    # the PhysAug trainer trained on maps estimated by physaug-reverse, not the phantom's ground truth
+    train = next((out / "nnUNet_raw").glob("Dataset900_*"))
+    manifest = json.loads((train / "tissueMapsTr" / "manifest.json").read_text())
+    assert manifest["estimator"] != "ground_truth"
+    log = next((out / "nnUNet_results").rglob("nnUNetTrainerPhysAug_smoke__*/fold_0/training_log_*.txt")).read_text()
+    assert "PhysAug: protocol 'wide'" in log
+    print(f"demo smoke wall clock: {seconds:.0f} s")
+
+
+def test_stock_predict_and_evaluate_on_an_unseen_contrast(demo_run, tmp_path):
+    out, _, _ = demo_run
+    env = nnunet_env(out)
+    lge = next((out / "nnUNet_raw").glob("Dataset90*_PhantomLGE"))
+    pred = tmp_path / "pred"
+    # stock nnUNetv2_predict re-imports the trainer named in the checkpoint through nnUNet_extTrainer
+    env["nnUNet_extTrainer"] = env["nnUNet_extTrainer"] + os.pathsep + str(SMOKE_TRAINERS)
+    run(["nnUNetv2_predict", "-i", str(lge / "imagesTr"), "-o", str(pred), "-d", "900", "-c", "2d",
+         "-tr", "nnUNetTrainerPhysAug_smoke", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1",
+         "-nps", "1"], env)
+    n_images = len(list((lge / "imagesTr").glob("*_0000.nii.gz")))
+    assert len(list(pred.glob("*.nii.gz"))) == n_images
+    model = next((out / "nnUNet_results").rglob("nnUNetTrainerPhysAug_smoke__nnUNetPlans__2d"))
+    run(["nnUNetv2_evaluate_folder", str(lge / "labelsTr"), str(pred), "-djfile", str(model / "dataset.json"),
+         "-pfile", str(model / "plans.json"), "-np", "1"], env)
+    summary = json.loads((pred / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2", "3"}
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
