@@ -47,7 +47,7 @@ def test_demo_runs_every_step_and_reports(demo_run):
         assert 0.0 <= float(v) <= (1.0 if k != "seconds" else 1e5)
     rows = json.loads((out / "evaluation" / "results.json").read_text())
     domains = {r["domain"] for r in rows}
-    assert len(domains) == 8 and {r["model"] for r in rows} == {"nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"}
+    assert len(domains) == 7 and {r["model"] for r in rows} == {"nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"}
     for name in ("results.md", "results.csv", "dice.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
     assert (out / "preview_wide.png").stat().st_size > 10_000
