@@ -144,10 +144,11 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
     rows = 1 + math.ceil(n / COLUMNS)
     fig = plt.figure(figsize=(COLUMNS * PANEL_W_IN, rows * PANEL_H_IN), dpi=DPI)
     try:
-        top = 1 - 0.45 / (rows * PANEL_H_IN)
+        top = 1 - 0.75 / (rows * PANEL_H_IN)  # room for the suptitle above the panel titles
         bottom = 0.95 / (rows * PANEL_H_IN)
         fig.subplots_adjust(left=0.02, right=0.96, top=top, bottom=bottom, wspace=0.25, hspace=0.55)
-        fig.suptitle(f"{case}  slice {z}  preset {protocol.name}  seed {seed}", fontsize=10)
+        fig.suptitle(f"{case}  slice {z}  preset {protocol.name}  seed {seed}", fontsize=10,
+                     y=1 - 0.12 / (rows * PANEL_H_IN))
         panels = [
             (img2d, "image", "gray", "signal (a.u.)", None),
             (m0, "M0", "viridis", "M0 (relative)", None),

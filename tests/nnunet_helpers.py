@@ -1,6 +1,7 @@
 """Helpers for tests that run real nnU-Net commands in temporary folders."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,21 @@ def nnunet_env(root: Path, **extra) -> dict:
     env["MPLBACKEND"] = "Agg"
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def environ_from(env: dict, keys=("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")):
+    """Set ``keys`` of ``env`` in this process's os.environ for the duration (for in-process nnU-Net calls)."""
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """Map alignment against nnU-Net's own preprocessing of the same image."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nnunet_helpers import load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from nnunet_helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
 
 DATASET_ID = 961
 
@@ -22,14 +21,8 @@ def preprocessed(tmp_path_factory):
     # exactly the preprocessed image
     folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "AlignToy", n_cases=3, channel_name="noNorm")
     plan_and_preprocess(env, DATASET_ID, configs=("2d", "3d_fullres"))
-    old = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    os.environ.update({k: env[k] for k in old})
-    yield env, folder
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ_from(env):
+        yield env, folder
 
 
 def _align(env, folder, configuration):

@@ -1,7 +1,6 @@
 """The training-dataset wrapper and the trainer's map handling, on a small preprocessed dataset."""
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_helpers import load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from nnunet_helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
 
 DATASET_ID = 963
 
@@ -20,15 +19,8 @@ def toy(tmp_path_factory):
     env = nnunet_env(root)
     folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "TrainerToy", n_cases=5)
     plan_and_preprocess(env, DATASET_ID)
-    keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    yield env, folder
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ_from(env):
+        yield env, folder
 
 
 def _trainer(env, folder, cls_name="nnUNetTrainerPhysAug"):

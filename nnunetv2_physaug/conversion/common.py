@@ -215,6 +215,24 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_metadata_csv(path: Path, what: str, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a dataset's metadata CSV as ``(line number, {column: stripped value})``.
+
+    Raises :class:`ConversionError` naming the file when it is missing or lacks a ``required`` column.
+    """
+    import csv
+
+    require_file(path, what)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ConversionError(f"{path}: missing column(s) {missing}; found {header}")
+        rows = list(reader)
+    return [(n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for n, row in enumerate(rows, 2)]
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise ConversionError(f"missing {what}: folder {path} does not exist")

@@ -13,10 +13,9 @@ Vendor, vendor name, centre, pathology, age, sex, height and weight of every cas
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from .common import (MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
+from .common import (read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
                      require_dir, require_file, safe_group_name, subject_dirs, write_dataset)
 
 NAME = "MNMs"
@@ -50,17 +49,8 @@ default reader) rejects; read those test images with nnU-Net's NibabelIO."""
 
 def read_info_csv(path: Path) -> dict[str, dict]:
     """Parse the M&Ms information CSV into ``{code: {"vendor", "centre", "ed_frame", "es_frame", ...}}``."""
-    require_file(path, "M&Ms information CSV")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ConversionError(f"{path}: missing column(s) {missing}; found {header}")
-        rows = list(reader)
     info: dict[str, dict] = {}
-    for n, row in enumerate(rows, 2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for n, row in read_metadata_csv(path, "M&Ms information CSV", REQUIRED_COLUMNS):
         code = row["External code"]
         if not code:
             continue  # spreadsheet padding

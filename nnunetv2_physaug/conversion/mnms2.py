@@ -14,12 +14,11 @@ links the test cases into ``imagesTs_<Vendor>``/``labelsTs_<Vendor>``.
 """
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Iterable
 
-from .common import (MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
+from .common import (read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
                      require_dir, require_file, safe_group_name, subject_dirs, write_dataset)
 
 NAME = "MNMs2"
@@ -63,17 +62,8 @@ def read_info_csv(path: Path) -> dict[int, dict]:
 
     Blank rows (spreadsheet padding, present in the release) are skipped.
     """
-    require_file(path, "M&Ms-2 information CSV")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ConversionError(f"{path}: missing column(s) {missing}; found {header}")
-        rows = list(reader)
     info: dict[int, dict] = {}
-    for n, row in enumerate(rows, 2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+    for n, row in read_metadata_csv(path, "M&Ms-2 information CSV", REQUIRED_COLUMNS):
         if not row["SUBJECT_CODE"]:
             continue
         try:
