@@ -151,59 +151,59 @@ class nnUNetTrainerPhysAug_IR(nnUNetTrainerPhysAug):
 # the stock class keeps its __init__ (same signature, same num_epochs), so a comparison changes
 # nothing but the augmentation.
 class nnUNetTrainerPhysAug_1epoch(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_1epoch):
-    pass
+    """``nnUNetTrainer_1epoch`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_5epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_5epochs):
-    pass
+    """``nnUNetTrainer_5epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_10epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_10epochs):
-    pass
+    """``nnUNetTrainer_10epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_20epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_20epochs):
-    pass
+    """``nnUNetTrainer_20epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_50epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_50epochs):
-    pass
+    """``nnUNetTrainer_50epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_100epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_100epochs):
-    pass
+    """``nnUNetTrainer_100epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_250epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_250epochs):
-    pass
+    """``nnUNetTrainer_250epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_500epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_500epochs):
-    pass
+    """``nnUNetTrainer_500epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_750epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_750epochs):
-    pass
+    """``nnUNetTrainer_750epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_2000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_2000epochs):
-    pass
+    """``nnUNetTrainer_2000epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_4000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_4000epochs):
-    pass
+    """``nnUNetTrainer_4000epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_8000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_8000epochs):
-    pass
+    """``nnUNetTrainer_8000epochs`` with PhysAug: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_paper_5epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_5epochs):
-    pass
+    """``nnUNetTrainer_5epochs`` with the paper setting: same epochs, same everything else."""
 
 
 class nnUNetTrainerPhysAug_paper_50epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_50epochs):
-    pass
+    """``nnUNetTrainer_50epochs`` with the paper setting: same epochs, same everything else."""
 
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
