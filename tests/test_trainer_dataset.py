@@ -18,19 +18,19 @@ def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer_ds")
     env = nnunet_env(root)
     folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "TrainerToy", n_cases=5)
-    plan_and_preprocess(env, DATASET_ID)
+    plan_and_preprocess(env, DATASET_ID, configs=("2d", "3d_fullres"))
     with environ_from(env):
         yield env, folder
 
 
-def _trainer(env, folder, cls_name="nnUNetTrainerPhysAug"):
+def _trainer(env, folder, cls_name="nnUNetTrainerPhysAug", configuration="2d"):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     pp = Path(env["nnUNet_preprocessed"]) / folder.name
     plans = load_json(pp / "nnUNetPlans.json")
     plans["continue_training"] = False
     cls = recursive_find_trainer_class_by_name(cls_name)
-    return cls(plans, "2d", 0, load_json(pp / "dataset.json"), torch.device("cpu"))
+    return cls(plans, configuration, 0, load_json(pp / "dataset.json"), torch.device("cpu"))
 
 
 def _wrapped(env, folder, p_render=1.0, stats="case", protocol="paper"):
@@ -219,3 +219,21 @@ def test_case_mode_crop_equals_the_full_case_rendering_cropped(toy):
         bbox = [[1, 2], [3, 23], [4, 30]]
         crop = crop_and_pad_nd(view(seed), bbox, 0)
         np.testing.assert_allclose(crop, full[:, 1:2, 3:23, 4:30], rtol=1e-5, atol=1e-5)
+
+
+def test_3d_fullres_training_loads_render_3d_patches(toy):
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+    from nnunetv2_physaug.nnunet.dataset import PhysAugTrainingDataset
+
+    env, folder = toy
+    tr = _trainer(env, folder, configuration="3d_fullres")
+    tr.physaug_p_render = 1.0
+    wrapped, _ = tr.get_tr_and_val_datasets()
+    assert isinstance(wrapped, PhysAugTrainingDataset)
+    assert wrapped.aligned_folder.endswith("nnUNetPlans_3d_fullres__physaug_maps")
+    view, seg, _, _ = wrapped.load_case(wrapped.identifiers[0])
+    bbox = [[0, 4], [2, 22], [-2, 20]]
+    crop = crop_and_pad_nd(view, bbox, 0)
+    assert crop.shape == (1, 4, 20, 22) and np.isfinite(crop).all()
+    inside = crop_and_pad_nd(seg, bbox, -1) >= 0
+    assert crop[inside].std() > 0.1  # a real rendering, normalised (not constant)
