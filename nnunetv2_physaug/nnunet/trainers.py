@@ -30,6 +30,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as _stock_lengths
 
 from ..maps.store import missing_cases
+from .env import require_nnunet_paths
 from .dataset import PhysAugTrainingDataset
 
 MAPS_DIR_ENV = "PHYSAUG_MAPS_DIR"
@@ -54,8 +55,8 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
 
     # --- where things are -------------------------------------------------------------------
     def physaug_raw_dataset_folder(self) -> Path:
-        from nnunetv2.paths import nnUNet_raw
-        return Path(os.fspath(nnUNet_raw)) / self.plans_manager.dataset_name
+        raw = require_nnunet_paths(which=("nnUNet_raw",))["nnUNet_raw"]
+        return Path(raw) / self.plans_manager.dataset_name
 
     def physaug_maps_dir(self) -> Path:
         env = os.environ.get(MAPS_DIR_ENV)
@@ -73,6 +74,8 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
     def _raw_images(self) -> dict[str, str]:
         """{case: path of its channel-0 raw image}, for shape/affine checks (empty if raw data is absent)."""
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+        if not os.environ.get("nnUNet_raw"):
+            return {}  # maps given through PHYSAUG_MAPS_DIR; nothing to check them against
         raw = self.physaug_raw_dataset_folder()
         if not raw.is_dir():
             return {}
