@@ -237,3 +237,26 @@ def test_3d_fullres_training_loads_render_3d_patches(toy):
     assert crop.shape == (1, 4, 20, 22) and np.isfinite(crop).all()
     inside = crop_and_pad_nd(seg, bbox, -1) >= 0
     assert crop[inside].std() > 0.1  # a real rendering, normalised (not constant)
+
+
+def test_each_load_draws_one_of_k_posterior_samples(toy, monkeypatch, tmp_path):
+    import nibabel as nib
+    from nnunetv2_physaug.maps import write_case_maps
+
+    env, folder = toy
+    maps_dir = tmp_path / "k2_maps"
+    for img_path in sorted((folder / "imagesTr").glob("*_0000.nii.gz")):
+        img = nib.load(img_path)
+        a = np.asarray(img.dataobj, np.float32)
+        k2 = np.stack([a, a * 3.0], axis=-1)  # two different "posterior samples"
+        write_case_maps(maps_dir, img_path.name[:-len("_0000.nii.gz")], k2, k2 + 100.0, k2 + 5.0, img.affine)
+    monkeypatch.setenv("PHYSAUG_MAPS_DIR", str(maps_dir))
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = 1.0
+    wrapped, _ = tr.get_tr_and_val_datasets()
+    key = wrapped.identifiers[0]
+    aligned = np.load(Path(wrapped.aligned_folder) / f"{key}.npy")
+    assert aligned.shape[:2] == (2, 3)
+    np.testing.assert_allclose(aligned[1, 0], 3 * aligned[0, 0], rtol=1e-4, atol=1e-3)
+    drawn = {wrapped.load_case(key)[0].posterior_sample for _ in range(40)}
+    assert drawn == {0, 1}

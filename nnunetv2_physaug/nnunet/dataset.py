@@ -52,6 +52,7 @@ class RenderOnCrop:
         self._stats = stats
         self.shape = (1, *maps.shape[1:])
         self.params: Optional[dict] = None
+        self.posterior_sample: int = 0  # which of the case's K map samples this view renders
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -177,4 +178,5 @@ class PhysAugTrainingDataset:
         k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
         view = RenderOnCrop(maps[k], seg, sample[k], self.renderer, rng, self.use_mask_for_norm,
                             self.use_labels, self.stats)
+        view.posterior_sample = k
         return view, seg, seg_prev, properties
