@@ -233,6 +233,24 @@ def read_metadata_csv(path: Path, what: str, required: Sequence[str]) -> list[tu
     return [(n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for n, row in enumerate(rows, 2)]
 
 
+def optional_fields(row: Mapping[str, str], columns: Mapping[str, str], numeric: Iterable[str]) -> dict:
+    """``{key: value}`` for the non-empty ``columns`` (CSV column -> key) of a metadata row; keys in
+    ``numeric`` become floats when they parse (a non-number is kept as text: metadata, not data)."""
+    out: dict = {}
+    numeric = set(numeric)
+    for col, key in columns.items():
+        value = row.get(col, "")
+        if value == "":
+            continue
+        if key in numeric:
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise ConversionError(f"missing {what}: folder {path} does not exist")

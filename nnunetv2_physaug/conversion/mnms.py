@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
+from .common import (optional_fields, read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
                      require_dir, require_file, safe_group_name, subject_dirs, write_dataset)
 
 NAME = "MNMs"
@@ -60,14 +60,7 @@ def read_info_csv(path: Path) -> dict[str, dict]:
         except ValueError:
             raise ConversionError(f"{path}:{n} ({code}): Centre, ED and ES must be numbers, got "
                                   f"{row['Centre']!r}, {row['ED']!r}, {row['ES']!r}") from None
-        for col, key in OPTIONAL_COLUMNS.items():
-            if row.get(col, "") != "":
-                value = row[col]
-                try:
-                    value = float(value) if key in ("age", "height_cm", "weight_kg") else value
-                except ValueError:
-                    pass
-                entry[key] = value
+        entry.update(optional_fields(row, OPTIONAL_COLUMNS, numeric=("age", "height_cm", "weight_kg")))
         if code in info:
             raise ConversionError(f"{path}:{n}: duplicate External code {code}")
         info[code] = entry

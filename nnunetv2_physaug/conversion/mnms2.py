@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .common import (read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
+from .common import (optional_fields, read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
                      require_dir, require_file, safe_group_name, subject_dirs, write_dataset)
 
 NAME = "MNMs2"
@@ -71,15 +71,7 @@ def read_info_csv(path: Path) -> dict[int, dict]:
         except ValueError:
             raise ConversionError(f"{path}:{n}: SUBJECT_CODE {row['SUBJECT_CODE']!r} is not a number") from None
         entry: dict = {"vendor": row["VENDOR"]}
-        for col, key in OPTIONAL_COLUMNS.items():
-            if row.get(col, "") != "":
-                value = row[col]
-                if key in ("age", "field_T"):
-                    try:
-                        value = float(value)
-                    except ValueError:
-                        pass
-                entry[key] = value
+        entry.update(optional_fields(row, OPTIONAL_COLUMNS, numeric=("age", "field_T")))
         if code in info:
             raise ConversionError(f"{path}:{n}: duplicate SUBJECT_CODE {code}")
         info[code] = entry
