@@ -122,8 +122,13 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
     _check_inputs(models, domains)
     if (out_dir / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite to evaluate again")
+    checked = set()
     for m in models:
         ds = json.loads((m / "dataset.json").read_text())
+        key = (json.dumps(ds["labels"], sort_keys=True), ds["file_ending"])
+        if key in checked:  # models of one dataset share labels: read each label file once
+            continue
+        checked.add(key)
         for d in domains:
             _check_labels(d, ds)
     rows = []
