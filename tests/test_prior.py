@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -174,12 +175,55 @@ def test_train_resume_equals_uninterrupted_run(maps_dir, tmp_path):
     assert torch.equal(_unet_out(full), _unet_out(part))
     fresh = PhysicsPrior.create(tiny_prior_config(16))
     assert fresh.hash != full.hash
+    sched = json.loads((tmp_path / "full/scheduler/scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["beta_schedule"] == "squaredcos_cap_v2"
+    assert full.scheduler.config.prediction_type == "v_prediction"
     cfg = json.loads((tmp_path / "full/physaug_prior.json").read_text())
     assert cfg["training"]["steps"] == 4 and cfg["weights_sha256"] == full.hash
     with pytest.raises(PriorTrainingError, match="other settings.*lr"):
         train_prior(maps_dir, tmp_path / "part", steps=6, checkpoint_every=100, **{**kw, "lr": 5e-4})
     with pytest.raises(FileExistsError, match="--overwrite"):
         train_prior(maps_dir, tmp_path / "part", steps=6, resume=False, **kw)
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "epsilon", "sample"])
+def test_training_target_matches_diffusers_and_denoise_inverts_it(kind):
+    """The target of each prediction type is what diffusers' scheduler and our denoise() expect."""
+    from diffusers import DDPMScheduler
+    from nnunetv2_physaug.reverse.train_prior import training_target
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+    torch.manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 250, 600, 999])
+    a = sched.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    target = training_target(kind, x0, noise, a)
+    if kind == "v_prediction":
+        assert torch.allclose(target, sched.get_velocity(x0, noise, t), atol=1e-6)
+    x_t = sched.add_noise(x0, noise, t)
+
+    class Perfect(torch.nn.Module):          # outputs the training target exactly
+        config = types.SimpleNamespace(in_channels=3, out_channels=3, sample_size=8)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, z, tt):
+            return types.SimpleNamespace(sample=target)
+
+    prior = PhysicsPrior(Perfect(), sched)
+    got, _ = prior.denoise(x_t, t)
+    keep = t < 999 if kind == "epsilon" else slice(None)     # epsilon cannot recover x0 at abar ~ 0
+    assert torch.allclose(got[keep], x0[keep], atol=2e-3)
+
+
+def test_training_rejects_unknown_objectives(maps_dir, tmp_path):
+    with pytest.raises(PriorTrainingError, match="prediction_type"):
+        train_prior(maps_dir, tmp_path / "x", steps=1, size=16, unet_config="tiny", device="cpu",
+                    prediction_type="score", progress=False)
+    with pytest.raises(PriorTrainingError, match="beta_schedule"):
+        train_prior(maps_dir, tmp_path / "x", steps=1, size=16, unet_config="tiny", device="cpu",
+                    beta_schedule="sigmoid", progress=False)
 
 
 def test_torchrun_two_process_ddp_on_cpu(maps_dir, tmp_path):

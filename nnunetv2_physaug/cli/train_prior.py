@@ -5,7 +5,7 @@ import argparse
 import sys
 
 _DESCRIPTION = """\
-Train a diffusion prior (diffusers UNet2DModel + DDPM schedule, 1000 steps) over tissue maps
+Train a diffusion prior (diffusers UNet2DModel + DDPM scheduler, 1000 steps) over tissue maps
 [M0, T1, T2] and save it as a diffusers folder (unet/, scheduler/, model_index.json,
 physaug_prior.json; safetensors weights) that `physaug-reverse --prior PRIOR_DIR` loads.
 
@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ema-decay", type=float, default=0.9999, help="maximum EMA decay of the saved weights")
+    p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon", "sample"],
+                   help="network target (default v_prediction: learns the global layout of tissue values far "
+                        "better than epsilon for small networks and data; the authors' prior is epsilon)")
+    p.add_argument("--beta-schedule", default="squaredcos_cap_v2", choices=["squaredcos_cap_v2", "linear"],
+                   help="noise schedule (default squaredcos_cap_v2, cosine; the authors' is linear)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (needs --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="allow --no-resume to replace an existing prior/checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -51,7 +56,8 @@ def main(argv=None) -> None:
         out = train_prior(args.maps, args.output, size=args.size, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, resume=not args.no_resume, device=args.device, unet_config=args.unet,
                           checkpoint_every=args.checkpoint_every, seed=args.seed, ema_decay=args.ema_decay,
-                          overwrite=args.overwrite, progress=not args.quiet)
+                          overwrite=args.overwrite, progress=not args.quiet,
+                          prediction_type=args.prediction_type, beta_schedule=args.beta_schedule)
     except (PriorTrainingError, PriorError, FileExistsError) as e:
         print(f"physaug-train-prior: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -11,13 +11,23 @@ slice and its pixels, sigma = 0.1, xi = 400) back-propagated through the UNet; 5
 slice; the candidate whose latent T1 and T2 maps have the best 9x9 local NCC with the slice is kept;
 bilinear back to native geometry; T2 = 300 u2 ms.
 
-``fast`` (default): all slices and samples in one batch, no gradient through the network, ~25
-DDIM-style steps. At each step the network's x0-hat is corrected by a per-pixel Gauss-Newton MAP
-solve against the measurement whose prior weight follows the current noise level (weak early,
-strong late, as in DiffPIR, Zhu et al. CVPR 2023), and the trajectory continues from the corrected
-estimate. The final estimate is brought to native geometry and corrected once more against the
-native-resolution slice (normalised without the 98th-percentile clip), so resizing blur and
-saturated pixels do not cost data consistency.
+``fast`` (default): all slices and samples in one batch, no back-propagation through the network,
+30 DDIM-style steps. The guidance is the paper's DPS gradient computed without autograd: for a
+denoiser D, the DPS direction (dD/dz)^T J^T r (J the per-pixel Jacobian of the forward model,
+r = y - A(x0-hat)) equals (dD/dz) J^T r because the Jacobian of a minimum-mean-square-error
+denoiser is symmetric (it is the posterior covariance over the noise variance, Tweedie's second
+moment), so one extra forward pass at z + h J^T r gives it by a finite difference. Steps are
+normalised by the residual's RMS (as Chung et al.'s DPS normalises by its norm), so the step size
+does not depend on the grid size. The final estimate is brought to native geometry and corrected
+by a per-pixel Gauss-Newton data-consistency solve against the native-resolution slice
+(normalised without the 98th-percentile clip), so resizing blur and saturated pixels do not cost
+data consistency.
+
+Why not a per-pixel data-consistency solve inside the trajectory (DiffPIR-style, our first
+design): bSSFP gives one equation for three unknowns per pixel, and a per-pixel solve with fixed
+channel weights picks its own member of that null space (e.g. a bright pixel becomes fat, short T1,
+rather than blood, long T2). It fitted the images to 0.02 % NRMSE with myocardial T2 errors of
+70-190 %. The network's Jacobian carries the prior's covariance, which picks the right member.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from typing import Any
 import torch
 
 from .base import SliceEstimate, SliceEstimator
-from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE, bssfp_latent, data_consistency
+from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE, signal_and_jacobian, bssfp_latent, data_consistency
 from .geometry import GridGeometry, from_grid, percentile_normalise, to_grid
 from .ncc import select_by_ncc
 from .prior import PhysicsPrior
@@ -56,22 +66,47 @@ class PaperParams:
 
 @dataclass(frozen=True)
 class FastParams:
-    """Parameters of the fast data-consistent sampler."""
+    """Parameters of the fast sampler (see the module docstring)."""
 
-    steps: int = 25                  # DDIM-style steps over the training schedule
+    steps: int = 30                  # DDIM-style steps over the training schedule
     eta: float = 0.5                 # fraction of fresh noise re-injected per step (0 = deterministic DDIM)
-    sigma: float = 0.02              # measurement std used by the data-consistency solve
-    prior_scale: float = 1.0         # prior variance = prior_scale * (1 - abar_t) / abar_t (DiffPIR's sigma_t^2)
-    prior_var_min: float = 1e-3      # floor of that variance (keeps late steps data-aware)
-    channel_weights: tuple[float, float, float] = (0.25, 1.0, 1.0)  # [M0, T1, T2] stiffness in the solve
-    gn_iters: int = 3                # Gauss-Newton iterations per step
-    final_prior_var: float = 1.0     # prior variance of the native-resolution final solve
+    guidance: float = 0.7            # DPS step per step, relative to the RMS of the residual y - A(x0-hat)
+    fd_step: float = 1e-3            # finite-difference step (RMS latent units) of the Jacobian-vector product
+    sigma: float = 0.02              # measurement std of the final data-consistency solve
+    channel_weights: tuple[float, float, float] = (0.25, 1.0, 1.0)  # [M0, T1, T2] stiffness in the final solve
+    final_prior_var: float = 1.0     # prior variance of the final native-resolution solve
     final_gn_iters: int = 8
     input_scale: float = PAPER_INPUT_SCALE
     flip_deg: float = PAPER_FLIP_DEG
     hi_percentile: float = 98.0
     micro_batch: int = 64            # rows per UNet forward (memory only)
     min_relaxation_ms: float = 1.0
+
+
+def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor,
+                      flip_deg: float = PAPER_FLIP_DEG, fd_step: float = 1e-3
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The denoised estimate and the DPS descent direction, by two forward passes and no autograd.
+
+    Args:
+        prior: the prior (its ``denoise`` is called twice).
+        z: (N, 3, S, S) noisy latents at timestep ``t``.
+        y: (N, 1, S, S) measurement.
+        fd_step: size of the finite-difference perturbation, RMS per row in latent units.
+    Returns:
+        ``x0`` (N, 3, S, S) the network's x0-hat at ``z``; ``direction`` (N, 3, S, S), approximately
+        ``-0.5 * grad_z ||y - A(x0(z))||^2`` (exact for a denoiser with a symmetric Jacobian, up to the
+        finite difference); ``r_rms`` (N, 1, 1, 1) the RMS of the residual per row.
+    """
+    x0, _ = prior.denoise(z, t)
+    sig, jac = signal_and_jacobian(x0, prior.mapping, flip_deg, 1e-4)
+    r = y - sig
+    v = jac * r                                                   # J^T r, per pixel
+    v_rms = v.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    x0_h, _ = prior.denoise(z + fd_step * v / v_rms, t)
+    direction = (x0_h - x0) * (v_rms / fd_step)
+    r_rms = r.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    return x0, direction, r_rms
 
 
 class DiffusionEstimator(SliceEstimator):
@@ -179,7 +214,7 @@ class DiffusionEstimator(SliceEstimator):
             z = torch.cat(rows)
         return z
 
-    # ------------------------------------------------------------------ fast: DDIM + per-pixel DC
+    # ------------------------------------------------------------------ fast: DDIM + Jacobian-free DPS
     def _fast_grid(self, x_grid: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         p = self.params
         bsz, s = x_grid.shape[0], x_grid.shape[-1]
@@ -197,17 +232,17 @@ class DiffusionEstimator(SliceEstimator):
         x0 = z
         for i, t in enumerate(ts):
             a_t = abar[t]
-            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=dev)
             with torch.inference_mode():
-                x0 = torch.cat([self.prior.denoise(z[lo: lo + p.micro_batch], t)[0]
-                                for lo in range(0, n, p.micro_batch)])
-            x0 = x0.clamp(-1.0, 1.0)
-            prior_var = max(p.prior_scale * float((1.0 - a_t) / a_t), p.prior_var_min)
-            x0 = data_consistency(x0, y, self.prior.mapping, prior_var, p.sigma ** 2, p.channel_weights,
-                                  p.gn_iters, p.flip_deg)
+                parts = [jacobian_free_dps(self.prior, z[lo: lo + p.micro_batch], t, y[lo: lo + p.micro_batch],
+                                           p.flip_deg, p.fd_step) for lo in range(0, n, p.micro_batch)]
+            x0 = torch.cat([q[0] for q in parts]).clamp(-1.0, 1.0)
             if i + 1 == len(ts):
                 break
+            direction = torch.cat([q[1] for q in parts])
+            r_rms = torch.cat([q[2] for q in parts])
+            a_prev = abar[ts[i + 1]]
             eps = (z - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
             z = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * (
                 math.sqrt(1.0 - p.eta) * eps + math.sqrt(p.eta) * noise(z.shape))
+            z = z + p.guidance * direction / r_rms
         return x0.view(bsz, n_samples, 3, s, s)

@@ -41,7 +41,7 @@ def bssfp_latent(z: torch.Tensor, mapping: LatentMapping, flip_deg: float = PAPE
     return bssfp(m0, t1, t2, flip_deg, 0.0, short_tr=True) / math.sin(math.radians(flip_deg))
 
 
-def _signal_and_jacobian(z: torch.Tensor, mapping: LatentMapping, flip_deg: float,
+def signal_and_jacobian(z: torch.Tensor, mapping: LatentMapping, flip_deg: float,
                          t2_floor_ms: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Signal (N, 1, H, W) and its derivative w.r.t. the latent (N, 3, H, W), in closed form."""
     c = math.cos(math.radians(flip_deg))
@@ -69,7 +69,8 @@ def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, 
 
         (y - A(z))^2 / noise_var + sum_c w_c (z_c - z0_c)^2 / prior_var
 
-    by ``iters`` projected Gauss-Newton steps (active-set at the box bounds) started at ``z0``.
+    by ``iters`` projected Gauss-Newton steps (active-set at the box bounds, step halving until the
+    pixel's objective decreases) started at ``z0``.
 
     Args:
         z0: (N, 3, H, W) denoised latent estimate (the prior's x0-hat).
@@ -85,21 +86,48 @@ def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, 
     """
     w = torch.as_tensor(channel_weights, dtype=z0.dtype, device=z0.device).view(1, 3, 1, 1)
     d_inv = torch.as_tensor(prior_var, dtype=z0.dtype, device=z0.device) / w  # inverse of the prior Hessian diagonal
+
+    def objective(z_: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
+        return (y - s_).pow(2) / noise_var + ((z_ - z0).pow(2) / d_inv).sum(1, keepdim=True)
+
     z = z0.clamp(-1.0, 1.0)
+    s, a = signal_and_jacobian(z, mapping, flip_deg, t2_floor_ms)
+    f = objective(z, s)
     for _ in range(iters):
-        s, a = _signal_and_jacobian(z, mapping, flip_deg, t2_floor_ms)
         r = y - s
         # Normal equations (a a^T / nv + D) delta = a r / nv - D (z - z0), D = diag(w) / prior_var,
-        # solved with Sherman-Morrison: (D + a a^T / nv)^-1 b = D^-1 b - D^-1 a (a . D^-1 b) / (nv + a . D^-1 a).
-        b = a * (r / noise_var) - (z - z0) / d_inv
+        # by Sherman-Morrison, rearranged so nothing is divided by the small noise variance alone
+        # (the textbook form cancels two terms of size r/nv and loses the step in float32):
+        #   delta = D^-1 a (r + a . D^-1 g) / (nv + a . D^-1 a) - D^-1 g,   g = D (z - z0).
+        g = (z - z0) / d_inv
+        grad_data = a * r / noise_var - g           # the descent direction, for the active set only
         # Active set: a channel at a bound of the box whose descent direction points outwards is held
         # there, so the rest of the correction goes to the channels that can still move.
-        active = ((z >= 1.0) & (b > 0)) | ((z <= -1.0) & (b < 0))
+        active = ((z >= 1.0) & (grad_data > 0)) | ((z <= -1.0) & (grad_data < 0))
         d_eff = torch.where(active, torch.zeros_like(z), d_inv.expand_as(z))
-        dib = d_eff * b
+        dg = d_eff * g
         dia = d_eff * a
-        delta = dib - dia * (a * dib).sum(1, keepdim=True) / (noise_var + (a * dia).sum(1, keepdim=True))
-        z = (z + delta).clamp(-1.0, 1.0)
+        delta = dia * (r + (a * dg).sum(1, keepdim=True)) / (noise_var + (a * dia).sum(1, keepdim=True)) - dg
+        # The signal is far from linear in T2 when T2 is short (S ~ 1/T2), so a full Gauss-Newton
+        # step can overshoot and oscillate: take the longest of 1, 1/2, ... 1/16 that lowers each
+        # pixel's objective (monotone descent), or stay.
+        z_new, s_new, f_new = z, s, f
+        pending = torch.ones_like(f, dtype=torch.bool)
+        step = 1.0
+        for _halving in range(5):
+            z_try = (z + step * delta).clamp(-1.0, 1.0)
+            s_try, a_try = signal_and_jacobian(z_try, mapping, flip_deg, t2_floor_ms)
+            f_try = objective(z_try, s_try)
+            take = pending & (f_try < f)
+            z_new = torch.where(take, z_try, z_new)
+            s_new = torch.where(take, s_try, s_new)
+            f_new = torch.where(take, f_try, f_new)
+            a = torch.where(take, a_try, a)
+            pending = pending & ~take
+            if not bool(pending.any()):
+                break
+            step *= 0.5
+        z, s, f = z_new, s_new, f_new
     if mask is not None:
         z = torch.where(mask, z, z0)
     return z

@@ -9,8 +9,15 @@ bSSFP rendering (alpha = 45 deg, sin(alpha) folded into M0) is 0.3 — the scale
 see a percentile-normalised image (DESIGN §5) — so maps of any M0 unit train a usable prior.
 Random flips and transposes augment orientation.
 
-Objective: the standard DDPM epsilon-prediction loss over the scheduler's 1000 training steps,
-AdamW, an exponential moving average of the weights (saved as the prior).
+Objective: the DDPM loss over the scheduler's 1000 training steps with, by default, the
+v-prediction target (Salimans & Ho 2022) and the cosine schedule (Nichol & Dhariwal 2021), AdamW,
+an exponential moving average of the weights (saved as the prior). Why not the authors' epsilon
+target with the linear schedule: at high noise an epsilon network must predict the noise so
+precisely that the tiny signal left (sqrt(abar) ~ 0.006 at t = 999) can be recovered, and small
+networks trained briefly do not; their samples then miss the tissue values (measured on phantom
+priors: 4-7 % of sampled tissue pixels near a tissue class against 64-69 % in the data). A v
+target keeps the x0 estimate well conditioned at every noise level. Both are selectable, and the
+samplers handle any prediction type the scheduler names.
 
 Scale-out: under ``torchrun`` (WORLD_SIZE > 1) the network is wrapped in
 ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU); each rank draws its own batches, rank 0
@@ -39,6 +46,8 @@ from .geometry import GridGeometry, to_grid
 from .prior import UNET_PRESETS, LatentMapping, PhysicsPrior
 
 CHECKPOINT_DIR = "checkpoint"
+PREDICTION_TYPES = ("v_prediction", "epsilon", "sample")
+BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 CHECKPOINT_NAME = "state.pt"
 
 
@@ -85,6 +94,20 @@ def load_training_latents(maps_dir: os.PathLike | str, size: int, mapping: Laten
     if not out:
         raise PriorTrainingError(f"all map slices in {maps_dir} have M0 = 0 everywhere; nothing to train on")
     return torch.cat(out).clamp(-1.0, 1.0).contiguous()
+
+
+def training_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output for ``x_t = sqrt(abar) x0 + sqrt(1 - abar) noise``.
+
+    ``abar`` broadcasts against ``x0`` (e.g. (N, 1, 1, 1)); v is Salimans & Ho's velocity.
+    """
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    raise PriorTrainingError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -151,7 +174,8 @@ def _barrier(world: int) -> None:
 def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int = 128, steps: int = 20000,
                 batch_size: int = 16, lr: float = 1e-4, resume: bool = True, device: Optional[str] = None,
                 unet_config: str | dict | None = "paper", checkpoint_every: int = 500, seed: int = 0,
-                ema_decay: float = 0.9999, overwrite: bool = False, progress: bool = True) -> Path:
+                ema_decay: float = 0.9999, overwrite: bool = False, progress: bool = True,
+                prediction_type: str = "v_prediction", beta_schedule: str = "squaredcos_cap_v2") -> Path:
     """Train (or resume training) a prior and save it as a diffusers folder ``--prior`` loads.
 
     Args:
@@ -169,6 +193,9 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
         ema_decay: maximum decay of the weight moving average (warm-up makes early decay smaller).
         overwrite: allow a fresh run (``resume=False``) to replace an existing prior or checkpoint.
         progress: show the tqdm bar (rank 0).
+        prediction_type: what the network predicts, "epsilon" (the authors' prior), "v_prediction"
+            (default) or "sample"; see the module docstring for why v.
+        beta_schedule: the noise schedule, "squaredcos_cap_v2" (cosine, default) or "linear" (the authors').
     Returns:
         ``out_dir``.
     """
@@ -183,13 +210,18 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
     rank, world, dev = _dist_setup(device)
     mapping = LatentMapping()
     cfg = _resolve_unet_config(unet_config, size)
+    if prediction_type not in PREDICTION_TYPES:
+        raise PriorTrainingError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise PriorTrainingError(f"beta_schedule {beta_schedule!r} is not one of {', '.join(BETA_SCHEDULES)}")
     run_config = {"size": size, "unet_config": cfg, "mapping": mapping.__dict__, "batch_size": batch_size,
-                  "lr": lr, "seed": seed, "ema_decay": ema_decay}
+                  "lr": lr, "seed": seed, "ema_decay": ema_decay, "prediction_type": prediction_type,
+                  "beta_schedule": beta_schedule}
 
     data = load_training_latents(maps_dir, size, mapping).to(dev)
     torch.manual_seed(seed)
     unet = UNet2DModel(**cfg).to(dev)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type)
     abar = scheduler.alphas_cumprod.to(dev, torch.float32)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
@@ -240,7 +272,7 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
         t = torch.randint(abar.shape[0], (batch_size,), generator=gen).to(dev)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(x_t, t).sample, noise)
+        loss = F.mse_loss(model(x_t, t).sample, training_target(prediction_type, x0, noise, a))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
