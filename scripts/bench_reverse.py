@@ -48,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=3000, help="prior training steps (default: 3000, ~5 min on 2 CPU cores)")
     p.add_argument("--train-lr", type=float, default=1e-3, help="prior learning rate (default: 1e-3)")
     p.add_argument("--train-cases", type=int, default=16, help="phantom cases to train the prior on (default: 16)")
+    p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon", "sample"],
+                   help="prior training target (default: v_prediction, physaug-train-prior's default)")
+    p.add_argument("--beta-schedule", default="squaredcos_cap_v2", choices=["squaredcos_cap_v2", "linear"],
+                   help="prior noise schedule (default: squaredcos_cap_v2)")
     p.add_argument("--paper-steps", type=int, default=None,
                    help="override the paper preset's 200 DPS steps (default: keep 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -65,8 +69,11 @@ def get_prior(args, device: torch.device):
 
     if args.prior:
         return PhysicsPrior.from_pretrained(args.prior, device=device), "given"
-    key = json.dumps({"size": args.size, "unet": args.unet, "steps": args.train_steps, "cases": args.train_cases,
-                      "seed": args.seed, "lr": args.train_lr, "v": 2}, sort_keys=True)
+    settings = {"size": args.size, "unet": args.unet, "steps": args.train_steps, "cases": args.train_cases,
+                "seed": args.seed, "lr": args.train_lr, "v": 2}
+    if (args.prediction_type, args.beta_schedule) != ("v_prediction", "squaredcos_cap_v2"):
+        settings["objective"] = f"{args.prediction_type}/{args.beta_schedule}"
+    key = json.dumps(settings, sort_keys=True)
     folder = CACHE / hashlib.sha256(key.encode()).hexdigest()[:12]
     if (folder / "unet" / "config.json").is_file():
         try:
@@ -81,7 +88,8 @@ def get_prior(args, device: torch.device):
         t0 = time.perf_counter()
         train_prior(maps_dir, folder, size=args.size, steps=args.train_steps, batch_size=16, lr=args.train_lr,
                     device=str(device),
-                    unet_config=args.unet, seed=args.seed, checkpoint_every=max(50, args.train_steps // 4))
+                    unet_config=args.unet, seed=args.seed, checkpoint_every=max(50, args.train_steps // 4),
+                    prediction_type=args.prediction_type, beta_schedule=args.beta_schedule)
         print(f"trained the phantom prior in {time.perf_counter() - t0:.0f} s -> {folder}")
     return PhysicsPrior.from_pretrained(folder, device=device), f"trained {folder}"
 
