@@ -277,7 +277,7 @@ def test_bad_folder_level_input_is_a_clear_error(tmp_path):
     empty.mkdir()
     with pytest.raises(SystemExit, match=f"prior folder {empty}.*unet"):
         run_cli("-i", str(images), "--prior", str(empty))
-    with pytest.raises(SystemExit, match="needs --prior"):
+    with pytest.raises(SystemExit, match="need --prior"):
         run_cli("-i", str(images), "--preset", "paper")
     assert not (tmp_path / "tissueMapsTr").exists()  # nothing was started
 
@@ -304,3 +304,29 @@ def test_cli_with_a_diffusion_prior_records_its_hash(tmp_path, capsys):
     # another prior into the same folder is refused: its maps would be mixed with these
     with pytest.raises(SystemExit, match="prior_hash"):
         run_cli("-i", str(images), "-o", str(out), "--prior", str(priors[1]), "--preset", "fast", "--samples", "2")
+
+
+def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
+    from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
+
+    images = make_dataset(tmp_path, 1, shape=(20, 18, 1))
+    torch.manual_seed(0)
+    PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(tmp_path / "prior")
+    out = tmp_path / "maps"
+    run_cli("-i", str(images), "-o", str(out), "--prior", str(tmp_path / "prior"), "--no-progress",
+            "--sampler-option", "steps=4", "--sampler-option", "guidance=0.5",
+            "--sampler-option", "channel_weights=0.5,1,2")
+    params = read_manifest(out)["parameters"]
+    assert params["steps"] == 4 and params["guidance"] == 0.5 and list(params["channel_weights"]) == [0.5, 1.0, 2.0]
+    # a rerun with other options is a different estimator: refused, not mixed
+    with pytest.raises(SystemExit, match="parameter steps: 4 vs 5"):
+        run_cli("-i", str(images), "-o", str(out), "--prior", str(tmp_path / "prior"), "--no-progress",
+                "--sampler-option", "steps=5")
+    for bad, msg in ((["--sampler-option", "steps"], "KEY=VALUE"), (["--sampler-option", "steps=x"], "not a number"),
+                     (["--sampler-option", "xi=3"], "unknown fast sampler parameter"),
+                     (["--sampler-option", "steps=2.5"], "expected int"),
+                     (["--sampler-option", "channel_weights=1,2"], "of 3 numbers")):
+        with pytest.raises(SystemExit, match=msg):
+            run_cli("-i", str(images), "-o", str(tmp_path / "other"), "--prior", str(tmp_path / "prior"), *bad)
+    with pytest.raises(SystemExit, match="need --prior"):
+        run_cli("-i", str(images), "--sampler-option", "steps=4")

@@ -38,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--method", choices=["label"], default=None,
                      help="weight-free estimator; the default when no --prior is given")
     p.add_argument("--preset", choices=["fast", "paper"], default=None,
-                   help="diffusion sampler (with --prior only): 'fast' (default; batched, few steps, per-pixel "
-                        "data-consistency solve) or 'paper' (the authors' DPS: 200 steps, 5 samples, NCC selection)")
+                   help="diffusion sampler (with --prior only): 'fast' (default; batched, 30 steps of DPS guidance "
+                        "without backpropagation, then a per-pixel fit at native resolution) or 'paper' (the "
+                        "authors' DPS: 200 steps, 5 samples, NCC selection)")
+    p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one sampler parameter (repeatable), e.g. --sampler-option steps=50 "
+                        "--sampler-option guidance=0.5; fast: steps, eta, guidance, fd_step, sigma, "
+                        "channel_weights=0.25,1,1, final_prior_var, final_gn_iters, micro_batch; paper: steps, xi, "
+                        "sigma, candidates, ncc_window, micro_batch")
     lab = p.add_mutually_exclusive_group()
     lab.add_argument("--labels", default=None, metavar="LABELS_DIR",
                      help="label folder (CASE.nii.gz, ACDC convention: 1 RV, 2 myocardium, 3 LV); default: the "
@@ -68,10 +74,10 @@ def main(argv=None) -> None:
     from ..maps.store import TissueMapError
     from ..reverse import CacheMismatchError, ReverseInputError, make_estimator, run_reverse
     from ..reverse.cache import parse_shard
-    from ..reverse.engine import AUTO
+    from ..reverse.engine import AUTO, parse_sampler_options
 
-    if args.preset is not None and args.prior is None:
-        sys.exit("physaug-reverse: --preset applies to the diffusion sampler and needs --prior PRIOR_DIR")
+    if (args.preset is not None or args.sampler_option) and args.prior is None:
+        sys.exit("physaug-reverse: --preset and --sampler-option apply to the diffusion sampler and need --prior PRIOR_DIR")
     errors: tuple[type[BaseException], ...] = (ReverseInputError, CacheMismatchError, TissueMapError, ValueError)
     try:
         from ..reverse.prior import PriorError
@@ -80,8 +86,10 @@ def main(argv=None) -> None:
         pass
     try:
         shard = parse_shard(args.shard)
+        options = parse_sampler_options(args.sampler_option)
         estimator = make_estimator("diffusion" if args.prior else "label", prior=args.prior,
-                                   preset=args.preset or "fast", field_strength=args.field, device=args.device)
+                                   preset=args.preset or "fast", field_strength=args.field, device=args.device,
+                                   sampler_options=options)
         summary = run_reverse(args.images, args.output, estimator=estimator,
                               labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
                               batch_size=args.batch_size, n_samples=args.samples, shard=shard,

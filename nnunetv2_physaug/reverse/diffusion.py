@@ -109,6 +109,27 @@ def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | in
     return x0, direction, r_rms
 
 
+def _coerce(preset: str, key: str, value: Any, default: Any) -> Any:
+    """A parameter override in the type of its default (int, float or a float tuple of the same length)."""
+    bad = ValueError(f"{preset} sampler parameter {key}={value!r}: expected "
+                     f"{type(default).__name__}{f' of {len(default)} numbers' if isinstance(default, tuple) else ''}")
+    try:
+        if isinstance(default, tuple):
+            out = tuple(float(v) for v in value)
+            if len(out) != len(default):
+                raise bad
+            return out
+        if isinstance(default, bool):
+            return bool(value)
+        if isinstance(default, int):
+            if float(value) != int(float(value)) or int(float(value)) < (0 if key == "final_gn_iters" else 1):
+                raise bad
+            return int(float(value))
+        return float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+
+
 class DiffusionEstimator(SliceEstimator):
     """Reverse imaging with a :class:`~.prior.PhysicsPrior` (see the module docstring).
 
@@ -128,7 +149,7 @@ class DiffusionEstimator(SliceEstimator):
                              f"known: {sorted(asdict(base))}")
         self.prior = prior
         self.preset = preset
-        self.params = replace(base, **overrides)
+        self.params = replace(base, **{k: _coerce(preset, k, v, getattr(base, k)) for k, v in overrides.items()})
         self.name = f"diffusion-{preset}"
 
     def identity(self) -> dict:

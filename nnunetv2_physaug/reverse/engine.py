@@ -89,8 +89,34 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
+def parse_sampler_options(items: list[str]) -> dict:
+    """``["steps=50", "channel_weights=0.25,1,1"]`` -> ``{"steps": 50, "channel_weights": (0.25, 1.0, 1.0)}``.
+
+    Values are read as int, float, or a comma-separated tuple of floats; the sampler checks the names.
+    Raises:
+        ValueError: an item without ``=`` or a value that is not a number.
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"sampler option {item!r} is not KEY=VALUE (e.g. steps=50)")
+        try:
+            if "," in value:
+                out[key] = tuple(float(v) for v in value.split(","))
+            elif value.lstrip("+-").isdigit():
+                out[key] = int(value)
+            else:
+                out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"sampler option {item!r}: {value!r} is not a number or a comma-separated list") from None
+    return out
+
+
 def make_estimator(method: str = "label", prior: Union[None, PathLike, object] = None, preset: str = "fast",
-                   field_strength: str = "1.5T", device: Union[str, torch.device] = "cpu") -> SliceEstimator:
+                   field_strength: str = "1.5T", device: Union[str, torch.device] = "cpu",
+                   sampler_options: Optional[dict] = None) -> SliceEstimator:
     """Build a slice estimator.
 
     Args:
@@ -99,10 +125,15 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
         preset: diffusion sampler preset, ``"fast"`` or ``"paper"``.
         field_strength: tissue-table field ("1.5T", "3T") of the label estimator.
         device: where the prior runs.
+        sampler_options: fields of the preset's ``FastParams`` / ``PaperParams`` to override
+            (e.g. ``{"steps": 50, "guidance": 0.5}``); recorded in the manifest like all parameters.
     Raises:
+        ValueError: an unknown sampler option, or options given to the label estimator.
         PriorError: the prior folder has the wrong layout or channel count (from ``PhysicsPrior``).
     """
     if method == "label":
+        if sampler_options:
+            raise ValueError("sampler options apply to the diffusion samplers (--prior), not to method 'label'")
         if prior is not None:
             raise ValueError("method 'label' takes no prior; pass method='diffusion' to use one")
         from .label_estimator import LabelEstimator
@@ -116,7 +147,7 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
             prior = PhysicsPrior.from_pretrained(prior, device=resolve_device(device))
         else:
             prior = prior.to(resolve_device(device))
-        return DiffusionEstimator(prior, preset=preset)
+        return DiffusionEstimator(prior, preset=preset, **(sampler_options or {}))
     raise ValueError(f"unknown method {method!r}; choose 'label' or 'diffusion'")
 
 
