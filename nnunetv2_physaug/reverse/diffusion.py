@@ -12,7 +12,7 @@ slice; the candidate whose latent T1 and T2 maps have the best 9x9 local NCC wit
 bilinear back to native geometry; T2 = 300 u2 ms.
 
 ``fast`` (default): all slices and samples in one batch, no back-propagation through the network,
-30 DDIM-style steps. The guidance is the paper's DPS gradient computed without autograd: for a
+35 DDIM-style steps. The guidance is the paper's DPS gradient computed without autograd: for a
 denoiser D, the DPS direction (dD/dz)^T J^T r (J the per-pixel Jacobian of the forward model,
 r = y - A(x0-hat)) equals (dD/dz) J^T r because the Jacobian of a minimum-mean-square-error
 denoiser is symmetric (it is the posterior covariance over the noise variance, Tweedie's second
@@ -68,7 +68,7 @@ class PaperParams:
 class FastParams:
     """Parameters of the fast sampler (see the module docstring)."""
 
-    steps: int = 30                  # DDIM-style steps over the training schedule
+    steps: int = 35                  # DDIM-style steps over the training schedule
     eta: float = 0.5                 # fraction of fresh noise re-injected per step (0 = deterministic DDIM)
     guidance: float = 0.7            # DPS step per step, relative to the RMS of the residual y - A(x0-hat)
     fd_step: float = 1e-3            # finite-difference step (RMS latent units) of the Jacobian-vector product
