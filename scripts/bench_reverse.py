@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_physaug.maps.store import write_case_maps
-from nnunetv2_physaug.phantom import make_case
+from nnunetv2_physaug.phantom import make_case, write_ground_truth_maps
 from nnunetv2_physaug.physics import bssfp
 from nnunetv2_physaug.reverse import LabelEstimator
 from nnunetv2_physaug.reverse.qc import bssfp_nrmse_pct, mape_pct
+from nnunetv2_physaug.reverse.train_prior import BETA_SCHEDULES, PREDICTION_TYPES
 
 CACHE = Path.home() / ".cache" / "nnunetv2_physaug" / "bench_prior"
 
@@ -48,19 +48,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=3000, help="prior training steps (default: 3000, ~5 min on 2 CPU cores)")
     p.add_argument("--train-lr", type=float, default=1e-3, help="prior learning rate (default: 1e-3)")
     p.add_argument("--train-cases", type=int, default=16, help="phantom cases to train the prior on (default: 16)")
-    p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon", "sample"],
+    p.add_argument("--prediction-type", default="v_prediction", choices=PREDICTION_TYPES,
                    help="prior training target (default: v_prediction, physaug-train-prior's default)")
-    p.add_argument("--beta-schedule", default="squaredcos_cap_v2", choices=["squaredcos_cap_v2", "linear"],
+    p.add_argument("--beta-schedule", default="squaredcos_cap_v2", choices=BETA_SCHEDULES,
                    help="prior noise schedule (default: squaredcos_cap_v2)")
     p.add_argument("--paper-steps", type=int, default=None,
                    help="override the paper preset's 200 DPS steps (default: keep 200)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def _nib(a: np.ndarray) -> np.ndarray:
-    """Phantom (Z, Y, X) -> nibabel (X, Y, Z)."""
-    return np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
 
 
 def get_prior(args, device: torch.device):
@@ -71,7 +66,7 @@ def get_prior(args, device: torch.device):
         return PhysicsPrior.from_pretrained(args.prior, device=device), "given"
     settings = {"size": args.size, "unet": args.unet, "steps": args.train_steps, "cases": args.train_cases,
                 "seed": args.seed, "lr": args.train_lr, "v": 2}
-    if (args.prediction_type, args.beta_schedule) != ("v_prediction", "squaredcos_cap_v2"):
+    if (args.prediction_type, args.beta_schedule) != (PREDICTION_TYPES[0], BETA_SCHEDULES[0]):
         settings["objective"] = f"{args.prediction_type}/{args.beta_schedule}"
     key = json.dumps(settings, sort_keys=True)
     folder = CACHE / hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -84,7 +79,7 @@ def get_prior(args, device: torch.device):
         maps_dir = Path(tmp) / "maps"
         for i in range(args.train_cases):
             c = make_case(np.random.default_rng(10_000 + args.seed * 1000 + i), size=args.size)
-            write_case_maps(maps_dir, f"train{i:03d}", _nib(c.m0), _nib(c.t1), _nib(c.t2), np.eye(4))
+            write_ground_truth_maps(maps_dir, f"train{i:03d}", c)
         t0 = time.perf_counter()
         train_prior(maps_dir, folder, size=args.size, steps=args.train_steps, batch_size=16, lr=args.train_lr,
                     device=str(device),

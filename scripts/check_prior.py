@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_physaug.maps.store import write_case_maps
-from nnunetv2_physaug.phantom import make_case
-from nnunetv2_physaug.physics.tissues import tissue_table
+from nnunetv2_physaug.phantom import make_case, write_ground_truth_maps
+from nnunetv2_physaug.physics.tissues import FIELD_STRENGTHS, tissue_table
 from nnunetv2_physaug.reverse.prior import PhysicsPrior
 from nnunetv2_physaug.reverse.train_prior import load_training_latents
 
@@ -47,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def tissue_classes() -> dict[str, tuple[float, float]]:
     """(T1 ms, T2 ms) means of every tissue with signal, over all field strengths in the table."""
     out = {}
-    for field in ("1.5T", "3T"):
+    for field in FIELD_STRENGTHS:
         for name, props in tissue_table(field).items():
             if props.m0[0] > 0:
                 out[f"{name}@{field}"] = (props.t1[0], props.t2[0])
@@ -77,8 +76,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.cases):
             c = make_case(np.random.default_rng(10_000 + args.seed * 1000 + i), size=size)
-            write_case_maps(Path(tmp), f"c{i:03d}", *(np.ascontiguousarray(np.transpose(a, (2, 1, 0)))
-                                                       for a in (c.m0, c.t1, c.t2)), np.eye(4))
+            write_ground_truth_maps(Path(tmp), f"c{i:03d}", c)
         data = load_training_latents(tmp, size)
     sched = copy.deepcopy(prior.scheduler)
     sched.set_timesteps(args.steps, device=dev)

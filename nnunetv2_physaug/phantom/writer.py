@@ -51,6 +51,11 @@ def case_affine(case: PhantomCase) -> np.ndarray:
     return np.diag([dx, dy, dz, 1.0])
 
 
+def write_ground_truth_maps(maps_dir: Union[str, os.PathLike], case_id: str, case: PhantomCase) -> None:
+    """Write a case's true M0/T1/T2 as ``maps_dir/CASE_{M0,T1,T2}.nii.gz`` (the map store's format)."""
+    write_case_maps(maps_dir, case_id, case.m0.T, case.t1.T, case.t2.T, case_affine(case))
+
+
 def _save_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
     img = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)).astype(dtype), affine)
     img.set_qform(affine, code=1)
@@ -155,7 +160,7 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
             case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
             image, info = render_domain(case, train_domain, _rng(seed, _TRAIN_RENDER, i))
             _write_case(folder, case_id, image, case)
-            write_case_maps(maps_dir, case_id, case.m0.T, case.t1.T, case.t2.T, case_affine(case))
+            write_ground_truth_maps(maps_dir, case_id, case)
             cases_meta[train_p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
                                                     **info}
             bar.update(1)

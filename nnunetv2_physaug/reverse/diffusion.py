@@ -119,8 +119,6 @@ def _coerce(preset: str, key: str, value: Any, default: Any) -> Any:
             if len(out) != len(default):
                 raise bad
             return out
-        if isinstance(default, bool):
-            return bool(value)
         if isinstance(default, int):
             if float(value) != int(float(value)) or int(float(value)) < (0 if key == "final_gn_iters" else 1):
                 raise bad
@@ -250,7 +248,6 @@ class DiffusionEstimator(SliceEstimator):
             return torch.randn(shape, generator=generator, device=generator.device).to(dev)
 
         z = noise((n, 3, s, s))
-        x0 = z
         for i, t in enumerate(ts):
             a_t = abar[t]
             with torch.inference_mode():

@@ -90,9 +90,10 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
 
 
 def parse_sampler_options(items: list[str]) -> dict:
-    """``["steps=50", "channel_weights=0.25,1,1"]`` -> ``{"steps": 50, "channel_weights": (0.25, 1.0, 1.0)}``.
+    """``["steps=50", "channel_weights=0.25,1,1"]`` -> ``{"steps": 50.0, "channel_weights": (0.25, 1.0, 1.0)}``.
 
-    Values are read as int, float, or a comma-separated tuple of floats; the sampler checks the names.
+    Values are read as a number or a comma-separated tuple of numbers; the sampler checks the names
+    and gives each value its parameter's type.
     Raises:
         ValueError: an item without ``=`` or a value that is not a number.
     """
@@ -103,12 +104,7 @@ def parse_sampler_options(items: list[str]) -> dict:
         if not sep or not key or not value:
             raise ValueError(f"sampler option {item!r} is not KEY=VALUE (e.g. steps=50)")
         try:
-            if "," in value:
-                out[key] = tuple(float(v) for v in value.split(","))
-            elif value.lstrip("+-").isdigit():
-                out[key] = int(value)
-            else:
-                out[key] = float(value)
+            out[key] = tuple(float(v) for v in value.split(",")) if "," in value else float(value)
         except ValueError:
             raise ValueError(f"sampler option {item!r}: {value!r} is not a number or a comma-separated list") from None
     return out
