@@ -68,11 +68,18 @@ def test_stock_predict_and_evaluate_on_an_unseen_contrast(demo_run, tmp_path):
     # stock nnUNetv2_predict re-imports the trainer named in the checkpoint through nnUNet_extTrainer
     env["nnUNet_extTrainer"] = env["nnUNet_extTrainer"] + os.pathsep + str(SMOKE_TRAINERS)
     run(["nnUNetv2_predict", "-i", str(lge / "imagesTr"), "-o", str(pred), "-d", "900", "-c", "2d",
-         "-tr", "nnUNetTrainerPhysAug_smoke", "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1",
-         "-nps", "1"], env)
+         "-tr", "nnUNetTrainerPhysAug_smoke", "-p", "nnUNetPlans_w50", "-f", "0", "-device", "cpu", "--disable_tta",
+         "-npp", "1", "-nps", "1"], env)
     n_images = len(list((lge / "imagesTr").glob("*_0000.nii.gz")))
     assert len(list(pred.glob("*.nii.gz"))) == n_images
-    model = next((out / "nnUNet_results").rglob("nnUNetTrainerPhysAug_smoke__nnUNetPlans__2d"))
+    model = next((out / "nnUNet_results").rglob("nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50__2d"))
+    # both models trained with the demo's half-width copy of nnU-Net's plans
+    stock = json.loads(next((out / "nnUNet_preprocessed").glob("Dataset900_*/nnUNetPlans.json")).read_text())
+    for trainer in ("nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"):
+        used = json.loads(next((out / "nnUNet_results").rglob(f"{trainer}__nnUNetPlans_w50__2d/plans.json")).read_text())
+        full = stock["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
+        assert used["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
+            max(4, round(f / 2)) for f in full]
     run(["nnUNetv2_evaluate_folder", str(lge / "labelsTr"), str(pred), "-djfile", str(model / "dataset.json"),
          "-pfile", str(model / "plans.json"), "-np", "1"], env)
     summary = json.loads((pred / "summary.json").read_text())
