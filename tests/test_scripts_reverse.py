@@ -38,7 +38,8 @@ def test_bench_reverse_runs_and_prints_its_last_line(tmp_path, capsys):
     bench = _load("bench_reverse")
     torch.manual_seed(0)
     PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(tmp_path / "prior")
-    bench.main(["--prior", str(tmp_path / "prior"), "--size", "16", "--n-slices", "2", "--paper-steps", "2"])
+    bench.main(["--prior", str(tmp_path / "prior"), "--size", "32",  # native 32², prior grid 16²
+                "--n-slices", "2", "--paper-steps", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.strip().startswith("label:") for line in lines)
     assert re.fullmatch(r"speedup=[\d.]+ nrmse_fast=[\d.]+ nrmse_paper=[\d.]+ t1_mape_fast=[\d.]+ "
