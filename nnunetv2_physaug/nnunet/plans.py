@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
+
+from ..maps.store import atomic_write_json
 
 
 class PlansError(RuntimeError):
@@ -78,13 +79,5 @@ def write_narrow_plans(preprocessed_dataset_dir: os.PathLike | str, width: float
         plans = json.loads(src.read_text())
     except json.JSONDecodeError as e:
         raise PlansError(f"{src} is not valid JSON ({e}); rerun nnU-Net's planning") from e
-    narrowed = narrow_plans(plans, width, target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target}.", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(narrowed, f, indent=4)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(dst, narrow_plans(plans, width, target))
     return dst
