@@ -141,16 +141,15 @@ def test_jacobian_free_dps_direction_equals_the_autograd_dps_gradient():
     z = (torch.rand(2, 3, s, s) * 1.2 - 0.6).double()
     y = torch.rand(2, 1, s, s).double() * 0.3
     prior.unet.double()
-    x0, direction, r_rms = jacobian_free_dps(prior, z, t, y, fd_step=1e-4)
+    x0, eps, direction = jacobian_free_dps(prior, z, t, y, fd_step=1e-4)
     zz = z.clone().requires_grad_(True)
-    x0_auto, _ = prior.denoise(zz, t)
+    x0_auto, eps_auto = prior.denoise(zz, t)
     loss = (y - bssfp_latent(x0_auto, MAP, t2_floor_ms=1e-4)).pow(2).sum()
     grad, = torch.autograd.grad(loss, zz)
     assert torch.allclose(x0, x0_auto.detach(), atol=1e-10)
+    assert torch.allclose(eps, eps_auto.detach(), atol=1e-10)
     assert torch.allclose(direction, -0.5 * grad, rtol=1e-3, atol=1e-3 * float(grad.abs().max()))
     assert float(grad.abs().max()) > 1e-2
-    r = y - bssfp_latent(x0, MAP, t2_floor_ms=1e-4)
-    assert torch.allclose(r_rms.flatten(), r.pow(2).mean(dim=(1, 2, 3)).sqrt())
 
 
 # ------------------------------------------------------------------ a DPS step against a hand-computed gradient
@@ -166,42 +165,67 @@ class _LinearEps(torch.nn.Module):
         return types.SimpleNamespace(sample=self.k * x)
 
 
-def test_one_dps_step_matches_the_hand_computed_update():
+def _linear_eps_prior(s: int, g_t: float):
+    """A prior whose x0_hat = g_t x_t at the single strided step of a 1-step schedule (previous abar = 1)."""
     from diffusers import DDPMScheduler
-    s, cand, xi, sigma = 6, 2, 400.0, 0.1
     sched = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
     sched.set_timesteps(1)
-    t = int(sched.timesteps[0])                       # the single strided step; its previous abar is 1
-    abar = sched.alphas_cumprod[t].double()
-    g_t = 0.5                                         # choose k so that x0_hat = 0.5 x_t
+    abar = sched.alphas_cumprod[int(sched.timesteps[0])].double()
     k = float((1 - g_t * torch.sqrt(abar)) / torch.sqrt(1 - abar))
-    prior = PhysicsPrior(_LinearEps(k, s), DDPMScheduler(num_train_timesteps=1000, clip_sample=False))
-    est = DiffusionEstimator(prior, "paper", steps=1, candidates=cand, xi=xi, sigma=sigma, micro_batch=1)
-    torch.manual_seed(0)
-    x_grid = torch.rand(1, s, s)
-    gen = torch.Generator().manual_seed(5)
-    g_copy = torch.Generator().manual_seed(5)
-    latents = est._paper_candidates(x_grid, cand, gen)     # (cand, 3, s, s)
+    return PhysicsPrior(_LinearEps(k, s), DDPMScheduler(num_train_timesteps=1000, clip_sample=False))
 
-    # the same computation by hand: z_T from the generator, x0_hat = g_t z_T
-    z = torch.randn((cand, 3, s, s), generator=g_copy)
+
+def _hand_dps_step(z: torch.Tensor, x_grid: torch.Tensor, g_t: float, weight: float) -> torch.Tensor:
+    """x0_hat + weight * (dx0/dz)^T J^T r by hand (the DDPM posterior mean at the last step is x0_hat, variance 0).
+
+    The paper's step ``-xi * grad_z [sum_rows mean_pixels (y - A)^2 / (C sigma^2)]`` is this with
+    ``weight = 2 xi / (C P sigma^2)``; the fast sampler's with ``weight = guidance``.
+    """
     x0 = g_t * z.double()
     u = (x0 + 1) / 2
     m0, t1, t2 = u[:, 0] / 0.6, 3200 * u[:, 1], (300 * u[:, 2]).clamp_min(1e-4)
     c = math.cos(math.pi / 4)
     den = 1 + c + (1 - c) * t1 / t2
-    a = m0 / den
-    y = 0.3 * x_grid.double()
-    # L = sum over candidates of mean over pixels of (y - A)^2 / (C sigma^2)
-    dl_da = -2 * (y - a) / (cand * s * s * sigma ** 2)
+    r = 0.3 * x_grid.double() - m0 / den
     da_du0 = 1 / (0.6 * den)
     da_du1 = -m0 * (1 - c) * 3200 / (t2 * den ** 2)
     da_du2 = m0 * (1 - c) * t1 * 300 / (t2 ** 2 * den ** 2) * (300 * u[:, 2] > 1e-4)
-    grad = torch.stack([dl_da * da_du0, dl_da * da_du1, dl_da * da_du2], dim=1) * 0.5 * g_t
-    # DDPM posterior mean at the last step (previous abar = 1): mu = x0_hat; the variance is 0 there
-    expected = x0 - xi * grad
+    direction = torch.stack([r * da_du0, r * da_du1, r * da_du2], dim=1) * 0.5 * g_t   # du/dz = 1/2, dx0/dz = g_t
+    return x0 + weight * direction
+
+
+def test_one_paper_dps_step_matches_the_hand_computed_update():
+    s, cand, xi, sigma, g_t = 6, 2, 400.0, 0.1, 0.5
+    prior = _linear_eps_prior(s, g_t)
+    est = DiffusionEstimator(prior, "paper", steps=1, candidates=cand, xi=xi, sigma=sigma, micro_batch=1)
+    torch.manual_seed(0)
+    x_grid = torch.rand(1, s, s)
+    latents = est._paper_candidates(x_grid, cand, torch.Generator().manual_seed(5))     # (cand, 3, s, s)
+    z = torch.randn((cand, 3, s, s), generator=torch.Generator().manual_seed(5))
+    expected = _hand_dps_step(z, x_grid, g_t, 2 * xi / (cand * s * s * sigma ** 2))
     assert torch.allclose(latents.double(), expected, rtol=1e-4, atol=1e-5)
-    assert (xi * grad).abs().max() > 1e-2              # the guidance term is not negligible here
+    assert (expected - g_t * z.double()).abs().max() > 1e-2     # the guidance term is not negligible here
+
+
+@pytest.mark.parametrize("gradient", ["autograd", "jvp"])
+def test_one_fast_dps_step_matches_the_hand_computed_update(gradient):
+    """Both gradient routes give the hand-computed step; the toy denoiser's Jacobian g_t I is symmetric."""
+    s, n, guidance, g_t = 6, 3, 20.0, 0.5
+    prior = _linear_eps_prior(s, g_t)
+    est = DiffusionEstimator(prior, "fast", steps=1, guidance=guidance, gradient=gradient, micro_batch=2,
+                             fd_step=1e-4)
+    torch.manual_seed(0)
+    x_grid = torch.rand(1, s, s)
+    latents = est._fast_grid(x_grid, n, torch.Generator().manual_seed(5))[0]            # (n, 3, s, s)
+    z = torch.randn((n, 3, s, s), generator=torch.Generator().manual_seed(5))
+    expected = _hand_dps_step(z, x_grid, g_t, guidance)
+    if gradient == "autograd":
+        assert torch.allclose(latents.double(), expected, rtol=1e-5, atol=1e-5)
+    else:  # the closed-form Jacobian clamps the maps to the prior's range; compare where x0_hat is inside it
+        inside = (g_t * z.abs() < 1).all(dim=1, keepdim=True).expand_as(z)
+        assert inside.float().mean() > 0.8
+        assert torch.allclose(latents.double()[inside], expected[inside], rtol=2e-3, atol=2e-3)
+    assert (expected - g_t * z.double()).abs().max() > 1e-2
 
 
 # ------------------------------------------------------------------ NCC selection
@@ -314,5 +338,7 @@ def test_estimator_identity_and_bad_arguments(tiny_prior):
         DiffusionEstimator(tiny_prior, "slow")
     with pytest.raises(ValueError, match="unknown fast sampler parameter"):
         DiffusionEstimator(tiny_prior, "fast", xi=3.0)
+    with pytest.raises(ValueError, match="gradient='backprop': choose one of autograd, jvp"):
+        DiffusionEstimator(tiny_prior, "fast", gradient="backprop")
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         est.estimate(torch.zeros(4, 4), None, 1, torch.Generator())

@@ -315,14 +315,16 @@ def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
     out = tmp_path / "maps"
     run_cli("-i", str(images), "-o", str(out), "--prior", str(tmp_path / "prior"), "--no-progress",
             "--sampler-option", "steps=4", "--sampler-option", "guidance=0.5",
-            "--sampler-option", "channel_weights=0.5,1,2")
+            "--sampler-option", "channel_weights=0.5,1,2", "--sampler-option", "gradient=jvp")
     params = read_manifest(out)["parameters"]
     assert params["steps"] == 4 and params["guidance"] == 0.5 and list(params["channel_weights"]) == [0.5, 1.0, 2.0]
+    assert params["gradient"] == "jvp"
     # a rerun with other options is a different estimator: refused, not mixed
     with pytest.raises(SystemExit, match="parameter steps: 4 vs 5"):
         run_cli("-i", str(images), "-o", str(out), "--prior", str(tmp_path / "prior"), "--no-progress",
                 "--sampler-option", "steps=5")
-    for bad, msg in ((["--sampler-option", "steps"], "KEY=VALUE"), (["--sampler-option", "steps=x"], "not a number"),
+    for bad, msg in ((["--sampler-option", "steps"], "KEY=VALUE"), (["--sampler-option", "steps=x"], "expected int"),
+                     (["--sampler-option", "gradient=backprop"], "choose one of autograd, jvp"),
                      (["--sampler-option", "xi=3"], "unknown fast sampler parameter"),
                      (["--sampler-option", "steps=2.5"], "expected int"),
                      (["--sampler-option", "channel_weights=1,2"], "of 3 numbers")):

@@ -38,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--method", choices=["label"], default=None,
                      help="weight-free estimator; the default when no --prior is given")
     p.add_argument("--preset", choices=["fast", "paper"], default=None,
-                   help="diffusion sampler (with --prior only): 'fast' (default; batched, 35 steps of DPS guidance "
-                        "without backpropagation, then a per-pixel fit at native resolution) or 'paper' (the "
+                   help="diffusion sampler (with --prior only): 'fast' (default; batched, one sample per slice, 35 "
+                        "DPS-guided DDPM steps, then a per-pixel fit at native resolution) or 'paper' (the "
                         "authors' DPS: 200 steps, 5 samples, NCC selection)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
                    help="override one sampler parameter (repeatable), e.g. --sampler-option steps=50 "
-                        "--sampler-option guidance=0.5; fast: steps, eta, guidance, fd_step, sigma, "
+                        "--sampler-option guidance=10; fast: steps, guidance, gradient=autograd|jvp (jvp: no backward "
+                        "pass, less memory), fd_step, sigma, "
                         "channel_weights=0.25,1,1, final_prior_var, final_gn_iters, micro_batch; paper: steps, xi, "
                         "sigma, candidates, ncc_window, micro_batch")
     lab = p.add_mutually_exclusive_group()

@@ -90,12 +90,14 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
 
 
 def parse_sampler_options(items: list[str]) -> dict:
-    """``["steps=50", "channel_weights=0.25,1,1"]`` -> ``{"steps": 50.0, "channel_weights": (0.25, 1.0, 1.0)}``.
+    """``["steps=50", "channel_weights=0.25,1,1", "gradient=jvp"]`` ->
+    ``{"steps": 50.0, "channel_weights": (0.25, 1.0, 1.0), "gradient": "jvp"}``.
 
-    Values are read as a number or a comma-separated tuple of numbers; the sampler checks the names
-    and gives each value its parameter's type.
+    Values are read as a number, a comma-separated tuple of numbers, or else kept as text; the
+    sampler checks the names and gives each value its parameter's type (a word where a number
+    belongs is reported there).
     Raises:
-        ValueError: an item without ``=`` or a value that is not a number.
+        ValueError: an item without ``=``.
     """
     out: dict = {}
     for item in items:
@@ -106,7 +108,7 @@ def parse_sampler_options(items: list[str]) -> dict:
         try:
             out[key] = tuple(float(v) for v in value.split(",")) if "," in value else float(value)
         except ValueError:
-            raise ValueError(f"sampler option {item!r}: {value!r} is not a number or a comma-separated list") from None
+            out[key] = value
     return out
 
 
@@ -122,7 +124,7 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
         field_strength: tissue-table field ("1.5T", "3T") of the label estimator.
         device: where the prior runs.
         sampler_options: fields of the preset's ``FastParams`` / ``PaperParams`` to override
-            (e.g. ``{"steps": 50, "guidance": 0.5}``); recorded in the manifest like all parameters.
+            (e.g. ``{"steps": 50, "guidance": 10}``); recorded in the manifest like all parameters.
     Raises:
         ValueError: an unknown sampler option, or options given to the label estimator.
         PriorError: the prior folder has the wrong layout or channel count (from ``PhysicsPrior``).
