@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--method", choices=["label"], default=None,
                      help="weight-free estimator; the default when no --prior is given")
     p.add_argument("--preset", choices=["fast", "paper"], default=None,
-                   help="diffusion sampler (with --prior only): 'fast' (default; batched, one sample per slice, 35 "
+                   help="diffusion sampler (with --prior only): 'fast' (default; batched, one sample per slice, 30 "
                         "DPS-guided DDPM steps, then a per-pixel fit at native resolution) or 'paper' (the "
                         "authors' DPS: 200 steps, 5 samples, NCC selection)")
     p.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
