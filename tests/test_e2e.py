@@ -75,9 +75,9 @@ def test_stock_predict_and_evaluate_on_an_unseen_contrast(demo_run, tmp_path):
     model = next((out / "nnUNet_results").rglob("nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50__2d"))
     # both models trained with the demo's half-width copy of nnU-Net's plans
     stock = json.loads(next((out / "nnUNet_preprocessed").glob("Dataset900_*/nnUNetPlans.json")).read_text())
+    full = stock["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
     for trainer in ("nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"):
         used = json.loads(next((out / "nnUNet_results").rglob(f"{trainer}__nnUNetPlans_w50__2d/plans.json")).read_text())
-        full = stock["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"]
         assert used["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
             max(4, round(f / 2)) for f in full]
     run(["nnUNetv2_evaluate_folder", str(lge / "labelsTr"), str(pred), "-djfile", str(model / "dataset.json"),

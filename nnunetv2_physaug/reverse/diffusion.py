@@ -96,6 +96,10 @@ class FastParams:
     micro_batch: int = 16
     min_relaxation_ms: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"fast sampler parameter gradient={self.gradient!r}: choose one of {', '.join(GRADIENTS)}")
+
 
 def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor,
                       flip_deg: float = PAPER_FLIP_DEG, fd_step: float = 1e-3
@@ -121,12 +125,13 @@ def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | in
 
 
 def _coerce(preset: str, key: str, value: Any, default: Any) -> Any:
-    """A parameter override in the type of its default (int, float or a float tuple of the same length)."""
+    """A parameter override in the type of its default (int, float, text, or a float tuple of the same length).
+
+    Only the type is settled here; the parameter classes check the values they allow.
+    """
     bad = ValueError(f"{preset} sampler parameter {key}={value!r}: expected "
                      f"{type(default).__name__}{f' of {len(default)} numbers' if isinstance(default, tuple) else ''}")
     if isinstance(default, str):
-        if key == "gradient" and value not in GRADIENTS:
-            raise ValueError(f"{preset} sampler parameter gradient={value!r}: choose one of {', '.join(GRADIENTS)}")
         return str(value)
     try:
         if isinstance(default, tuple):
