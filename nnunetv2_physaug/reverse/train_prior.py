@@ -149,8 +149,8 @@ def _resolve_unet_config(unet_config: str | dict | None, size: int) -> dict[str,
     return cfg
 
 
-def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises torch.distributed under torchrun."""
+def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call initialised torch.distributed) under torchrun."""
     import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device is None:
@@ -160,10 +160,11 @@ def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device]:
         if dev.type == "cuda":
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
-        if not dist.is_initialized():
+        owns_group = not dist.is_initialized()
+        if owns_group:
             dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        return dist.get_rank(), world, dev
-    return 0, 1, dev
+        return dist.get_rank(), world, dev, owns_group
+    return 0, 1, dev, False
 
 
 def _barrier(world: int) -> None:
@@ -208,7 +209,7 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
     if not resume and not overwrite and (ckpt_path.exists() or (out_dir / "unet").exists()):
         raise FileExistsError(f"{out_dir} already holds a prior or a training checkpoint; resume it "
                               "(default) or pass --overwrite to start afresh")
-    rank, world, dev = _dist_setup(device)
+    rank, world, dev, owns_group = _dist_setup(device)
     mapping = LatentMapping()
     cfg = _resolve_unet_config(unet_config, size)
     if prediction_type not in PREDICTION_TYPES:
@@ -297,4 +298,9 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
                                        "examples": int(data.shape[0]), "m0_normalised_to_bssfp_p98": True,
                                        **{k: v for k, v in run_config.items() if k != "unet_config"}}})
     _barrier(world)
+    if owns_group:
+        # a gloo group left for interpreter exit to tear down sometimes aborted a rank
+        # ("terminate called without an active exception", SIGABRT) after a successful run
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return out_dir
