@@ -23,9 +23,10 @@ import re
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -322,6 +323,28 @@ def check_outputs(dataset_id: int, name: str, overwrite: bool) -> tuple[Path, Pa
     return target, splits
 
 
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty hidden staging folder beside ``target``; when the block ends without error the
+    staging folder replaces ``target`` (an existing ``target`` is moved aside first and then deleted),
+    else it is removed. A killed or failed conversion therefore never leaves a half dataset under
+    the final name. Refusing to overwrite is the caller's job (:func:`check_outputs`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, trash / "old")
+            os.replace(staging, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_dataset(specs: Sequence[CaseSpec], dataset_id: int, name: str, *, label_map: Mapping[int, int],
                   metadata: dict, overwrite: bool = False, seed: int = DEFAULT_SEED,
                   group_by: Iterable[tuple[str, Callable[[str], str]]] = (),
@@ -351,9 +374,7 @@ def write_dataset(specs: Sequence[CaseSpec], dataset_id: int, name: str, *, labe
     splits = patient_level_splits({s.case_id: s.patient for s in train}, seed=seed)
     group_by = list(group_by)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test else ()):
             (staging / sub).mkdir()
         if any(s.label is not None for s in test):
@@ -395,16 +416,6 @@ def write_dataset(specs: Sequence[CaseSpec], dataset_id: int, name: str, *, labe
                               num_training_cases=len(train), file_ending=FILE_ENDING,
                               dataset_name=target.name, converted_by="nnunetv2_physaug.conversion",
                               **{METADATA_KEY: meta})
-        if target.exists():  # only reachable with overwrite (checked above)
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / "old")
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     atomic_write_json(splits_file, splits)
     return ConversionResult(dataset_dir=target, splits_file=splits_file, n_train=len(train), n_test=len(test),
                             n_test_labeled=sum(s.label is not None for s in test),
