@@ -212,3 +212,55 @@ def make_fake_mnms2(root: Path) -> list[tuple]:
         w.writerows(MNMS2_ROWS)
         w.writerows([[""] * len(MNMS2_COLUMNS)] * 2)  # spreadsheet padding rows
     return MNMS2_ROWS
+
+
+# ----------------------------------------------------------------------------- MyoPS 2020
+
+MYOPS_SHAPE = (40, 36, 3)
+MYOPS_SPACING = (0.75, 0.75, 10.0)  # mm, about the real release's in-plane spacing
+#: sequence -> (background, myocardium, blood) intensities; distinct per sequence so a mixed-up
+#: folder is visible from the voxel values
+MYOPS_INTENSITY = {"C0": (40, 120, 300), "LGE": (30, 60, 150), "T2": (50, 110, 20)}
+
+
+def myops_label(lv_centre=(20, 18)) -> np.ndarray:
+    """MyoPS label (200 myo, 500 LV, 600 RV, 1220 edema, 2221 scar) on :data:`MYOPS_SHAPE`; slices
+    1 and 2 hold the heart; edema at the ring's +x side, scar at its -x side."""
+    x, y = np.meshgrid(np.arange(MYOPS_SHAPE[0]), np.arange(MYOPS_SHAPE[1]), indexing="ij")
+    r = np.hypot(x - lv_centre[0], y - lv_centre[1])
+    lab2 = np.zeros(MYOPS_SHAPE[:2], np.int16)
+    lab2[(r > 6) & (r <= 9)] = 200
+    lab2[r <= 6] = 500
+    lab2[(np.abs(x - lv_centre[0]) <= 5) & (y >= lv_centre[1] + 11) & (y <= lv_centre[1] + 14)] = 600
+    ring = (r > 6) & (r <= 9)
+    lab2[ring & (x >= lv_centre[0] + 5)] = 1220
+    lab2[ring & (x <= lv_centre[0] - 5)] = 2221
+    lab = np.zeros(MYOPS_SHAPE, np.int16)
+    lab[:, :, 1] = lab2
+    lab[:, :, 2] = lab2
+    return lab
+
+
+def myops_image(label: np.ndarray, sequence: str, seed: int) -> np.ndarray:
+    bg, myo, blood = MYOPS_INTENSITY[sequence]
+    rng = np.random.default_rng(seed)
+    img = bg + rng.normal(0, 2, label.shape)
+    img[np.isin(label, (200, 1220, 2221))] = myo
+    img[np.isin(label, (500, 600))] = blood
+    return np.round(img).astype(np.int16)
+
+
+def make_fake_myops(root: Path, cases=range(3001, 3008), flat: bool = False) -> dict[str, np.ndarray]:
+    """A MyoPS-like tree ``root/CaseNNNN/CaseNNNN_{C0,LGE,T2,gd}.nii.gz`` (or all in ``root`` with
+    ``flat``); returns ``{case: source label}``. Each case has its own origin."""
+    labels = {}
+    for i, n in enumerate(cases):
+        case = f"Case{n}"
+        folder = root if flat else root / case
+        aff = affine(MYOPS_SPACING, origin=(-10.0 + i, 20.0, -35.0 - 2 * i))
+        lab = myops_label()
+        labels[case] = lab
+        save(folder / f"{case}_gd.nii.gz", lab, aff)
+        for k, seq in enumerate(("C0", "LGE", "T2")):
+            save(folder / f"{case}_{seq}.nii.gz", myops_image(lab, seq, seed=100 * n + k), aff)
+    return labels
