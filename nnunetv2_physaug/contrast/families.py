@@ -192,7 +192,7 @@ class _GdFamily(Family):
     @staticmethod
     def _t1_post(ctx: "RenderContext", p: dict) -> torch.Tensor:
         """Post-contrast T1 (ms) from :func:`~nnunetv2_physaug.physics.signal.gd_t1` per region."""
-        conc = ctx.region_values(p["conc_blood_mmol"], p["conc_myocardium_mmol"], p["conc_other_mmol"])
+        conc = ctx.gd_concentration(p["conc_blood_mmol"], p["conc_myocardium_mmol"], p["conc_other_mmol"], p)
         return signal.gd_t1(ctx.t1, conc, r1=ctx.r1)
 
 
@@ -203,6 +203,9 @@ class _IRGre(_GdFamily):
               "te_ms": _TE,
               "tr_inv_ms": ParamSpec("time between inversions in ms (1-2 heartbeats)", 0.0, exclusive_min=True),
               "ti_null_factor": ParamSpec("TI as a multiple of the myocardial null time", 0.0, exclusive_min=True),
+              "readout_tr_ms": ParamSpec("repetition time of the segmented FLASH readout in ms", 0.0,
+                                         exclusive_min=True),
+              "readout_pulses": ParamSpec("readout pulses before the k-space centre (0: centric ordering)", 0.0, 512.0),
               **_GdFamily.GD_PARAMS}
     uses_flip = True
 
@@ -222,9 +225,14 @@ class _IRGre(_GdFamily):
         t1_post = ctx.cache.pop("t1_post", None)
         if t1_post is None:
             t1_post = self._t1_post(ctx, p)
-        mz = signal.inversion_recovery(ctx.m0, t1_post, p["ti_ms"], p["tr_inv_ms"], signed=self.signed)
-        # Small-flip FLASH readout of the prepared Mz: sin(a) exp(-TE/T2*) (T2 for T2*).
+        mz = signal.inversion_recovery(ctx.m0, t1_post, p["ti_ms"], p["tr_inv_ms"], signed=True)
         flip = self._flip(ctx, p["flip_deg"])
+        n = round(p["readout_pulses"])
+        if n > 0:  # the readout train before the k-space centre drives Mz towards the FLASH steady state
+            mz = signal.flash_approach(mz, ctx.m0, t1_post, flip, p["readout_tr_ms"], float(n))
+        if not self.signed:
+            mz = mz.abs()
+        # FLASH readout of the (partly recovered) prepared Mz: sin(a) exp(-TE/T2*) (T2 for T2*).
         read = torch.sin(flip * (math.pi / 180.0)) if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
         return mz.mul_(read).mul_(ctx.t2.reciprocal().mul_(-p["te_ms"]).exp_())
 
@@ -240,9 +248,13 @@ class LGE(_IRGre):
 
         S = |M0 (1 - 2 exp(-TI/T1post) + exp(-TRinv/T1post))| sin(a) exp(-TE/T2)
 
-    Normal myocardium is dark, blood (shorter T1post) bright.
+    Normal myocardium is dark, blood (shorter T1post) bright. With linear k-space ordering
+    ``readout_pulses`` FLASH pulses (every ``readout_tr_ms``) precede the k-space centre, and the image
+    shows Mz after them (:func:`~nnunetv2_physaug.physics.signal.flash_approach`): nulled tissue is
+    not black (real LGE: blood / normal myocardium ~1.7-3.9, not >> 5). 0 pulses = centric ordering.
 
     Parameters: ``flip_deg`` (deg), ``te_ms`` (ms), ``tr_inv_ms`` (ms), ``ti_null_factor``,
+    ``readout_tr_ms`` (ms), ``readout_pulses`` (rounded to an integer),
     ``conc_blood_mmol``, ``conc_myocardium_mmol``, ``conc_other_mmol`` (mmol/L).
     Drawn output adds ``t1_myocardium_post_ms`` and ``ti_ms``.
     """

@@ -14,9 +14,15 @@ A protocol is data (a YAML or JSON file; presets in ``presets/``)::
       b1:    {probability: 0.5, scale: [0.8, 1.2], grid: [2, 4]}
       bias:  {probability: 0.5, gain: [0.7, 1.3], grid: [2, 4]}
       noise: {probability: 0.5, snr: [8, 60]}
+    pathology:                    # optional; simulated myocardial pathology (contrast/pathology.py)
+      scar:   {probability: 0.5, sector_deg: [40, 140], transmurality: [0.25, 1.0], conc_blood_factor: [0.8, 1.4]}
+      mvo:    {probability: 0.2, depth_fraction: [0.2, 0.6], conc_myocardium_factor: [0.0, 0.5]}
+      edema:  {probability: 0.5, sector_deg: [60, 180], t2_factor: [1.15, 1.6], t1_factor: [1.03, 1.15]}
+      uptake: {probability: 0.8, heterogeneity: [0.0, 0.25], grid: [3, 6], blur_px: [0.3, 1.2]}
     labels:                       # optional; ACDC convention by default
       blood: [1, 3]
       myocardium: [2]
+      lv_cavity: [3]              # centre of the coronary territories of simulated pathology
       blood_t2_min_ms: 150        # label-free fallback: blood is T2 > this
     postprocess:                  # optional
       t_min_ms: 1.0               # clamp T1, T2 >= this before rendering
@@ -41,11 +47,12 @@ import yaml
 
 from .families import FAMILIES, ParamSpec
 from .imperfections import IMPERFECTIONS, INTEGER_PARAMS
+from .pathology import INTEGER_PARAMS as PATHOLOGY_INTEGER_PARAMS, PATHOLOGY
 
 __all__ = ["ProtocolError", "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "Protocol",
            "PRESETS", "load_protocol", "save_protocol", "protocol_from_dict"]
 
-PRESETS: tuple[str, ...] = ("paper", "wide", "paper_gre", "paper_ir")
+PRESETS: tuple[str, ...] = ("paper", "wide", "wide_pathology", "paper_gre", "paper_ir")
 PROTOCOL_SUFFIXES = (".yaml", ".yml", ".json")
 Range = tuple[float, float]
 
@@ -78,6 +85,7 @@ class LabelSpec:
     blood: tuple[int, ...] = (1, 3)
     myocardium: tuple[int, ...] = (2,)
     blood_t2_min_ms: float = 150.0
+    lv_cavity: tuple[int, ...] = (3,)
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Protocol:
     p_render: float
     families: tuple[FamilySpec, ...]
     imperfections: dict[str, ImperfectionSpec] = field(default_factory=dict)
+    pathology: dict[str, ImperfectionSpec] = field(default_factory=dict)
     labels: LabelSpec = LabelSpec()
     postprocess: PostprocessSpec = PostprocessSpec()
     gd_r1: float = 4.5
@@ -112,8 +121,10 @@ class Protocol:
                           "params": {k: list(v) for k, v in f.params.items()}} for f in self.families],
             "imperfections": {k: {"probability": s.probability, **{p: list(v) for p, v in s.params.items()}}
                               for k, s in self.imperfections.items()},
+            "pathology": {k: {"probability": s.probability, **{p: list(v) for p, v in s.params.items()}}
+                          for k, s in self.pathology.items()},
             "labels": {"blood": list(self.labels.blood), "myocardium": list(self.labels.myocardium),
-                       "blood_t2_min_ms": self.labels.blood_t2_min_ms},
+                       "blood_t2_min_ms": self.labels.blood_t2_min_ms, "lv_cavity": list(self.labels.lv_cavity)},
             "postprocess": {"t_min_ms": self.postprocess.t_min_ms,
                             "clip_percentile": self.postprocess.clip_percentile,
                             "stats_max_pixels": self.postprocess.stats_max_pixels},
@@ -196,26 +207,39 @@ def _family(d: Any, where: str) -> FamilySpec:
     return FamilySpec(name, prob, {k: _range(params[k], schema[k], f"{where}.params.{k}") for k in schema})
 
 
-def _imperfections(d: Any, where: str) -> dict[str, ImperfectionSpec]:
+def _optional_effects(d: Any, where: str, schemas: Mapping[str, Mapping[str, ParamSpec]],
+                      integer: frozenset) -> dict[str, ImperfectionSpec]:
+    """Parse a section of optional effects (imperfections, pathology): each with a probability and ranges."""
     d = _mapping(d, where)
-    _check_keys(d, set(IMPERFECTIONS), set(), where)
+    _check_keys(d, set(schemas), set(), where)
     out = {}
-    for kind in IMPERFECTIONS:  # fixed order, so equal protocols compare equal
+    for kind in schemas:  # fixed order, so equal protocols compare equal
         if kind not in d:
             continue
         w = f"{where}.{kind}"
         entry = _mapping(d[kind], w)
-        schema = IMPERFECTIONS[kind]
+        schema = schemas[kind]
         _check_keys(entry, {"probability", *schema}, {"probability", *schema}, w)
         out[kind] = ImperfectionSpec(
             _probability(entry["probability"], f"{w}.probability"),
-            {k: _range(entry[k], schema[k], f"{w}.{k}", integer=k in INTEGER_PARAMS) for k in schema})
+            {k: _range(entry[k], schema[k], f"{w}.{k}", integer=k in integer) for k in schema})
+    return out
+
+
+def _imperfections(d: Any, where: str) -> dict[str, ImperfectionSpec]:
+    return _optional_effects(d, where, IMPERFECTIONS, INTEGER_PARAMS)
+
+
+def _pathology(d: Any, where: str) -> dict[str, ImperfectionSpec]:
+    out = _optional_effects(d, where, PATHOLOGY, PATHOLOGY_INTEGER_PARAMS)
+    if "mvo" in out and "scar" not in out:
+        raise ProtocolError(f"{where}.mvo: microvascular obstruction is a core of the scar; add a scar entry")
     return out
 
 
 def _labels(d: Any, where: str) -> LabelSpec:
     d = _mapping(d, where)
-    _check_keys(d, {"blood", "myocardium", "blood_t2_min_ms"}, set(), where)
+    _check_keys(d, {"blood", "myocardium", "blood_t2_min_ms", "lv_cavity"}, set(), where)
     default = LabelSpec()
     blood = _int_list(d.get("blood", list(default.blood)), f"{where}.blood")
     myo = _int_list(d.get("myocardium", list(default.myocardium)), f"{where}.myocardium")
@@ -224,7 +248,10 @@ def _labels(d: Any, where: str) -> LabelSpec:
     thr = _number(d.get("blood_t2_min_ms", default.blood_t2_min_ms), f"{where}.blood_t2_min_ms")
     if thr <= 0:
         raise ProtocolError(f"{where}.blood_t2_min_ms: must be > 0 ms, got {thr:g}")
-    return LabelSpec(blood, myo, thr)
+    lv = _int_list(d.get("lv_cavity", list(default.lv_cavity)), f"{where}.lv_cavity")
+    if not set(lv) <= set(blood):
+        raise ProtocolError(f"{where}.lv_cavity: {list(lv)} must be blood label(s) (blood: {list(blood)})")
+    return LabelSpec(blood, myo, thr, lv)
 
 
 def _postprocess(d: Any, where: str) -> PostprocessSpec:
@@ -243,7 +270,8 @@ def _postprocess(d: Any, where: str) -> PostprocessSpec:
     return PostprocessSpec(t_min, q, n)
 
 
-_TOP_KEYS = {"name", "description", "p_render", "families", "imperfections", "labels", "postprocess", "gd_r1"}
+_TOP_KEYS = {"name", "description", "p_render", "families", "imperfections", "pathology", "labels", "postprocess",
+             "gd_r1"}
 
 
 def protocol_from_dict(d: Any, source: str = "<protocol>") -> Protocol:
@@ -270,6 +298,7 @@ def protocol_from_dict(d: Any, source: str = "<protocol>") -> Protocol:
     return Protocol(
         name=name, p_render=p_render, families=families,
         imperfections=_imperfections(d.get("imperfections", {}) or {}, f"{source}: imperfections"),
+        pathology=_pathology(d.get("pathology", {}) or {}, f"{source}: pathology"),
         labels=_labels(d.get("labels", {}) or {}, f"{source}: labels"),
         postprocess=_postprocess(d.get("postprocess", {}) or {}, f"{source}: postprocess"),
         gd_r1=gd_r1, description=description)

@@ -19,6 +19,7 @@ import torch
 
 from .families import FAMILIES
 from .imperfections import add_rician_noise, smooth_field
+from .pathology import PathologyMasks, apply_edema, draw_pathology, soften_concentration
 from .protocol import Protocol
 
 __all__ = ["ContrastRenderer", "RenderContext"]
@@ -53,6 +54,10 @@ class RenderContext:
         self.r1 = protocol.gd_r1
         self.label_spec = protocol.labels
         self.cache: dict = {}
+        # set by ContrastRenderer.render for a spatial region (never for draw()'s voxel list):
+        self.pathology: Optional[PathologyMasks] = None
+        self.uptake: Optional[dict] = None
+        self.rng: Optional[np.random.Generator] = None
         self._masks: dict[str, torch.Tensor] = {}
         self._max_n = protocol.postprocess.stats_max_pixels
         self._idx: dict[Optional[str], torch.Tensor] = {}
@@ -89,6 +94,19 @@ class RenderContext:
         out.masked_fill_(self.myocardium_mask(), myocardium)
         out.masked_fill_(self.blood_mask(), blood)
         return out
+
+    def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:
+        """Gd concentration map (mmol/L): per region, then the render's simulated scar / MVO and the
+        uptake heterogeneity and partial-volume blur (:mod:`.pathology`) when they were drawn."""
+        conc = self.region_values(blood, myocardium, other)
+        masks = self.pathology
+        if masks is not None and "scar_conc_blood_factor" in masks.params:
+            conc.masked_fill_(masks.scar, blood * masks.params["scar_conc_blood_factor"])
+            if "mvo_conc_myocardium_factor" in masks.params:
+                conc.masked_fill_(masks.mvo, myocardium * masks.params["mvo_conc_myocardium_factor"])
+        if self.uptake is not None and self.rng is not None:
+            conc = soften_concentration(conc, self.uptake, self.rng, params, smooth_field)
+        return conc
 
     # -- statistics ---------------------------------------------------------------------------
     def _indices(self, region: Optional[str]) -> np.ndarray:
@@ -159,6 +177,8 @@ class ContrastRenderer:
         self.p_render: float = protocol.p_render
         self._families = [FAMILIES[f.family] for f in protocol.families]
         self._cum = np.cumsum([f.probability for f in protocol.families])
+        #: masks of the simulated pathology of the last render (None: none drawn); for inspection
+        self.last_pathology: Optional[PathologyMasks] = None
 
     def choose_family(self, rng: np.random.Generator) -> int:
         """Index into ``protocol.families`` of a family drawn with the protocol's probabilities."""
@@ -264,6 +284,7 @@ class ContrastRenderer:
         t2 = t2.clamp(min=post.t_min_ms)
         ctx = RenderContext(m0, t1, t2, labels, valid, self.protocol)
 
+        need_sample = params is None
         if params is not None:
             params = dict(params)
             fam = self._families[self._family_index(params["family"])]
@@ -271,6 +292,19 @@ class ContrastRenderer:
             i = self.choose_family(rng) if family is None else self._family_index(family)
             fam, spec = self._families[i], self.protocol.families[i]
             params = {"family": fam.name}
+        # Pathology is drawn on this region after the sequence parameters of a case-level draw:
+        # the operator sets TI on normal myocardium, and edema changes tissue, not the protocol.
+        self.last_pathology = None
+        path = self.protocol.pathology
+        if path and labels is not None:
+            lab = self.protocol.labels
+            masks = draw_pathology(path, labels, lab.lv_cavity, lab.myocardium, rng, params)
+            apply_edema(t1, t2, masks)  # t1, t2 are this render's own clamped copies
+            ctx.pathology = self.last_pathology = masks
+            if "uptake" in path and rng.random() < path["uptake"].probability:
+                ctx.uptake = path["uptake"].params
+        ctx.rng = rng
+        if need_sample:
             params.update(fam.sample(rng, spec.params, ctx))
 
         imp = self.protocol.imperfections

@@ -150,6 +150,13 @@ class nnUNetTrainerPhysAug_IR(nnUNetTrainerPhysAug):
     physaug_protocol = "paper_ir"
 
 
+class nnUNetTrainerPhysAugPathology(nnUNetTrainerPhysAug):
+    """``wide_pathology`` preset: ``wide`` plus simulated scar, MVO and edema, uneven and partial-volume
+    Gd uptake, and the LGE/PSIR readout's approach to steady state (tuned on real MyoPS LGE/T2)."""
+
+    physaug_protocol = "wide_pathology"
+
+
 # Training-length variants pair one-to-one with nnU-Net's own nnUNetTrainer_Xepochs: inheriting from
 # the stock class keeps its __init__ (same signature, same num_epochs), so a comparison changes
 # nothing but the augmentation.
@@ -207,6 +214,26 @@ class nnUNetTrainerPhysAug_paper_5epochs(nnUNetTrainerPhysAug_paper, _stock_leng
 
 class nnUNetTrainerPhysAug_paper_50epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_50epochs):
     """``nnUNetTrainer_50epochs`` with the paper setting: same epochs, same everything else."""
+
+
+class nnUNetTrainerPhysAugPathology_5epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_5epochs):
+    """``nnUNetTrainer_5epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+
+
+class nnUNetTrainerPhysAugPathology_10epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_10epochs):
+    """``nnUNetTrainer_10epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+
+
+class nnUNetTrainerPhysAugPathology_20epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_20epochs):
+    """``nnUNetTrainer_20epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+
+
+class nnUNetTrainerPhysAugPathology_50epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_50epochs):
+    """``nnUNetTrainer_50epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+
+
+class nnUNetTrainerPhysAugPathology_100epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_100epochs):
+    """``nnUNetTrainer_100epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
 
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]

@@ -134,6 +134,26 @@ def inversion_recovery(m0: Tensorish, t1: Tensorish, ti_ms: Tensorish, tr_ms: Op
     return mz if signed else mz.abs()
 
 
+def flash_approach(mz0: Tensorish, m0: Tensorish, t1: Tensorish, flip_deg: Tensorish, tr_ms: Tensorish,
+                   n_pulses: Tensorish) -> torch.Tensor:
+    """Longitudinal magnetisation just before the ``n+1``-th pulse of a spoiled FLASH train that starts at ``mz0``.
+
+    Each pulse tips Mz to ``Mz cos(a)``; between pulses it relaxes for ``TR``: ``M0 + (Mz - M0) E1``,
+    ``E1 = exp(-TR/T1)``. The recursion has the closed form::
+
+        Mz_n = Mss + (Mz0 - Mss) (cos(a) E1)^n,   Mss = M0 (1 - E1) / (1 - cos(a) E1)
+
+    (ideal spoiling). In segmented LGE with linear ordering, ``n`` pulses precede the k-space centre,
+    so the image shows ``Mz_n`` rather than the prepared ``Mz(TI)``: a tissue nulled at TI regains
+    ``Mss (1 - (cos(a) E1)^n)``. Signed (no magnitude). Units: T1, TR in ms; flip in degrees.
+    """
+    mz0, m0, t1, flip_deg, tr_ms, n_pulses = _as_tensors(mz0, m0, t1, flip_deg, tr_ms, n_pulses)
+    e1 = torch.exp(-tr_ms / t1)
+    c = torch.cos(torch.deg2rad(flip_deg))
+    mss = m0 * (1.0 - e1) / (1.0 - c * e1)
+    return mss + (mz0 - mss) * (c * e1) ** n_pulses
+
+
 def look_locker(m0: Tensorish, t1: Tensorish, t2: Tensorish, flip_deg: Tensorish, ti_ms: Tensorish,
                 signed: bool = False) -> torch.Tensor:
     """Inversion-recovery TrueFISP (IR-bSSFP, the MOLLI readout) signal at inversion time TI.

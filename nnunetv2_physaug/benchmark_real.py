@@ -1,0 +1,381 @@
+"""Real cross-sequence benchmark on MyoPS 2020: trained on real bSSFP, tested on real C0, LGE and T2.
+
+Steps (stock nnU-Net commands and ours, as a user would run them):
+
+1. ``Dataset913_MyoPS.py`` converter (``--crop``/``--spacing``; reused when it exists with the same settings);
+2. ``physaug-reverse --method label`` on the bSSFP training images;
+3. ``nnUNetv2_plan_and_preprocess -c 2d`` and ``physaug-narrow-plans --width``;
+4. ``nnUNetv2_train`` with the stock ``nnUNetTrainer_<B>epochs`` and ``nnUNetTrainerPhysAug_<B>epochs``
+   (plus any ``--variants``), same plans, same split, same budget;
+5. prediction with nnU-Net's predictor and scoring with nnU-Net's metrics (the code of ``physaug-evaluate``),
+   plus the pathology breakdown: which label the network gives scar and edema pixels.
+
+Modes: ``cv`` trains the 5 folds of the patient-level split inside the training patients and tests each
+fold's model on the C0/LGE/T2 of its own 5 validation patients (never seen in training, in any
+sequence); scores pool all validation patients. ``final`` trains on all training patients
+(nnU-Net fold ``all``) and tests the held-out test patients, once, with settings fixed beforehand.
+
+Last line: ``real_c0_physaug= real_c0_baseline= real_lge_physaug= real_lge_baseline= real_t2_physaug=
+real_t2_baseline= seconds=`` (mean foreground Dice over the pooled test patients).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .conversion import myops
+from .conversion.common import dataset_name
+from .nnunet.env import nnunet_paths, register_ext_trainers
+from .nnunet.plans import default_narrow_name
+
+SEQUENCES = myops.SEQUENCES
+STRUCTURES = {"1": "RV", "2": "MYO", "3": "LV"}
+#: predicted label names for the pathology breakdown
+PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
+
+
+class BenchmarkError(RuntimeError):
+    """A step failed; the message names the step, its command and where its log is."""
+
+
+# ----------------------------------------------------------------------------- steps
+
+def run_step(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
+    """Run one command, keep its output in ``log_dir``; raise with the output's tail on failure."""
+    exe = Path(sys.executable).parent / cmd[0]
+    full = [str(exe) if exe.exists() else cmd[0], *cmd[1:]]
+    print(f"[bench_real] {step}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    proc = subprocess.run(full, env=env, capture_output=True, text=True)
+    log = log_dir / f"{step.replace(' ', '_').replace('/', '_')}.log"
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"step '{step}' failed (exit {proc.returncode}): {' '.join(cmd)}\n--- last output ---\n"
+                             f"{(proc.stdout + proc.stderr)[-3000:]}\nfull log: {log}")
+    print(f"[bench_real] {step}: done in {time.time() - t0:.0f} s", flush=True)
+    return proc.stdout
+
+
+def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[float]) -> bool:
+    meta = json.loads((ds / "dataset.json").read_text()).get("physaug_metadata", {})
+    return meta.get("crop_mm") == crop and meta.get("spacing_mm") == spacing
+
+
+def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optional[float],
+            spacing: Optional[float], width: float) -> tuple[Path, str]:
+    """Steps 1-3; returns (raw dataset folder, plans identifier). Reuses what is already there."""
+    raw = Path(env["nnUNet_raw"])
+    ds = raw / dataset_name(dataset_id, myops.NAME)
+    if ds.is_dir() and not _dataset_settings_match(ds, crop, spacing):
+        raise BenchmarkError(f"{ds} exists with other --crop/--spacing settings; remove it (and its preprocessed "
+                             f"and results folders) or use another --work folder")
+    if not ds.is_dir():
+        print(f"[bench_real] convert: {myops_dir} -> {ds} (crop {crop} mm, spacing {spacing} mm)", flush=True)
+        try:
+            myops.convert_myops(myops_dir, dataset_id, crop_mm=crop, spacing_mm=spacing, progress=False)
+        except myops.ConversionError as e:
+            raise BenchmarkError(f"step 'convert' failed: {e}") from e
+    run_step("reverse imaging", ["physaug-reverse", "-i", str(ds / "imagesTr"), "-o", str(ds / "tissueMapsTr"),
+                                 "--method", "label"], env, logs)
+    pre = Path(env["nnUNet_preprocessed"]) / ds.name
+    if not (pre / "nnUNetPlans.json").is_file() or not (pre / "nnUNetPlans_2d").is_dir():
+        run_step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "1",
+                                         "-npfp", "1", "--verify_dataset_integrity"],
+                 {**env, "nnUNet_n_proc_DA": "1"}, logs)
+    plans = "nnUNetPlans"
+    if width != 1.0:
+        plans = default_narrow_name("nnUNetPlans", width)
+        run_step("narrow plans", ["physaug-narrow-plans", "-d", str(dataset_id), "--width", str(width), "-o", plans,
+                                  "--overwrite"], env, logs)
+    return ds, plans
+
+
+def train_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], plans: str, device: str, env: dict,
+              logs: Path, jobs: int = 1) -> None:
+    """Train every (fold, trainer); a finished one (checkpoint_final.pth) is kept, so a run can resume."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    todo = []
+    for fold in folds:
+        for t in trainers:
+            out = Path(get_output_folder(dataset_id, t, plans, "2d", fold))
+            if (out / "checkpoint_final.pth").is_file():
+                print(f"[bench_real] train {t} fold {fold}: finished earlier, kept", flush=True)
+                continue
+            todo.append((t, fold))
+
+    def one(item):
+        t, fold = item
+        return run_step(f"train {t} fold {fold}", ["nnUNetv2_train", str(dataset_id), "2d", fold, "-tr", t, "-p", plans,
+                                                    "-device", device], env, logs)
+    if jobs <= 1:
+        for item in todo:
+            one(item)
+    else:
+        with cf.ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(one, item) for item in todo]:
+                f.result()
+
+
+# ----------------------------------------------------------------------------- test sets
+
+def test_sets(ds: Path, mode: str, fold: Optional[int], splits: list[dict], work: Path) -> dict[str, tuple[Path, Path]]:
+    """{sequence: (images, labels)} of one model's test patients.
+
+    ``final``: the converter's ``imagesTs_<SEQ>``/``labelsTs_<SEQ>``. ``cv``: folders of links to the
+    fold's validation patients (their C0 in ``imagesTr``, LGE/T2 in ``imagesTr_<SEQ>``, labels in ``labelsTr``).
+    """
+    if mode == "final":
+        out = {s: (ds / f"imagesTs_{s}", ds / f"labelsTs_{s}") for s in SEQUENCES}
+        for s, (i, l) in out.items():
+            if not i.is_dir():
+                raise BenchmarkError(f"{i} does not exist: convert with test cases (--test-cases) for --final")
+        return out
+    val = splits[fold]["val"]
+    out = {}
+    for s in SEQUENCES:
+        img_dir = work / "cv_sets" / f"fold{fold}" / s / "images"
+        lab_dir = work / "cv_sets" / f"fold{fold}" / s / "labels"
+        for d in (img_dir, lab_dir):
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+        for case in val:
+            src = ds / myops.image_folder("train", s) / f"{case}_0000.nii.gz"
+            os.symlink(src, img_dir / src.name)
+            os.symlink(ds / "labelsTr" / f"{case}.nii.gz", lab_dir / f"{case}.nii.gz")
+        out[s] = (img_dir, lab_dir)
+    return out
+
+
+def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str]) -> dict:
+    """For edema and scar: voxel counts and the fraction predicted as each label, pooled over ``cases``."""
+    import nibabel as nib
+
+    counts = {name: np.zeros(4, dtype=np.int64) for name in ("edema", "scar")}
+    for case in cases:
+        pred = np.asarray(nib.load(str(pred_dir / f"{case}.nii.gz")).dataobj).astype(np.int64)
+        path = np.asarray(nib.load(str(pathology_dir / f"{case}.nii.gz")).dataobj).astype(np.int64)
+        if pred.shape != path.shape:
+            raise BenchmarkError(f"{pred_dir / (case + '.nii.gz')}: shape {pred.shape} differs from the pathology "
+                                 f"label {path.shape}")
+        for value, name in ((1, "edema"), (2, "scar")):
+            counts[name] += np.bincount(pred[path == value], minlength=4)[:4]
+    out = {}
+    for name, c in counts.items():
+        total = int(c.sum())
+        out[name] = {"voxels": total, **{f"as_{PRED_NAMES[k]}": (float(c[k]) / total if total else float("nan"))
+                                          for k in range(4)}}
+    return out
+
+
+def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], plans: str, device: str,
+                 work: Path) -> list[dict]:
+    """Predict each model's test patients, pool them per (trainer, sequence), score with nnU-Net's metrics."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from .evaluate import predict_folder, score_folder
+
+    register_ext_trainers()
+    pre = Path(os.environ["nnUNet_preprocessed"]) / ds.name
+    splits = json.loads((pre / "splits_final.json").read_text())
+    folds = list(range(len(splits))) if mode == "cv" else ["all"]
+    rows = []
+    pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
+    for t in trainers:
+        model = Path(get_output_folder(dataset_id, t, plans, "2d"))
+        for s in SEQUENCES:
+            pooled = work / "predictions" / mode / t / s
+            pooled_labels = work / "predictions" / mode / "_labels" / s
+            for d in (pooled, pooled_labels):
+                if d.exists():
+                    shutil.rmtree(d)
+                d.mkdir(parents=True)
+            for fold in folds:
+                sets = test_sets(ds, mode, fold if mode == "cv" else None, splits, work)
+                images, labels = sets[s]
+                tmp = work / "predictions" / mode / "_fold_tmp"
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                predict_folder(model, images, tmp, [fold], device, tta=False)
+                for f in tmp.glob("*.nii.gz"):
+                    shutil.move(str(f), pooled / f.name)
+                    shutil.copyfile(Path(labels) / f.name, pooled_labels / f.name)
+                shutil.rmtree(tmp)
+            scores = score_folder(pooled_labels, pooled, model)
+            cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
+            rows.append({"model": t, "sequence": s, **scores,
+                         "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
+            print(f"[bench_real] {t} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
+                  f"({scores['n_cases']} patients)", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+def markdown_report(rows: list[dict], baseline: str) -> str:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by = {(r["model"], r["sequence"]): r for r in rows}
+    lines = ["| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for s in SEQUENCES:
+        lines.append(f"| {s} | " + " | ".join(f"{by[(m, s)]['mean_fg_dice']:.3f}" for m in models) + " |")
+    lines += ["", "Per structure (RV / MYO / LV Dice):", "",
+              "| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for s in SEQUENCES:
+        cells = []
+        for m in models:
+            d = by[(m, s)]["dice_per_label"]
+            cells.append(" / ".join(f"{d.get(k, float('nan')):.3f}" for k in STRUCTURES))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "Pathology called myocardium (scar on LGE, edema on T2; in brackets: called LV blood):", "",
+              "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for s, p in (("LGE", "scar"), ("T2", "edema"), ("C0", "scar"), ("C0", "edema")):
+        cells = [f"{by[(m, s)]['pathology'][p]['as_myocardium']:.1%} ({by[(m, s)]['pathology'][p]['as_LV']:.1%})"
+                 for m in models]
+        lines.append(f"| {p} on {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(rows: list[dict], baseline: str, physaug: str, seconds: float) -> str:
+    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    parts = []
+    for s in SEQUENCES:
+        parts += [f"real_{s.lower()}_physaug={by[(physaug, s)]:.3f}", f"real_{s.lower()}_baseline={by[(baseline, s)]:.3f}"]
+    return " ".join(parts) + f" seconds={seconds:.0f}"
+
+
+def contour_figure(ds: Path, mode: str, work: Path, trainers: Sequence[str], case: str, out: Path) -> None:
+    """One patient's real C0/LGE/T2 (rows), with the ground truth and each model's contours (columns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    colours = {1: "#1f77b4", 2: "#ffbf00", 3: "#d62728"}
+    labels_dir = ds / ("labelsTr" if mode == "cv" else "labelsTs_C0")
+    gt = np.asarray(nib.load(str(labels_dir / f"{case}.nii.gz")).dataobj)
+    k = int(np.argmax((gt > 0).sum(axis=(0, 1))))  # the slice with most heart
+    cols = ["ground truth", *trainers]
+    fig, axes = plt.subplots(len(SEQUENCES), len(cols), figsize=(3 * len(cols), 3 * len(SEQUENCES)))
+    for i, s in enumerate(SEQUENCES):
+        folder = myops.image_folder("train" if mode == "cv" else "test", s)
+        img = np.asarray(nib.load(str(ds / folder / f"{case}_0000.nii.gz")).dataobj)[:, :, k].astype(float)
+        lo, hi = np.percentile(img, (1, 99.5))
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            ax.imshow(img.T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            seg = gt if c == "ground truth" else np.asarray(
+                nib.load(str(work / "predictions" / mode / c / s / f"{case}.nii.gz")).dataobj)
+            for v, col in colours.items():
+                m = (seg[:, :, k] == v).astype(float)
+                if m.any():
+                    ax.contour(m.T, levels=[0.5], colors=[col], linewidths=1.0, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(c, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{s} ({myops.SEQUENCE_NAMES[s]})", fontsize=9)
+    fig.suptitle(f"MyoPS {case}, slice {k} ({mode}): RV blue, myocardium yellow, LV red", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width: float = 0.5,
+                  crop: Optional[float] = 160.0, spacing: Optional[float] = 1.5, device: str = "cpu",
+                  dataset_id: int = myops.DEFAULT_ID, variants: Sequence[str] = (), jobs: int = 1,
+                  figure_case: Optional[str] = None, baseline: Optional[str] = None,
+                  physaug: Optional[str] = None) -> dict:
+    """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
+    default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``."""
+    t_start = time.time()
+    work = work.resolve()
+    env = dict(os.environ)
+    env.update(nnunet_paths(work))
+    register_ext_trainers(env)
+    env.setdefault("nnUNet_def_n_proc", "1")
+    env.setdefault("nnUNet_n_proc_DA", "1")
+    env.setdefault("nnUNet_compile", "f")
+    env["MPLBACKEND"] = "Agg"
+    # the converter and the predictor run in this process and read nnU-Net's variables from it
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    epochs = "1epoch" if budget == 1 else f"{budget}epochs"
+    baseline = baseline or f"nnUNetTrainer_{epochs}"
+    physaug = physaug or f"nnUNetTrainerPhysAug_{epochs}"
+    trainers = [baseline, physaug, *variants]
+
+    ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width)
+    pre = Path(env["nnUNet_preprocessed"]) / ds.name
+    n_folds = len(json.loads((pre / "splits_final.json").read_text()))
+    folds = [str(f) for f in range(n_folds)] if mode == "cv" else ["all"]
+    train_all(dataset_id, folds, trainers, plans, device, env, logs, jobs)
+    rows = evaluate_all(ds, mode, dataset_id, trainers, plans, device, work)
+
+    report_dir = work / f"report_{mode}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if figure_case is None:
+        meta = json.loads((ds / "dataset.json").read_text())["physaug_metadata"]
+        cases = (json.loads((pre / "splits_final.json").read_text())[0]["val"] if mode == "cv"
+                 else meta["test_cases"])
+        figure_case = sorted(cases)[0]
+    contour_figure(ds, mode, work, [baseline, physaug, *variants], figure_case, report_dir / "contours.png")
+    seconds = time.time() - t_start
+    settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
+                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds}
+    (report_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
+    md = markdown_report(rows, baseline)
+    (report_dir / "results.md").write_text(md)
+    print(f"\nMyoPS ({mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
+    print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case})")
+    return {"rows": rows, "line": summary_line(rows, baseline, physaug, seconds)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="scripts/bench_real.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--myops", type=Path, required=True, metavar="DIR",
+                   help="MyoPS 2020 training release (CaseNNNN/CaseNNNN_{C0,LGE,T2,gd}.nii.gz)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--cv", action="store_true", help="development: 5 folds inside the training patients")
+    mode.add_argument("--final", action="store_true", help="train on all training patients, test the held-out "
+                      "test patients (run once, settings fixed beforehand)")
+    p.add_argument("--work", type=Path, default=Path("bench_real_work"),
+                   help="work folder (nnU-Net's three folders inside; reused and resumed)")
+    p.add_argument("--budget", type=int, default=5, help="epochs of 250 iterations for every trainer (default 5: "
+                   "nnUNetTrainer_5epochs vs nnUNetTrainerPhysAug_5epochs)")
+    p.add_argument("--width", type=float, default=0.5, help="feature maps per stage relative to nnU-Net's plans "
+                   "(default 0.5 for CPU budgets; 1 = nnU-Net's own network)")
+    p.add_argument("--crop", type=float, default=160.0, help="converter --crop in mm (default 160)")
+    p.add_argument("--spacing", type=float, default=1.5, help="converter --spacing in mm (default 1.5)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training and prediction device")
+    p.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
+                   help="more trainers to compare under the same budget (e.g. ablations)")
+    p.add_argument("--baseline", default=None, help="baseline trainer (default nnUNetTrainer_<budget>epochs)")
+    p.add_argument("--physaug", default=None, help="PhysAug trainer (default nnUNetTrainerPhysAug_<budget>epochs)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at a time (1 on a 2-core CPU; more on a GPU)")
+    p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
+    args = p.parse_args(argv)
+    try:
+        r = run_benchmark(args.myops, args.work, "cv" if args.cv else "final", args.budget, args.width, args.crop,
+                          args.spacing, args.device, variants=args.variants, jobs=args.jobs,
+                          figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug)
+    except BenchmarkError as e:
+        print(f"[bench_real] FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(r["line"])

@@ -1,0 +1,192 @@
+"""How realistic are the renders? Blood / normal-myocardium intensity ratios of renders beside real images.
+
+One number per image slice: ``mean(LV cavity) / mean(normal myocardium)`` (pixels of one slice with
+at least :data:`MIN_PIXELS` of each). On real images normal myocardium is the myocardium label minus
+the expert's edema and scar; on renders it is the myocardium label minus the render's own simulated
+pathology. LGE of infarct patients gives ratios of ~1.7-3.9 (blood bright, normal myocardium nulled
+but not black), T2-weighted black blood ~0.3-1 (dark blood), bSSFP ~2.3. Also: scar / normal
+myocardium on real LGE (expert scar) and on renders (simulated scar).
+
+Signed (PSIR) renders are compared as rendered (signed means); a slice whose normal myocardium has a
+negative mean (not yet through its null) has no finite ratio and counts as outside the real range.
+
+Coverage of a family = fraction of its render ratios inside the real sequence's 10-90 % range.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .contrast import ContrastRenderer, load_protocol
+from .maps.store import read_case_maps
+
+MIN_PIXELS = 20
+LV, MYO = 3, 2
+#: the real sequence each render family is compared with
+FAMILY_TO_REAL = {"lge": "LGE", "psir": "LGE", "tse": "T2", "bssfp": "C0"}
+
+
+def _nib_array(path: Path) -> np.ndarray:
+    import nibabel as nib
+    return np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
+
+
+def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray]) -> tuple[list, list]:
+    """Per-slice (last axis) blood/normal-myocardium ratios and scar/normal-myocardium ratios of a
+    3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all myocardium is normal)."""
+    blood_ratio, scar_ratio = [], []
+    for k in range(image.shape[-1]):
+        img, lab = image[..., k], anatomy[..., k]
+        path = pathology[..., k] if pathology is not None else np.zeros_like(lab)
+        normal = (lab == MYO) & (path == 0)
+        lv = lab == LV
+        if normal.sum() < MIN_PIXELS or lv.sum() < MIN_PIXELS:
+            continue
+        myo_mean = float(img[normal].mean())
+        if myo_mean <= 0:  # signed (PSIR) myocardium below its null: no finite ratio, never "inside"
+            blood_ratio.append(float("inf"))
+            continue
+        blood_ratio.append(float(img[lv].mean()) / myo_mean)
+        scar = path == 2
+        if scar.sum() >= MIN_PIXELS:
+            scar_ratio.append(float(img[scar].mean()) / myo_mean)
+    return blood_ratio, scar_ratio
+
+
+def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
+    """Ratios of a converted MyoPS dataset's training patients (``imagesTr[_SEQ]``, ``labelsTr``,
+    ``labelsPathologyTr``)."""
+    folder = dataset / ("imagesTr" if sequence == "C0" else f"imagesTr_{sequence}")
+    blood, scar = [], []
+    for case in cases:
+        b, s = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
+                            _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"))
+        blood += b
+        scar += s
+    return {"blood": blood, "scar": scar}
+
+
+def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: str, protocol: str, n: int,
+                  seed: int) -> dict:
+    """Ratios of ``n`` renders of ``family`` on random (case, slice) of the training maps; each render
+    draws its own pathology (masked out of normal myocardium) like training does."""
+    import torch
+
+    proto = load_protocol(protocol)
+    renderer = ContrastRenderer(proto)
+    rng = np.random.default_rng(seed)
+    blood, scar = [], []
+    cache: dict = {}
+    tries = 0
+    while len(blood) < n and tries < 20 * n:
+        tries += 1
+        case = cases[int(rng.integers(len(cases)))]
+        if case not in cache:
+            maps, _ = read_case_maps(maps_dir, case)
+            cache[case] = (maps[..., 0], _nib_array(dataset / "labelsTr" / f"{case}.nii.gz").astype(np.int64))
+        maps, lab3 = cache[case]
+        z = int(rng.integers(lab3.shape[-1]))
+        lab = lab3[..., z]
+        if (lab == MYO).sum() < MIN_PIXELS or (lab == LV).sum() < MIN_PIXELS:
+            continue
+        m0, t1, t2 = (np.ascontiguousarray(maps[i, :, :, z]) for i in range(3))
+        lab_t = torch.from_numpy(lab)
+        img, params = renderer.render(m0, t1, t2, rng, labels=lab_t, valid=lab_t >= 0, family=family)
+        img = img.numpy()
+        path = np.zeros_like(lab)
+        masks = renderer.last_pathology
+        if masks is not None:
+            path[(masks.edema | masks.scar).numpy()] = 1
+            path[masks.scar.numpy()] = 2
+            path[masks.mvo.numpy()] = 3  # neither normal nor enhancing scar
+        b, s = slice_ratios(img[..., None], lab[..., None], path[..., None])
+        blood += b
+        scar += s
+    return {"blood": blood, "scar": scar}
+
+
+@dataclass
+class RealismRow:
+    family: str
+    real: str
+    n: int
+    median: float
+    p10: float
+    p90: float
+    coverage: float
+    scar_median: float
+
+
+def summarise(values: Sequence[float]) -> tuple[float, float, float]:
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    return tuple(float(x) for x in np.percentile(values, (50, 10, 90)))  # type: ignore[return-value]
+
+
+def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,
+                  families: Sequence[str] = ("lge", "psir", "tse", "bssfp")) -> dict:
+    """Real ratios per sequence and render ratios per family, with coverage; a JSON-ready dict."""
+    maps_dir = dataset / "tissueMapsTr"
+    real = {s: real_ratios(dataset, s, cases) for s in sorted(set(FAMILY_TO_REAL[f] for f in families))}
+    out = {"protocol": protocol, "cases": list(cases), "n_renders": n, "seed": seed, "real": {}, "renders": {}}
+    for s, r in real.items():
+        med, p10, p90 = summarise(r["blood"])
+        out["real"][s] = {"n_slices": len(r["blood"]), "median": med, "p10": p10, "p90": p90,
+                          "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"])}
+    for i, fam in enumerate(families):
+        r = render_ratios(dataset, maps_dir, list(cases), fam, protocol, n, seed + i)
+        ref = out["real"][FAMILY_TO_REAL[fam]]
+        vals = np.asarray(r["blood"])
+        cover = float(((vals >= ref["p10"]) & (vals <= ref["p90"])).mean()) if vals.size else float("nan")
+        med, p10, p90 = summarise(vals)
+        out["renders"][fam] = {"compared_with": FAMILY_TO_REAL[fam], "n": int(vals.size), "median": med, "p10": p10,
+                               "p90": p90, "coverage": cover, "scar_median": summarise(r["scar"])[0],
+                               "n_scar_slices": len(r["scar"])}
+    return out
+
+
+def format_report(result: dict) -> str:
+    lines = [f"blood (LV) / normal-myocardium mean-intensity ratio per slice; protocol {result['protocol']!r}, "
+             f"{len(result['cases'])} patients", "",
+             "| images | slices | median | 10-90 % | inside real 10-90 % | scar / normal myo (median) |",
+             "|---|---|---|---|---|---|"]
+    for s, r in result["real"].items():
+        lines.append(f"| real {s} | {r['n_slices']} | {r['median']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} | | "
+                     f"{r['scar_median']:.2f} |")
+    for fam, r in result["renders"].items():
+        lines.append(f"| `{fam}` renders (vs real {r['compared_with']}) | {r['n']} | {r['median']:.2f} | "
+                     f"{r['p10']:.2f}-{r['p90']:.2f} | {r['coverage']:.0%} | {r['scar_median']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(result: dict) -> str:
+    parts = [f"{fam}_coverage={r['coverage']:.2f} {fam}_median={r['median']:.2f}" for fam, r in result["renders"].items()]
+    parts += [f"real_{s.lower()}_median={r['median']:.2f}" for s, r in result["real"].items()]
+    return " ".join(parts)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="scripts/check_realism.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", type=Path, required=True,
+                   help="converted MyoPS raw dataset folder (Dataset913_MyoPS) with tissueMapsTr/ from physaug-reverse")
+    p.add_argument("--cases", default="3001-3025", help="patients to use (development patients only; default 3001-3025)")
+    p.add_argument("--protocol", default="wide", help="preset name or protocol file (default wide)")
+    p.add_argument("-n", type=int, default=100, help="renders per family (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", nargs="+", default=["lge", "psir", "tse", "bssfp"], choices=sorted(FAMILY_TO_REAL))
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    args = p.parse_args(argv)
+    from .conversion.myops import parse_case_range
+    cases = [f"Case{n}" for n in parse_case_range(args.cases)]
+    result = check_realism(args.dataset, cases, args.protocol, args.n, args.seed, args.families)
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    print(summary_line(result))
