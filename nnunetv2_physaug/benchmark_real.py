@@ -129,33 +129,36 @@ def train_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], pl
 
 # ----------------------------------------------------------------------------- test sets
 
-def test_sets(ds: Path, mode: str, fold: Optional[int], splits: list[dict], work: Path) -> dict[str, tuple[Path, Path]]:
-    """{sequence: (images, labels)} of one model's test patients.
+def test_cases(ds: Path, mode: str, fold: Optional[int], splits: list[dict]) -> list[str]:
+    """The test patients of one model: a fold's validation patients (``cv``) or the held-out ones (``final``)."""
+    if mode == "cv":
+        return list(splits[fold]["val"])
+    meta = json.loads((ds / "dataset.json").read_text())["physaug_metadata"]
+    if not meta.get("test_cases"):
+        raise BenchmarkError(f"{ds} has no test patients: convert with --test-cases for --final")
+    return list(meta["test_cases"])
 
-    ``final``: the converter's ``imagesTs_<SEQ>``/``labelsTs_<SEQ>``. ``cv``: folders of links to the
-    fold's validation patients (their C0 in ``imagesTr``, LGE/T2 in ``imagesTr_<SEQ>``, labels in ``labelsTr``).
-    """
-    if mode == "final":
-        out = {s: (ds / f"imagesTs_{s}", ds / f"labelsTs_{s}") for s in SEQUENCES}
-        for s, (i, l) in out.items():
-            if not i.is_dir():
-                raise BenchmarkError(f"{i} does not exist: convert with test cases (--test-cases) for --final")
-        return out
-    val = splits[fold]["val"]
-    out = {}
-    for s in SEQUENCES:
-        img_dir = work / "cv_sets" / f"fold{fold}" / s / "images"
-        lab_dir = work / "cv_sets" / f"fold{fold}" / s / "labels"
-        for d in (img_dir, lab_dir):
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True)
-        for case in val:
-            src = ds / myops.image_folder("train", s) / f"{case}_0000.nii.gz"
-            os.symlink(src, img_dir / src.name)
-            os.symlink(ds / "labelsTr" / f"{case}.nii.gz", lab_dir / f"{case}.nii.gz")
-        out[s] = (img_dir, lab_dir)
-    return out
+
+def sequence_sources(ds: Path, mode: str, case: str, sequence: str) -> tuple[Path, Path]:
+    """(image, anatomy label) files of one patient's sequence in the converted dataset."""
+    subset = "train" if mode == "cv" else "test"
+    image = ds / myops.image_folder(subset, sequence) / f"{case}_0000.nii.gz"
+    label = ds / ("labelsTr" if mode == "cv" else f"labelsTs_{sequence}") / f"{case}.nii.gz"
+    return image, label
+
+
+def linked_test_folder(ds: Path, mode: str, cases: Sequence[str], folder: Path) -> None:
+    """A folder of links ``<case>__<SEQ>_0000.nii.gz`` to every sequence of ``cases`` (one predictor
+    call per model instead of one per sequence)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for case in cases:
+        for s in SEQUENCES:
+            image, _ = sequence_sources(ds, mode, case, s)
+            if not image.is_file():
+                raise BenchmarkError(f"missing test image {image}")
+            os.symlink(image, folder / f"{case}__{s}_0000.nii.gz")
 
 
 def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str]) -> dict:
@@ -181,7 +184,8 @@ def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str
 
 def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], plans: str, device: str,
                  work: Path) -> list[dict]:
-    """Predict each model's test patients, pool them per (trainer, sequence), score with nnU-Net's metrics."""
+    """Predict each model's test patients (all three sequences in one predictor call per model and
+    fold), pool them per (trainer, sequence), score with nnU-Net's metrics and the pathology breakdown."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from .evaluate import predict_folder, score_folder
 
@@ -189,29 +193,34 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
     pre = Path(os.environ["nnUNet_preprocessed"]) / ds.name
     splits = json.loads((pre / "splits_final.json").read_text())
     folds = list(range(len(splits))) if mode == "cv" else ["all"]
-    rows = []
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
+    root = work / "predictions" / mode
+    rows = []
     for t in trainers:
         model = Path(get_output_folder(dataset_id, t, plans, "2d"))
         for s in SEQUENCES:
-            pooled = work / "predictions" / mode / t / s
-            pooled_labels = work / "predictions" / mode / "_labels" / s
-            for d in (pooled, pooled_labels):
+            for kind in (t, "_labels"):
+                d = root / kind / s
                 if d.exists():
                     shutil.rmtree(d)
                 d.mkdir(parents=True)
-            for fold in folds:
-                sets = test_sets(ds, mode, fold if mode == "cv" else None, splits, work)
-                images, labels = sets[s]
-                tmp = work / "predictions" / mode / "_fold_tmp"
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                predict_folder(model, images, tmp, [fold], device, tta=False)
-                for f in tmp.glob("*.nii.gz"):
-                    shutil.move(str(f), pooled / f.name)
-                    shutil.copyfile(Path(labels) / f.name, pooled_labels / f.name)
+        for fold in folds:
+            cases = test_cases(ds, mode, fold if mode == "cv" else None, splits)
+            images = root / "_inputs" / f"fold_{fold}"
+            linked_test_folder(ds, mode, cases, images)
+            tmp = root / "_fold_tmp"
+            if tmp.exists():
                 shutil.rmtree(tmp)
-            scores = score_folder(pooled_labels, pooled, model)
+            print(f"[bench_real] predict {t} fold {fold}: {len(cases)} patients x {len(SEQUENCES)} sequences", flush=True)
+            predict_folder(model, images, tmp, [fold], device, tta=False)
+            for case in cases:
+                for s in SEQUENCES:
+                    shutil.move(str(tmp / f"{case}__{s}.nii.gz"), root / t / s / f"{case}.nii.gz")
+                    shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
+            shutil.rmtree(tmp)
+        for s in SEQUENCES:
+            pooled = root / t / s
+            scores = score_folder(root / "_labels" / s, pooled, model)
             cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
             rows.append({"model": t, "sequence": s, **scores,
                          "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
