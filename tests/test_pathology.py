@@ -1,0 +1,215 @@
+"""Simulated myocardial pathology and the LGE readout train.
+
+Truth: an event-by-event Bloch simulation (tests/bloch.py) for the readout's approach to steady
+state; geometry computed here independently (atan2 about the drawn LV centre, scipy's Euclidean
+distance transform) for scar/edema placement; physics direction (scar brighter than normal
+myocardium on LGE, edema brighter on T2-weighted TSE) for the renders.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import distance_transform_edt
+
+import bloch
+from nnunetv2_physaug.contrast import ContrastRenderer, ProtocolError, load_protocol
+from nnunetv2_physaug.contrast.pathology import draw_pathology
+from nnunetv2_physaug.contrast.protocol import protocol_from_dict
+from nnunetv2_physaug.physics import signal
+
+SIZE, CENTRE, R_LV, R_EPI = 56, (27.0, 29.0), 9.0, 15.0
+
+
+def ring_labels() -> np.ndarray:
+    """(1, Y, X) ACDC labels: LV disk, myocardial ring, an RV blob, background 0."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - CENTRE[0], xx - CENTRE[1])
+    lab = np.zeros((SIZE, SIZE), np.int16)
+    lab[(r > R_LV) & (r <= R_EPI)] = 2
+    lab[r <= R_LV] = 3
+    lab[(np.abs(yy - CENTRE[0]) < 6) & (xx < CENTRE[1] - R_EPI - 1) & (xx > 2)] = 1
+    return lab[None]
+
+
+def ring_maps(lab: np.ndarray):
+    t1 = np.where(lab == 2, 1000.0, np.where(np.isin(lab, (1, 3)), 1550.0, 860.0)).astype(np.float32)
+    t2 = np.where(lab == 2, 50.0, np.where(np.isin(lab, (1, 3)), 270.0, 30.0)).astype(np.float32)
+    m0 = np.where(lab == 2, 0.8, np.where(np.isin(lab, (1, 3)), 0.95, 0.75)).astype(np.float32)
+    return m0, t1, t2
+
+
+def spec_with(**entries):
+    proto = load_protocol("wide_pathology").to_dict()
+    for k, v in entries.items():
+        proto["pathology"][k].update(v)
+    return protocol_from_dict(proto)
+
+
+# ----------------------------------------------------------------------------- readout train
+
+@pytest.mark.parametrize("mz0,t1,flip,tr,n", [(-0.4, 450.0, 20.0, 6.0, 12), (0.0, 300.0, 25.0, 5.0, 24),
+                                              (0.7, 900.0, 15.0, 8.0, 1), (-1.0, 1200.0, 30.0, 4.0, 40)])
+def test_flash_approach_matches_bloch(mz0, t1, flip, tr, n):
+    m = np.array([0.0, 0.0, mz0, 1.0])
+    for _ in range(n):  # pulse, relax for TR, spoil: Mz before the next pulse
+        m = bloch.apply(bloch.chain(bloch.rf(flip), bloch.relax(tr, t1, 50.0), bloch.spoil()), m)
+    assert float(signal.flash_approach(mz0, 1.0, t1, flip, tr, n)) == pytest.approx(m[2], rel=1e-5, abs=1e-7)
+
+
+def test_lge_render_shows_mz_after_the_readout_train():
+    """Uniform blood and myocardium, TI at the myocardial null: with 0 pulses myocardium is black;
+    with n pulses both regions equal the Bloch-simulated Mz after n pulses (times the same readout weight)."""
+    proto = load_protocol("wide_pathology").to_dict()
+    proto["pathology"] = {}
+    proto["imperfections"] = {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    fixed = {"flip_deg": 20.0, "te_ms": 2.0, "tr_inv_ms": 2000.0, "ti_null_factor": 1.0, "readout_tr_ms": 6.0,
+             "conc_blood_mmol": 0.7, "conc_myocardium_mmol": 0.25, "conc_other_mmol": 0.2}
+    for n in (0, 16):
+        p = dict(fixed, family="lge", readout_pulses=float(n))
+        t1_post_myo = 1.0 / (1.0 / 1000.0 + 4.5e-3 * 0.25)
+        t1_post_blood = 1.0 / (1.0 / 1550.0 + 4.5e-3 * 0.7)
+        e = math.exp(-2000.0 / t1_post_myo)
+        ti = t1_post_myo * math.log(2.0 / (1.0 + e))
+        p["ti_ms"] = ti
+        img, _ = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab, params=p)
+        img = img.numpy()[0]
+
+        def simulated(m0_, t1_, t2_):
+            mz = m0_ * (1 - 2 * math.exp(-ti / t1_) + math.exp(-2000.0 / t1_))
+            m = np.array([0.0, 0.0, mz, 1.0])
+            for _ in range(n):
+                m = bloch.apply(bloch.chain(bloch.rf(20.0), bloch.relax(6.0, t1_, t2_, m0_), bloch.spoil()), m)
+            return abs(m[2]) * math.sin(math.radians(20.0)) * math.exp(-2.0 / t2_)
+        myo = simulated(0.8, t1_post_myo, 50.0)
+        blood = simulated(0.95, t1_post_blood, 270.0)
+        ring = lab[0] == 2
+        inner = ring & (distance_transform_edt(ring) > 1)  # away from label-edge interpolation
+        if n == 0:
+            assert myo == pytest.approx(0.0, abs=1e-9) and np.abs(img[inner]).max() < 1e-4
+        else:
+            assert img[inner].mean() == pytest.approx(myo, rel=2e-3)
+            assert img[lab[0] == 3].mean() / img[inner].mean() == pytest.approx(blood / myo, rel=5e-3)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def _angles_about_true_centre() -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return np.degrees(np.arctan2(yy - CENTRE[0], xx - CENTRE[1])) % 360.0
+
+
+def test_scar_edema_mvo_geometry():
+    lab = ring_labels()
+    myo = lab[0] == 2
+    ang = _angles_about_true_centre()
+    d_lv = distance_transform_edt(lab[0] != 3)  # Euclidean distance to the LV cavity
+    proto = spec_with(scar={"probability": 1.0, "transmurality": [0.3, 0.3]}, mvo={"probability": 1.0},
+                      edema={"probability": 1.0})
+    for seed in range(12):
+        params: dict = {}
+        masks = draw_pathology(proto.pathology, torch.from_numpy(lab), (3,), (2,), np.random.default_rng(seed), params)
+        scar, mvo, edema = (m.numpy()[0] for m in (masks.scar, masks.mvo, masks.edema))
+        assert scar.any() and edema.any()
+        assert not (scar & ~myo).any() and not (edema & ~myo).any() and not (mvo & ~scar).any()
+        assert not (scar & ~edema).any()  # the area at risk holds the infarct
+        diff = (ang[scar] - params["scar_centre_deg"] + 180.0) % 360.0 - 180.0
+        assert np.abs(diff).max() <= params["scar_sector_deg"] / 2 + 8.0  # pixel-centre slack at r ~ 10 px
+        # sub-endocardial: 30 % of a 6-pixel wall, plus the rim pixel, from the LV edge
+        assert d_lv[scar].max() <= 0.3 * (R_EPI - R_LV) + 2.0
+        assert params["scar_transmurality"] == pytest.approx(0.3)
+
+
+def test_transmural_full_circle_scar_is_the_whole_myocardium_and_labels_are_untouched():
+    lab = ring_labels()
+    before = lab.copy()
+    proto = spec_with(scar={"probability": 1.0, "transmurality": [1.0, 1.0], "sector_deg": [360, 360]})
+    masks = draw_pathology(proto.pathology, torch.from_numpy(lab), (3,), (2,), np.random.default_rng(3), {})
+    np.testing.assert_array_equal(masks.scar.numpy()[0], lab[0] == 2)
+    np.testing.assert_array_equal(lab, before)
+
+
+def test_no_lv_in_the_region_draws_nothing():
+    lab = ring_labels()
+    lab[lab == 3] = 0
+    proto = spec_with(scar={"probability": 1.0}, edema={"probability": 1.0})
+    assert draw_pathology(proto.pathology, torch.from_numpy(lab), (3,), (2,), np.random.default_rng(0), {}) is None
+
+
+# ----------------------------------------------------------------------------- renders
+
+def _render_means(family: str, entries: dict, seeds=range(30)):
+    proto = spec_with(**entries).to_dict()
+    proto["imperfections"] = {}
+    proto["pathology"]["uptake"]["probability"] = 0.0
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    out = []
+    for seed in seeds:
+        img, p = renderer.render(m0, t1, t2, np.random.default_rng(seed), labels=lab, family=family)
+        masks = renderer.last_pathology
+        img = img.numpy()[0]
+        normal = (lab[0] == 2) & ~masks.edema.numpy()[0] & ~masks.scar.numpy()[0]
+        out.append((img, masks, normal, p))
+    return out
+
+
+def test_lge_scar_is_bright_and_mvo_dark():
+    wins = 0
+    runs = _render_means("lge", {"scar": {"probability": 1.0}, "mvo": {"probability": 0.0},
+                                 "edema": {"probability": 0.0}})
+    for img, masks, normal, _ in runs:
+        scar = masks.scar.numpy()[0]
+        wins += img[scar].mean() > 1.5 * img[normal].mean()
+    assert wins >= 0.9 * len(runs)
+    runs = _render_means("lge", {"scar": {"probability": 1.0, "transmurality": [1.0, 1.0]},
+                                 "mvo": {"probability": 1.0, "depth_fraction": [0.6, 0.6]},
+                                 "edema": {"probability": 0.0}})
+    checked = 0
+    for img, masks, _, p in runs:
+        mvo, scar = masks.mvo.numpy()[0], masks.scar.numpy()[0]
+        if mvo.sum() >= 5:
+            checked += 1
+            assert img[mvo].mean() < img[scar & ~mvo].mean()
+    assert checked >= 10
+
+
+def test_t2_weighted_tse_shows_edema():
+    runs = _render_means("tse", {"scar": {"probability": 0.0}, "edema": {"probability": 1.0, "t2_factor": [1.5, 1.5]}})
+    for img, masks, normal, p in runs:
+        if p["te_ms"] >= 40:
+            assert img[masks.edema.numpy()[0]].mean() > 1.1 * img[normal].mean()
+
+
+def test_pathology_renders_are_reproducible():
+    renderer = ContrastRenderer(load_protocol("wide_pathology"))
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    for family in ("lge", "psir", "tse", "saturation_recovery"):
+        a, pa = renderer.render(m0, t1, t2, np.random.default_rng(5), labels=lab, family=family)
+        b, pb = renderer.render(m0, t1, t2, np.random.default_rng(5), labels=lab, family=family)
+        assert torch.equal(a, b) and pa == pb
+
+
+def test_pathology_protocol_validation():
+    d = load_protocol("wide_pathology").to_dict()
+    assert protocol_from_dict(copy.deepcopy(d)) == load_protocol("wide_pathology")
+    bad = copy.deepcopy(d)
+    del bad["pathology"]["scar"]
+    with pytest.raises(ProtocolError, match="mvo"):
+        protocol_from_dict(bad)
+    bad = copy.deepcopy(d)
+    bad["pathology"]["scar"]["transmurality"] = [0.5, 1.5]
+    with pytest.raises(ProtocolError, match="transmurality"):
+        protocol_from_dict(bad)
+    bad = copy.deepcopy(d)
+    bad["pathology"]["infarct"] = {"probability": 1.0}
+    with pytest.raises(ProtocolError, match="infarct"):
+        protocol_from_dict(bad)
