@@ -72,7 +72,8 @@ def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[f
 
 
 def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optional[float],
-            spacing: Optional[float], width: float) -> tuple[Path, str]:
+            spacing: Optional[float], width: float, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
+            test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES) -> tuple[Path, str]:
     """Steps 1-3; returns (raw dataset folder, plans identifier). Reuses what is already there."""
     raw = Path(env["nnUNet_raw"])
     ds = raw / dataset_name(dataset_id, myops.NAME)
@@ -82,7 +83,8 @@ def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optio
     if not ds.is_dir():
         print(f"[bench_real] convert: {myops_dir} -> {ds} (crop {crop} mm, spacing {spacing} mm)", flush=True)
         try:
-            myops.convert_myops(myops_dir, dataset_id, crop_mm=crop, spacing_mm=spacing, progress=False)
+            myops.convert_myops(myops_dir, dataset_id, train_cases=train_cases, test_cases=test_cases, crop_mm=crop,
+                                spacing_mm=spacing, progress=False)
         except myops.ConversionError as e:
             raise BenchmarkError(f"step 'convert' failed: {e}") from e
     run_step("reverse imaging", ["physaug-reverse", "-i", str(ds / "imagesTr"), "-o", str(ds / "tissueMapsTr"),
@@ -306,7 +308,8 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
                   crop: Optional[float] = 160.0, spacing: Optional[float] = 1.5, device: str = "cpu",
                   dataset_id: int = myops.DEFAULT_ID, variants: Sequence[str] = (), jobs: int = 1,
                   figure_case: Optional[str] = None, baseline: Optional[str] = None,
-                  physaug: Optional[str] = None) -> dict:
+                  physaug: Optional[str] = None, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
+                  test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES) -> dict:
     """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
     default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``."""
     t_start = time.time()
@@ -329,7 +332,7 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     physaug = physaug or f"nnUNetTrainerPhysAug_{epochs}"
     trainers = [baseline, physaug, *variants]
 
-    ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width)
+    ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases)
     pre = Path(env["nnUNet_preprocessed"]) / ds.name
     n_folds = len(json.loads((pre / "splits_final.json").read_text()))
     folds = [str(f) for f in range(n_folds)] if mode == "cv" else ["all"]
@@ -372,6 +375,8 @@ def main(argv=None) -> None:
                    "(default 0.5 for CPU budgets; 1 = nnU-Net's own network)")
     p.add_argument("--crop", type=float, default=160.0, help="converter --crop in mm (default 160)")
     p.add_argument("--spacing", type=float, default=1.5, help="converter --spacing in mm (default 1.5)")
+    p.add_argument("--train-cases", default="3001-3025", help="development patients (converter --train-cases)")
+    p.add_argument("--test-cases", default="3026-3045", help="held-out patients (converter --test-cases)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training and prediction device")
     p.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
                    help="more trainers to compare under the same budget (e.g. ablations)")
@@ -383,8 +388,10 @@ def main(argv=None) -> None:
     try:
         r = run_benchmark(args.myops, args.work, "cv" if args.cv else "final", args.budget, args.width, args.crop,
                           args.spacing, args.device, variants=args.variants, jobs=args.jobs,
-                          figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug)
-    except BenchmarkError as e:
+                          figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
+                          train_cases=myops.parse_case_range(args.train_cases),
+                          test_cases=myops.parse_case_range(args.test_cases))
+    except (BenchmarkError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)
     print(r["line"])

@@ -1,0 +1,120 @@
+"""The real-data benchmark (scripts/bench_real.py) and the realism check (scripts/check_realism.py) on
+fake MyoPS trees with the real names (no real images in the repository).
+
+Truth: hand-written prediction/pathology volumes for the pathology breakdown; the fake builder's
+intensities for the real-image ratios (blood / myocardium of C0 is exactly 300 / 120); nnU-Net's own
+commands for the end-to-end run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fake_datasets import MYOPS_INTENSITY, make_fake_myops
+from nnunet_helpers import nnunet_env
+from nnunetv2_physaug import benchmark_real as br
+from nnunetv2_physaug import realism
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_TRAINERS = Path(__file__).parent / "smoke_trainers"
+
+
+def _save(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), np.eye(4)), str(path))
+
+
+def test_pathology_breakdown_counts_by_hand(tmp_path):
+    path = np.zeros((4, 4, 1), np.uint8)
+    path[0, :, 0] = 2          # 4 scar voxels
+    path[1, :2, 0] = 1         # 2 edema voxels
+    pred = np.zeros((4, 4, 1), np.uint8)
+    pred[0, :3, 0] = 2         # 3 of 4 scar voxels called myocardium
+    pred[0, 3, 0] = 3          # 1 called LV
+    pred[1, 0, 0] = 2          # 1 of 2 edema voxels myocardium, the other background
+    _save(tmp_path / "pred" / "Case1.nii.gz", pred)
+    _save(tmp_path / "path" / "Case1.nii.gz", path)
+    out = br.pathology_breakdown(tmp_path / "pred", tmp_path / "path", ["Case1"])
+    assert out["scar"]["voxels"] == 4 and out["scar"]["as_myocardium"] == 0.75 and out["scar"]["as_LV"] == 0.25
+    assert out["edema"]["voxels"] == 2 and out["edema"]["as_myocardium"] == 0.5 and out["edema"]["as_background"] == 0.5
+
+
+def test_summary_line_and_tables():
+    def row(model, seq, d):
+        return {"model": model, "sequence": seq, "mean_fg_dice": d, "n_cases": 5,
+                "dice_per_label": {"1": d, "2": d, "3": d},
+                "pathology": {p: {"voxels": 10, "as_myocardium": 0.5, "as_LV": 0.1} for p in ("scar", "edema")}}
+    rows = [row(m, s, d) for m, base in (("B", 0.5), ("P", 0.7)) for s, d in zip(br.SEQUENCES, (base, base - 0.1, base - 0.2))]
+    line = br.summary_line(rows, "B", "P", 12.4)
+    assert line == ("real_c0_physaug=0.700 real_c0_baseline=0.500 real_lge_physaug=0.600 real_lge_baseline=0.400 "
+                    "real_t2_physaug=0.500 real_t2_baseline=0.300 seconds=12")
+    md = br.markdown_report(rows, "B")
+    assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md
+
+
+def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
+    env = nnunet_env(tmp_path)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    make_fake_myops(tmp_path / "Train")
+    from nnunetv2_physaug.conversion import convert_myops
+    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(3006, 3007), progress=False)
+    splits = json.loads(res.splits_file.read_text())
+    for fold in range(5):
+        cases = br.test_cases(res.dataset_dir, "cv", fold, splits)
+        assert cases == splits[fold]["val"] and not set(cases) & set(splits[fold]["train"])
+        folder = tmp_path / f"links{fold}"
+        br.linked_test_folder(res.dataset_dir, "cv", cases, folder)
+        for case in cases:
+            for seq in br.SEQUENCES:
+                img = nib.load(str(folder / f"{case}__{seq}_0000.nii.gz")).get_fdata()
+                assert img[20, 18, 1] == MYOPS_INTENSITY[seq][2]  # the right sequence behind each link
+    assert br.test_cases(res.dataset_dir, "final", None, splits) == ["Case3006", "Case3007"]
+
+
+def test_real_ratios_of_the_fake_tree(tmp_path, monkeypatch):
+    env = nnunet_env(tmp_path)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    make_fake_myops(tmp_path / "Train")
+    from nnunetv2_physaug.conversion import convert_myops
+    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(), progress=False)
+    cases = [f"Case{n}" for n in range(3001, 3006)]
+    for seq in ("C0", "LGE", "T2"):
+        bg, myo, blood = MYOPS_INTENSITY[seq]
+        r = realism.real_ratios(res.dataset_dir, seq, cases)
+        # two heart slices per patient; scar of the fake is as bright as its myocardium
+        assert len(r["blood"]) == 10 and np.allclose(r["blood"], blood / myo)
+        assert np.allclose(r["scar"], 1.0)
+
+
+@pytest.mark.slow
+def test_bench_real_final_end_to_end(tmp_path):
+    make_fake_myops(tmp_path / "Train", cases=range(3001, 3009))
+    work = tmp_path / "work"
+    env = nnunet_env(work)
+    env["nnUNet_extTrainer"] = str(SMOKE_TRAINERS)  # the benchmark appends ours
+    env.pop("nnUNet_n_proc_DA", None)
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_real.py"), "--myops", str(tmp_path / "Train"), "--final",
+           "--work", str(work), "--crop", "24", "--spacing", "1.5", "--baseline", "nnUNetTrainer_smoke",
+           "--physaug", "nnUNetTrainerPhysAug_smoke", "--test-cases", "3006-3008", "--train-cases", "3001-3005"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    fields = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
+    assert set(fields) == {f"real_{s}_{m}" for s in ("c0", "lge", "t2") for m in ("physaug", "baseline")} | {"seconds"}
+    report = json.loads((work / "report_final" / "results.json").read_text())
+    assert report["settings"]["folds"] == ["all"]
+    rows = report["rows"]
+    assert {r["sequence"] for r in rows} == {"C0", "LGE", "T2"} and all(r["n_cases"] == 3 for r in rows)
+    assert all(0.0 <= r["mean_fg_dice"] <= 1.0 for r in rows)
+    assert (work / "report_final" / "contours.png").stat().st_size > 10_000
+    # a rerun reuses the trained models and the converted data
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
