@@ -122,9 +122,11 @@ class RealismRow:
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile (an infinite ratio, PSIR myocardium below its null, stays inf)."""
     if not len(values):
         return float("nan"), float("nan"), float("nan")
-    return tuple(float(x) for x in np.percentile(values, (50, 10, 90)))  # type: ignore[return-value]
+    finite = np.minimum(np.asarray(values, dtype=float), 1e12)  # inf - inf would make the interpolation nan
+    return tuple(float(x) if x < 1e12 else float("inf") for x in np.percentile(finite, (50, 10, 90)))  # type: ignore
 
 
 def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,

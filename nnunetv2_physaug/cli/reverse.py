@@ -14,9 +14,12 @@ K > 1) plus manifest.json (estimator, prior hash, parameters, package version, p
 Estimators:
   --prior DIR   diffusion prior (a diffusers folder with unet/ and scheduler/, e.g. the authors'
                 phys-acdc-128 or one made by physaug-train-prior), sampler --preset fast|paper.
-  --method label  (DEFAULT without --prior) weight-free: labels where available (blood = labels 1
-                and 3, myocardium = 2), intensity classes elsewhere, T1/T2 from the tissue table
-                with smooth variation, M0 solved so the bSSFP rendering reproduces the image.
+  --method label  (DEFAULT without --prior) weight-free: labels where available, intensity classes
+                elsewhere, T1/T2 from the tissue table with smooth variation, M0 solved so the
+                bSSFP rendering reproduces the image. Which label is blood and which myocardium is
+                read from the label names of the dataset.json beside IMAGES_DIR (RV, LV, MYO,
+                myocardium, scar, edema, ...; ACDC 1/3 blood, 2 myocardium without one), or
+                given with --label-tissues; a label value with no tissue is an error.
 
 The run is resumable: finished cases are skipped (use --overwrite to redo them), a killed run
 leaves no half-written files. Shards (--shard i/n, or torchrun's RANK/WORLD_SIZE) take disjoint
@@ -52,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label folder (CASE.nii.gz, ACDC convention: 1 RV, 2 myocardium, 3 LV); default: the "
                           "sibling labelsTr folder when it exists")
     lab.add_argument("--no-labels", action="store_true", help="do not use labels even if labelsTr exists")
+    p.add_argument("--label-tissues", default=None, metavar="V=TISSUE,...",
+                   help="tissue of each label value for --method label, e.g. 1=blood,2=myocardium,3=blood "
+                        "(tissues: blood, myocardium, other); default: from dataset.json's label names")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu; under "
                                                    "torchrun 'cuda' means cuda:LOCAL_RANK)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
@@ -76,10 +82,12 @@ def main(argv=None) -> None:
     from ..reverse import CacheMismatchError, ReverseInputError, make_estimator, run_reverse
     from ..reverse.cache import parse_shard
     from ..reverse.engine import AUTO, parse_sampler_options
+    from ..reverse.label_tissues import LabelTissueError, resolve_label_tissues
 
     if (args.preset is not None or args.sampler_option) and args.prior is None:
         sys.exit("physaug-reverse: --preset and --sampler-option apply to the diffusion sampler and need --prior PRIOR_DIR")
-    errors: tuple[type[BaseException], ...] = (ReverseInputError, CacheMismatchError, TissueMapError, ValueError)
+    errors: tuple[type[BaseException], ...] = (ReverseInputError, CacheMismatchError, TissueMapError, LabelTissueError,
+                                               ValueError)
     try:
         from ..reverse.prior import PriorError
         errors = errors + (PriorError,)
@@ -88,9 +96,15 @@ def main(argv=None) -> None:
     try:
         shard = parse_shard(args.shard)
         options = parse_sampler_options(args.sampler_option)
+        if args.label_tissues is not None and args.prior:
+            sys.exit("physaug-reverse: --label-tissues applies to --method label, not to a diffusion prior")
+        label_tissues = None
+        if not args.prior:
+            label_tissues, source = resolve_label_tissues(args.images, args.label_tissues)
+            print(f"label tissues ({source}): " + ", ".join(f"{k}={v}" for k, v in sorted(label_tissues.items())))
         estimator = make_estimator("diffusion" if args.prior else "label", prior=args.prior,
                                    preset=args.preset or "fast", field_strength=args.field, device=args.device,
-                                   sampler_options=options)
+                                   sampler_options=options, label_tissues=label_tissues)
         summary = run_reverse(args.images, args.output, estimator=estimator,
                               labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
                               batch_size=args.batch_size, n_samples=args.samples, shard=shard,

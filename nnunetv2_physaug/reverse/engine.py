@@ -31,6 +31,7 @@ import torch
 from ..maps.store import TissueMapError, case_is_complete, write_case_maps
 from . import cache
 from .base import SliceEstimator
+from .label_tissues import LabelTissueError, resolve_label_tissues
 from .io import (ReverseInputError, default_labels_dir, default_maps_dir, image_shape, list_cases, load_image,
                  load_labels)
 from .qc import fit_scale, nrmse_pct, render_bssfp
@@ -114,7 +115,8 @@ def parse_sampler_options(items: list[str]) -> dict:
 
 def make_estimator(method: str = "label", prior: Union[None, PathLike, object] = None, preset: str = "fast",
                    field_strength: str = "1.5T", device: Union[str, torch.device] = "cpu",
-                   sampler_options: Optional[dict] = None) -> SliceEstimator:
+                   sampler_options: Optional[dict] = None,
+                   label_tissues: Optional[dict[int, str]] = None) -> SliceEstimator:
     """Build a slice estimator.
 
     Args:
@@ -123,6 +125,8 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
         preset: diffusion sampler preset, ``"fast"`` or ``"paper"``.
         field_strength: tissue-table field ("1.5T", "3T") of the label estimator.
         device: where the prior runs.
+        label_tissues: label value -> tissue of the label estimator (default ACDC; see
+            :func:`~.label_tissues.resolve_label_tissues`).
         sampler_options: fields of the preset's ``FastParams`` / ``PaperParams`` to override
             (e.g. ``{"steps": 50, "guidance": 10}``); recorded in the manifest like all parameters.
     Raises:
@@ -135,7 +139,7 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
         if prior is not None:
             raise ValueError("method 'label' takes no prior; pass method='diffusion' to use one")
         from .label_estimator import LabelEstimator
-        return LabelEstimator(field=field_strength)
+        return LabelEstimator(field=field_strength, label_tissues=label_tissues)
     if method == "diffusion":
         if prior is None:
             raise ValueError("method 'diffusion' needs a prior folder (--prior DIR)")
@@ -319,7 +323,9 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             try:
                 vol, affine = load_image(all_cases[c])
                 labels = load_labels(labels_dir, c, vol.shape)
-            except ReverseInputError as e:
+                if labels is not None and hasattr(estimator, "check_labels"):
+                    estimator.check_labels(labels, where=f"label file of case {c} in {labels_dir}")
+            except (ReverseInputError, LabelTissueError) as e:
                 summary.failed[c] = str(e)
                 bar.update(shapes[c][2])
                 continue
@@ -360,8 +366,11 @@ def fill_missing_maps(images_dir: PathLike, maps_dir: PathLike, cases: list[str]
     todo = sorted({c for c in cases if not case_is_complete(maps_dir, c)})
     if not todo:
         return []
+    label_tissues = None
+    if prior is None:  # the dataset's own label names (dataset.json beside imagesTr), else ACDC
+        label_tissues, _ = resolve_label_tissues(images_dir)
     estimator = make_estimator("diffusion" if prior is not None else "label", prior=prior, preset=preset,
-                               field_strength=field_strength, device=device)
+                               field_strength=field_strength, device=device, label_tissues=label_tissues)
     summary = run_reverse(images_dir, maps_dir, estimator=estimator, labels_dir=labels_dir, device=device,
                           batch_size=batch_size, n_samples=n_samples, shard=(0, 1), overwrite=False,
                           cases=todo, seed=seed, progress=progress)

@@ -5,7 +5,8 @@ bSSFP slice with reference tissue values instead of a learned prior:
 
 1. **Tissue weights per pixel.** The slice is first brought to physical scale (blood-pool
    median, or its 99th percentile when it has no blood label, set to the reference blood signal).
-   Labelled pixels (ACDC convention: labels 1 and 3 = blood, 2 = myocardium) take their tissue,
+   Labelled pixels (the dataset's label -> tissue mapping, :mod:`.label_tissues`; ACDC by default:
+   labels 1 and 3 = blood, 2 = myocardium) take their tissue,
    with intensity-driven partial volume: a blood-labelled pixel darker than blood is a blood /
    myocardium mixture in proportion to its signal (papillary muscles and trabeculae are labelled
    as cavity in ACDC, border pixels are partial-volume), and a myocardium-labelled pixel brighter
@@ -35,10 +36,11 @@ import torch.nn.functional as F
 
 from ..physics import bssfp, tissue_table
 from .base import FORWARD_FLIP_DEG, SliceEstimate, SliceEstimator
+from .label_tissues import ACDC_LABEL_TISSUES, TISSUES as LABEL_TISSUE_NAMES, check_label_values, values_of
 from .qc import bssfp_nrmse_pct
 
-#: ACDC label values -> tissue of the tissue table.
-LABEL_TISSUES: dict[int, str] = {1: "blood", 2: "myocardium", 3: "blood"}
+#: Default label values -> tissue (ACDC); datasets give theirs through :mod:`.label_tissues`.
+LABEL_TISSUES: dict[int, str] = dict(ACDC_LABEL_TISSUES)
 #: Intensity classes used for unlabelled pixels, dark to bright; the bright class is fat in
 #: slices with labels and blood in slices without (see the module docstring).
 INTENSITY_CLASSES: tuple[str, ...] = ("lung", "skeletal_muscle", "liver", "bright")
@@ -63,13 +65,20 @@ class LabelEstimator(SliceEstimator):
         grid_px: correlation length of the smooth field in pixels (coarse-grid spacing).
         scale_quantile: quantile of the slice that stands for the bright class when no blood
             label is present.
+        label_tissues: label value -> "blood" / "myocardium" / "other" (default: ACDC); a label
+            value outside it is an error (:meth:`check_labels`).
     """
 
     name = "label"
 
     def __init__(self, field: str = "1.5T", variation: float = 0.5, draw_tissue_values: bool = True,
-                 class_width: float = 0.3, grid_px: int = 32, scale_quantile: float = 0.99):
+                 class_width: float = 0.3, grid_px: int = 32, scale_quantile: float = 0.99,
+                 label_tissues: dict[int, str] | None = None):
         self.table = tissue_table(field)  # raises a clear ValueError for an unknown field
+        self.label_tissues = dict(LABEL_TISSUES if label_tissues is None else label_tissues)
+        bad = {k: v for k, v in self.label_tissues.items() if v not in LABEL_TISSUE_NAMES or k == 0}
+        if bad:
+            raise ValueError(f"label_tissues {bad}: tissues are {LABEL_TISSUE_NAMES} and 0 is the background")
         self.field = field
         self.variation = float(variation)
         self.draw_tissue_values = bool(draw_tissue_values)
@@ -84,10 +93,14 @@ class LabelEstimator(SliceEstimator):
                 "parameters": {"field": self.field, "variation": self.variation,
                                "draw_tissue_values": self.draw_tissue_values, "class_width": self.class_width,
                                "grid_px": self.grid_px, "scale_quantile": self.scale_quantile,
-                               "label_tissues": {str(k): v for k, v in LABEL_TISSUES.items()},
+                               "label_tissues": {str(k): v for k, v in sorted(self.label_tissues.items())},
                                "intensity_classes": list(INTENSITY_CLASSES), "partial_volume": True,
                                "near_blood_px": NEAR_BLOOD_PX,
                                "forward_model": f"short-TR bSSFP, alpha={FORWARD_FLIP_DEG:g} deg"}}
+
+    def check_labels(self, labels, where: str) -> None:
+        """Raise :class:`~.label_tissues.LabelTissueError` naming ``where`` for an unmapped label value."""
+        check_label_values(labels, self.label_tissues, where)
 
     def _reference_signal(self, name: str) -> float:
         t = self.table[name]
@@ -173,10 +186,10 @@ class LabelEstimator(SliceEstimator):
         k = int(n_samples)
         lab = (labels.to(device=device, dtype=torch.int64) if labels is not None
                else torch.zeros((b, h, w), dtype=torch.int64, device=device))
-        blood = (lab == 1) | (lab == 3)
-        myo = lab == 2
+        blood = torch.isin(lab, torch.tensor(values_of(self.label_tissues, "blood"), dtype=torch.int64, device=device))
+        myo = torch.isin(lab, torch.tensor(values_of(self.label_tissues, "myocardium"), dtype=torch.int64, device=device))
         labelled = blood | myo
-        slice_has_labels = (lab != 0).flatten(1).any(dim=1)  # (B,)
+        slice_has_labels = (blood | myo).flatten(1).any(dim=1)  # (B,)
 
         scale, from_blood = self._slice_scale(x.flatten(1), blood.flatten(1))  # (B,)
         s = x / scale[:, None, None]
