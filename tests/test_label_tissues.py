@@ -112,3 +112,14 @@ def test_estimator_rejects_bad_mappings():
     assert est.identity()["parameters"]["label_tissues"] == {"4": "blood", "9": "myocardium"}
     with pytest.raises(LabelTissueError, match=r"\[2\]"):
         est.check_labels(np.array([0, 4, 9, 2]), "somewhere")
+
+
+def test_float_labels_are_refused_not_rounded(tmp_path):
+    root = _dataset(tmp_path, {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, {"lv": 3, "myo": 2})
+    f = root / "labelsTr" / "c1.nii.gz"
+    lab = np.asarray(nib.load(str(f)).dataobj).astype(np.float32)
+    lab[lab == 2] = 1.6  # would round to 2; an interpolated label
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(f))
+    r = subprocess.run([sys.executable, "-m", "nnunetv2_physaug.cli.reverse", "-i", str(root / "imagesTr"),
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode != 0 and "non-integer" in r.stdout + r.stderr and "c1.nii.gz" in r.stdout + r.stderr

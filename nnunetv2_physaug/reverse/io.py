@@ -132,7 +132,13 @@ def load_labels(labels_dir: Optional[os.PathLike | str], case: str, shape: tuple
                                 f"{tuple(shape)}; labels must match their image voxel for voxel")
     if not np.all(np.isfinite(lab)):
         raise ReverseInputError(f"label file {path} contains NaN or Inf values")
-    return np.rint(lab).astype(np.int64)
+    rounded = np.rint(lab)
+    if not np.array_equal(rounded, lab):
+        bad = np.unique(lab[rounded != lab])[:5]
+        raise ReverseInputError(f"label file {path} holds non-integer values ({', '.join(f'{v:g}' for v in bad)}); "
+                                f"labels are integers (a label resampled with linear interpolation? use nearest "
+                                f"neighbour)")
+    return rounded.astype(np.int64)
 
 
 def default_maps_dir(images_dir: os.PathLike | str) -> Path:
