@@ -11,6 +11,8 @@ Signed (PSIR) renders are compared as rendered (signed means); a slice whose nor
 negative mean (not yet through its null) has no finite ratio and counts as outside the real range.
 
 Coverage of a family = fraction of its render ratios inside the real sequence's 10-90 % range.
+Also per slice: endocardial rim (myocardium touching blood) / interior myocardium, which shows
+partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.95).
 """
 from __future__ import annotations
 
@@ -35,11 +37,30 @@ def _nib_array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
 
 
-def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray]) -> tuple[list, list]:
+def rim_ratio(img: np.ndarray, lab: np.ndarray) -> Optional[float]:
+    """Mean of the endocardial rim (myocardium pixels touching blood) / mean of the interior myocardium
+    (not touching any other label) of one 2D slice; None when either has fewer than MIN_PIXELS."""
+    from scipy.ndimage import binary_dilation
+
+    myo = lab == MYO
+    rim = myo & binary_dilation(np.isin(lab, (1, LV)))
+    interior = myo & ~binary_dilation(~myo)
+    if rim.sum() < MIN_PIXELS or interior.sum() < MIN_PIXELS or img[interior].mean() <= 0:
+        return None
+    return float(img[rim].mean() / img[interior].mean())
+
+
+def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray],
+                 rims: Optional[list] = None) -> tuple[list, list]:
     """Per-slice (last axis) blood/normal-myocardium ratios and scar/normal-myocardium ratios of a
-    3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all myocardium is normal)."""
+    3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all myocardium is normal). With ``rims``,
+    the slices' endocardial-rim ratios (:func:`rim_ratio`) are appended to it."""
     blood_ratio, scar_ratio = [], []
     for k in range(image.shape[-1]):
+        if rims is not None:
+            r = rim_ratio(image[..., k], anatomy[..., k])
+            if r is not None:
+                rims.append(r)
         img, lab = image[..., k], anatomy[..., k]
         path = pathology[..., k] if pathology is not None else np.zeros_like(lab)
         normal = (lab == MYO) & (path == 0)
@@ -61,13 +82,13 @@ def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
     """Ratios of a converted MyoPS dataset's training patients (``imagesTr[_SEQ]``, ``labelsTr``,
     ``labelsPathologyTr``)."""
     folder = dataset / ("imagesTr" if sequence == "C0" else f"imagesTr_{sequence}")
-    blood, scar = [], []
+    blood, scar, rim = [], [], []
     for case in cases:
         b, s = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
-                            _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"))
+                            _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"), rim)
         blood += b
         scar += s
-    return {"blood": blood, "scar": scar}
+    return {"blood": blood, "scar": scar, "rim": rim}
 
 
 def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: str, protocol: str, n: int,
@@ -79,7 +100,7 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
     proto = load_protocol(protocol)
     renderer = ContrastRenderer(proto)
     rng = np.random.default_rng(seed)
-    blood, scar = [], []
+    blood, scar, rim = [], [], []
     cache: dict = {}
     tries = 0
     while len(blood) < n and tries < 20 * n:
@@ -103,10 +124,10 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
             path[(masks.edema | masks.scar).numpy()] = 1
             path[masks.scar.numpy()] = 2
             path[masks.mvo.numpy()] = 3  # neither normal nor enhancing scar
-        b, s = slice_ratios(img[..., None], lab[..., None], path[..., None])
+        b, s = slice_ratios(img[..., None], lab[..., None], path[..., None], rim)
         blood += b
         scar += s
-    return {"blood": blood, "scar": scar}
+    return {"blood": blood, "scar": scar, "rim": rim}
 
 
 @dataclass
@@ -138,7 +159,8 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
     for s, r in real.items():
         med, p10, p90 = summarise(r["blood"])
         out["real"][s] = {"n_slices": len(r["blood"]), "median": med, "p10": p10, "p90": p90,
-                          "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"])}
+                          "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"]),
+                          "rim_median": summarise(r["rim"])[0]}
     for i, fam in enumerate(families):
         r = render_ratios(dataset, maps_dir, list(cases), fam, protocol, n, seed + i)
         ref = out["real"][FAMILY_TO_REAL[fam]]
@@ -147,21 +169,23 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
         med, p10, p90 = summarise(vals)
         out["renders"][fam] = {"compared_with": FAMILY_TO_REAL[fam], "n": int(vals.size), "median": med, "p10": p10,
                                "p90": p90, "coverage": cover, "scar_median": summarise(r["scar"])[0],
-                               "n_scar_slices": len(r["scar"])}
+                               "n_scar_slices": len(r["scar"]), "rim_median": summarise(r["rim"])[0]}
     return out
 
 
 def format_report(result: dict) -> str:
     lines = [f"blood (LV) / normal-myocardium mean-intensity ratio per slice; protocol {result['protocol']!r}, "
              f"{len(result['cases'])} patients", "",
-             "| images | slices | median | 10-90 % | inside real 10-90 % | scar / normal myo (median) |",
-             "|---|---|---|---|---|---|"]
+             "| images | slices | median | 10-90 % | inside real 10-90 % | scar / normal myo (median) | "
+             "endocardial rim / interior myo (median) |",
+             "|---|---|---|---|---|---|---|"]
     for s, r in result["real"].items():
         lines.append(f"| real {s} | {r['n_slices']} | {r['median']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} | | "
-                     f"{r['scar_median']:.2f} |")
+                     f"{r['scar_median']:.2f} | {r['rim_median']:.2f} |")
     for fam, r in result["renders"].items():
         lines.append(f"| `{fam}` renders (vs real {r['compared_with']}) | {r['n']} | {r['median']:.2f} | "
-                     f"{r['p10']:.2f}-{r['p90']:.2f} | {r['coverage']:.0%} | {r['scar_median']:.2f} |")
+                     f"{r['p10']:.2f}-{r['p90']:.2f} | {r['coverage']:.0%} | {r['scar_median']:.2f} | "
+                     f"{r['rim_median']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -213,3 +213,38 @@ def test_pathology_protocol_validation():
     bad["pathology"]["infarct"] = {"probability": 1.0}
     with pytest.raises(ProtocolError, match="infarct"):
         protocol_from_dict(bad)
+
+
+def test_black_blood_tse_suppresses_only_the_blood_compartment_of_mixed_pixels():
+    """Rim pixels hold a volume fraction f of blood (T1/T2 the M0-weighted means, M0 the sum, as the
+    estimator mixes); the two-compartment signal written out here is the truth."""
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - CENTRE[0], xx - CENTRE[1])
+    rim = (lab[0] == 2) & (r <= R_LV + 1.0)
+    f = 0.4
+    mb, mt = 0.95, 0.8
+    m_mix = f * mb + (1 - f) * mt
+    m0[0][rim] = m_mix
+    t1[0][rim] = (f * mb * 1550.0 + (1 - f) * mt * 1000.0) / m_mix
+    t2[0][rim] = (f * mb * 270.0 + (1 - f) * mt * 50.0) / m_mix
+    proto = load_protocol("wide_pathology").to_dict()
+    proto["imperfections"], proto["pathology"] = {}, {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+
+    def se(t1_, t2_, tr, te):
+        return (1 - math.exp(-tr / t1_)) * math.exp(-te / t2_)
+    for pv, bf in ((1.0, 0.0), (1.0, 0.3), (0.0, 0.0)):
+        p = {"family": "tse", "tr_ms": 2000.0, "te_ms": 80.0, "blood_factor": bf, "blood_partial_volume": pv,
+             "clip_level": 10.0}
+        img, _ = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab, params=p)
+        got = img.numpy()[0][rim].mean()
+        two = (1 - f) * mt * se(1000.0, 50.0, 2000.0, 80.0) + f * mb * bf * se(1550.0, 270.0, 2000.0, 80.0)
+        mono = m_mix * se(t1[0][rim][0], t2[0][rim][0], 2000.0, 80.0)
+        if pv:
+            assert got == pytest.approx(two, rel=1e-3)
+        else:
+            assert got == pytest.approx(mono, rel=1e-3) and mono > 2 * two  # the bright rim it replaces
+        interior = img.numpy()[0][(lab[0] == 2) & (r > R_LV + 2.5)].mean()
+        assert interior == pytest.approx(mt * se(1000.0, 50.0, 2000.0, 80.0), rel=1e-3)

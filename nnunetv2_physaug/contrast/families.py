@@ -333,18 +333,44 @@ class TSE(Family):
     multiplied by ``blood_factor`` (0 = perfectly suppressed, 1 = no suppression).
     The B1 field is not applied (refocusing-pulse errors are not modelled).
 
-    Parameters: ``tr_ms`` (ms), ``te_ms`` (ms), ``blood_factor`` (unitless, [0, 1]).
+    ``blood_partial_volume`` (0 or 1): the tissue maps hold one T1/T2 per pixel, the M0-weighted mean
+    of the tissues in it, so a myocardium pixel that shares its volume with blood has a long T2 and,
+    outside the blood label, escapes the suppression: T2-weighted renders then show a bright rim
+    along the endocardium (rim / interior myocardium 1.74 on renders of MyoPS maps vs 0.95 on real
+    T2-weighted images). With 1, non-blood pixels next to blood are rendered as two compartments:
+    blood share of M0 ``w = (T2 - T2_tissue) / (T2_blood - T2_tissue)`` (clipped to [0, 1]; T2 is the
+    M0-weighted mean of the compartments; T1/T2 of the compartments are the region medians over
+    myocardium and blood), ``S = M0 [(1 - w) SE(T1_tissue, T2_tissue) + w blood_factor SE(T1_blood,
+    T2_blood)]``, so only the blood compartment is suppressed (MyoPS maps: rim / interior 1.53 -> 0.62;
+    real 0.95, whose near-wall slow blood is not fully suppressed either).
+
+    Parameters: ``tr_ms`` (ms), ``te_ms`` (ms), ``blood_factor`` (unitless, [0, 1]),
+    ``blood_partial_volume`` (0 or 1).
     """
 
     name = "tse"
     PARAMS = {"tr_ms": _TR, "te_ms": _TE,
-              "blood_factor": ParamSpec("residual blood signal after black-blood preparation", 0.0, 1.0)}
+              "blood_factor": ParamSpec("residual blood signal after black-blood preparation", 0.0, 1.0),
+              "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0)}
 
     def render(self, ctx, p):
         s = signal.spin_echo(ctx.m0, ctx.t1, ctx.t2, p["tr_ms"], p["te_ms"])
-        if p["blood_factor"] != 1.0:
-            s = torch.where(ctx.blood_mask(), s * p["blood_factor"], s)
-        return s
+        if p["blood_factor"] == 1.0:
+            return s
+        blood = ctx.blood_mask()
+        if p.get("blood_partial_volume", 0.0) < 0.5 or not bool(blood.any()):
+            return torch.where(blood, s * p["blood_factor"], s)
+        t1_b, t2_b = ctx.percentile(ctx.t1, 50.0, region="blood"), ctx.percentile(ctx.t2, 50.0, region="blood")
+        t1_t, t2_t = ctx.percentile(ctx.t1, 50.0, region="myocardium"), ctx.percentile(ctx.t2, 50.0, region="myocardium")
+        if not t2_b > t2_t:
+            return torch.where(blood, s * p["blood_factor"], s)
+        b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
+        near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
+        w = ((ctx.t2 - t2_t) / (t2_b - t2_t)).clamp_(0.0, 1.0)
+        se_t = float(signal.spin_echo(1.0, t1_t, t2_t, p["tr_ms"], p["te_ms"]))
+        se_b = float(signal.spin_echo(1.0, t1_b, t2_b, p["tr_ms"], p["te_ms"]))
+        mixed = ctx.m0 * ((1.0 - w) * se_t + w * (p["blood_factor"] * se_b))
+        return torch.where(blood, s * p["blood_factor"], torch.where(near, mixed, s))
 
 
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in (

@@ -120,6 +120,8 @@ class RenderContext:
             masks.append(self.valid)
         if region == "myocardium":
             masks.append(self.myocardium_mask())
+        elif region == "blood":
+            masks.append(self.blood_mask())
         elif region is not None:
             raise ValueError(f"unknown region {region!r}")
         if not masks:
