@@ -91,13 +91,13 @@ def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
     return {"blood": blood, "scar": scar, "rim": rim}
 
 
-def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: str, protocol: str, n: int,
+def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: str, protocol, n: int,
                   seed: int) -> dict:
     """Ratios of ``n`` renders of ``family`` on random (case, slice) of the training maps; each render
     draws its own pathology (masked out of normal myocardium) like training does."""
     import torch
 
-    proto = load_protocol(protocol)
+    proto = load_protocol(protocol) if isinstance(protocol, str) else protocol
     renderer = ContrastRenderer(proto)
     rng = np.random.default_rng(seed)
     blood, scar, rim = [], [], []
@@ -150,19 +150,41 @@ def summarise(values: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(x) if x < 1e12 else float("inf") for x in np.percentile(finite, (50, 10, 90)))  # type: ignore
 
 
+def protocol_with(protocol: str, settings: Sequence[str]):
+    """``protocol`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied (a number or [low, high])."""
+    from .contrast.protocol import ProtocolError, protocol_from_dict
+
+    d = load_protocol(protocol).to_dict()
+    for item in settings:
+        key, _, value = item.partition("=")
+        family, _, param = key.partition(".")
+        fams = [f for f in d["families"] if f["family"] == family]
+        if not fams or not param or not value:
+            raise ProtocolError(f"--set {item!r}: write FAMILY.PARAM=VALUE with a family of {protocol!r}")
+        v = json.loads(value) if value.strip().startswith("[") else float(value)
+        for f in fams:
+            if param not in f["params"]:
+                raise ProtocolError(f"--set {item!r}: family {family} has no parameter {param!r}")
+            f["params"][param] = v
+    if settings:
+        d["name"] = d["name"] + "+" + ",".join(settings)
+    return protocol_from_dict(d, f"{protocol} with --set")
+
+
 def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,
-                  families: Sequence[str] = ("lge", "psir", "tse", "bssfp")) -> dict:
+                  families: Sequence[str] = ("lge", "psir", "tse", "bssfp"), settings: Sequence[str] = ()) -> dict:
     """Real ratios per sequence and render ratios per family, with coverage; a JSON-ready dict."""
     maps_dir = dataset / "tissueMapsTr"
     real = {s: real_ratios(dataset, s, cases) for s in sorted(set(FAMILY_TO_REAL[f] for f in families))}
-    out = {"protocol": protocol, "cases": list(cases), "n_renders": n, "seed": seed, "real": {}, "renders": {}}
+    proto = protocol_with(protocol, settings)
+    out = {"protocol": proto.name, "cases": list(cases), "n_renders": n, "seed": seed, "real": {}, "renders": {}}
     for s, r in real.items():
         med, p10, p90 = summarise(r["blood"])
         out["real"][s] = {"n_slices": len(r["blood"]), "median": med, "p10": p10, "p90": p90,
                           "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"]),
                           "rim_median": summarise(r["rim"])[0]}
     for i, fam in enumerate(families):
-        r = render_ratios(dataset, maps_dir, list(cases), fam, protocol, n, seed + i)
+        r = render_ratios(dataset, maps_dir, list(cases), fam, proto, n, seed + i)
         ref = out["real"][FAMILY_TO_REAL[fam]]
         vals = np.asarray(r["blood"])
         cover = float(((vals >= ref["p10"]) & (vals <= ref["p90"])).mean()) if vals.size else float("nan")
@@ -207,11 +229,14 @@ def main(argv=None) -> None:
     p.add_argument("-n", type=int, default=100, help="renders per family (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", nargs="+", default=["lge", "psir", "tse", "bssfp"], choices=sorted(FAMILY_TO_REAL))
+    p.add_argument("--set", action="append", default=[], metavar="FAMILY.PARAM=VALUE",
+                   help="change one protocol parameter (repeatable), e.g. tse.blood_partial_volume=1 or "
+                        "lge.readout_pulses=[0,0]")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
     from .conversion.myops import parse_case_range
     cases = [f"Case{n}" for n in parse_case_range(args.cases)]
-    result = check_realism(args.dataset, cases, args.protocol, args.n, args.seed, args.families)
+    result = check_realism(args.dataset, cases, args.protocol, args.n, args.seed, args.families, args.set)
     print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -118,3 +118,25 @@ def test_bench_real_final_end_to_end(tmp_path):
     # a rerun reuses the trained models and the converted data
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
+
+
+def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypatch):
+    env = nnunet_env(tmp_path)
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    make_fake_myops(tmp_path / "Train")
+    from nnunetv2_physaug.conversion import convert_myops
+    from nnunetv2_physaug.contrast import ProtocolError
+    from nnunetv2_physaug.reverse import run_reverse
+    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(), progress=False)
+    run_reverse(res.dataset_dir / "imagesTr", progress=False)
+    cases = [f"Case{n}" for n in range(3001, 3006)]
+    out = realism.check_realism(res.dataset_dir, cases, "wide_pathology", n=6, families=("lge", "tse"),
+                                settings=["tse.blood_partial_volume=1", "lge.readout_pulses=[8, 8]"])
+    assert out["protocol"].startswith("wide_pathology+")
+    for fam in ("lge", "tse"):
+        r = out["renders"][fam]
+        assert r["n"] == 6 and 0.0 <= r["coverage"] <= 1.0
+    assert "| `lge` renders" in realism.format_report(out)
+    with pytest.raises(ProtocolError, match="no parameter"):
+        realism.protocol_with("wide", ["tse.flip_deg=3"])
