@@ -201,7 +201,8 @@ def test_one_paper_dps_step_matches_the_hand_computed_update():
     torch.manual_seed(0)
     x_grid = torch.rand(1, s, s)
     latents = est._paper_candidates(x_grid, cand, torch.Generator().manual_seed(5))     # (cand, 3, s, s)
-    z = torch.randn((cand, 3, s, s), generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the slice's stream: its candidates one after the other
+    z = torch.cat([torch.randn((1, 3, s, s), generator=g) for _ in range(cand)])
     expected = _hand_dps_step(z, x_grid, g_t, 2 * xi / (cand * s * s * sigma ** 2))
     assert torch.allclose(latents.double(), expected, rtol=1e-4, atol=1e-5)
     assert (expected - g_t * z.double()).abs().max() > 1e-2     # the guidance term is not negligible here
@@ -217,7 +218,8 @@ def test_one_fast_dps_step_matches_the_hand_computed_update(gradient):
     torch.manual_seed(0)
     x_grid = torch.rand(1, s, s)
     latents = est._fast_grid(x_grid, n, torch.Generator().manual_seed(5))[0]            # (n, 3, s, s)
-    z = torch.randn((n, 3, s, s), generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the slice's stream: its samples one after the other
+    z = torch.cat([torch.randn((1, 3, s, s), generator=g) for _ in range(n)])
     expected = _hand_dps_step(z, x_grid, g_t, guidance)
     if gradient == "autograd":
         assert torch.allclose(latents.double(), expected, rtol=1e-5, atol=1e-5)
@@ -294,7 +296,7 @@ def test_oracle_prior_returns_the_truth_in_native_geometry(preset):
     oracle.abar = prior.scheduler.alphas_cumprod
     kw = dict(steps=8) if preset == "fast" else dict(steps=4, candidates=2, micro_batch=4)
     est = DiffusionEstimator(prior, preset, **kw)
-    out = est.estimate(images, None, n_samples=1, generator=torch.Generator().manual_seed(0))
+    out = est.estimate(images, None, n_samples=1, generators=torch.Generator().manual_seed(0))
     assert out.maps.shape == (b, 1, 3, h, w)
     body = (m0 > 0.3)
     for c, ref, tol in ((1, t1, 0.06), (2, t2, 0.06)):
@@ -314,7 +316,7 @@ def test_untrained_tiny_prior_end_to_end_shapes_and_validity(tiny_prior, preset)
     _, _, _, _, images = _smooth_truth(3, 21, 13)
     kw = dict(steps=5) if preset == "fast" else dict(steps=3, candidates=3)
     est = DiffusionEstimator(tiny_prior, preset, **kw)
-    out = est.estimate(images, None, n_samples=2, generator=torch.Generator().manual_seed(1))
+    out = est.estimate(images, None, n_samples=2, generators=torch.Generator().manual_seed(1))
     assert out.maps.shape == (3, 2, 3, 21, 13) and out.maps.dtype == torch.float32
     assert torch.isfinite(out.maps).all()
     assert (out.maps[:, :, 1:] >= 1.0).all() and (out.maps[:, :, 0] >= 0).all()
@@ -323,7 +325,7 @@ def test_untrained_tiny_prior_end_to_end_shapes_and_validity(tiny_prior, preset)
         assert {"ncc_t1", "ncc_t2", "abnormal"} <= set(out.qc[0])
     else:  # the native-resolution solve brings even an untrained prior's saturated maps close to the image
         assert max(q["nrmse_pct"] for q in out.qc) < 6.0
-    again = est.estimate(images, None, n_samples=2, generator=torch.Generator().manual_seed(1))
+    again = est.estimate(images, None, n_samples=2, generators=torch.Generator().manual_seed(1))
     assert torch.equal(out.maps, again.maps)                     # deterministic given the generator
 
 

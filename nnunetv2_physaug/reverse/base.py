@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -46,14 +47,16 @@ class SliceEstimator(abc.ABC):
 
     @abc.abstractmethod
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
-                 generator: torch.Generator) -> SliceEstimate:
+                 generators: Sequence[torch.Generator]) -> SliceEstimate:
         """Estimate maps for a batch of slices.
 
         Args:
             images: (B, H, W) float32 raw slice intensities (any scale; H, W arbitrary, non-square OK).
             labels: (B, H, W) int64 in ACDC convention (0 background, 1 RV, 2 myocardium, 3 LV) or None.
             n_samples: K, number of map samples to return per slice.
-            generator: torch random generator (on the estimator's device) for all randomness.
+            generators: one torch random generator per slice (B of them, :mod:`.rng`): every random
+                draw for slice i comes from ``generators[i]``, so a slice's maps do not depend on the
+                rest of the batch.
         Returns:
             a :class:`SliceEstimate` with maps of shape (B, K, 3, H, W).
         """

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+from .rng import as_slice_generators, per_row, randn_rows
 from .base import SliceEstimate, SliceEstimator
 from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE, signal_and_jacobian, bssfp_latent, data_consistency
 from .geometry import GridGeometry, from_grid, percentile_normalise, to_grid
@@ -176,7 +177,7 @@ class DiffusionEstimator(SliceEstimator):
 
     # ------------------------------------------------------------------ public entry point
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
-                 generator: torch.Generator) -> SliceEstimate:
+                 generators) -> SliceEstimate:
         """Maps (B, K, 3, H, W) [M0, T1 ms, T2 ms] for slices (B, H, W); ``labels`` are not used."""
         if images.dim() != 3:
             raise ValueError(f"images must be (B, H, W) slices, got shape {tuple(images.shape)}")
@@ -184,15 +185,16 @@ class DiffusionEstimator(SliceEstimator):
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         device = self.prior.device
         images = images.to(device=device, dtype=torch.float32)
+        generators = as_slice_generators(generators, images.shape[0])
         bsz, h, w = images.shape
         geom = GridGeometry.plan(h, w, self.prior.sample_size)
         x_norm, _, _ = percentile_normalise(images, 0.0, self.params.hi_percentile, clip=True)
         x_grid = to_grid(x_norm[:, None], geom)[:, 0]                     # (B, S, S) in [0, 1]
         if self.preset == "paper":
-            latents, qc = self._paper(x_grid, n_samples, generator)
+            latents, qc = self._paper(x_grid, n_samples, generators)
             z_native = from_grid(latents.flatten(0, 1), geom)
         else:
-            latents = self._fast_grid(x_grid, n_samples, generator)
+            latents = self._fast_grid(x_grid, n_samples, generators)
             z_native = from_grid(latents.flatten(0, 1), geom)
             x_raw, _, _ = percentile_normalise(images, 0.0, self.params.hi_percentile, clip=False)
             y_native = (self.params.input_scale * x_raw)[:, None].repeat_interleave(n_samples, dim=0)
@@ -211,12 +213,11 @@ class DiffusionEstimator(SliceEstimator):
         return SliceEstimate(maps=maps, qc=qc)
 
     # ------------------------------------------------------------------ paper: DPS through the UNet
-    def _paper(self, x_grid: torch.Tensor, n_samples: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, list[dict]]:
+    def _paper(self, x_grid: torch.Tensor, n_samples: int, generators) -> tuple[torch.Tensor, list[dict]]:
         p = self.params
         bsz, s = x_grid.shape[0], x_grid.shape[-1]
         cand = max(p.candidates, n_samples)
-        z = self._paper_candidates(x_grid, cand, generator).view(bsz, cand, 3, s, s)
+        z = self._paper_candidates(x_grid, cand, generators).view(bsz, cand, 3, s, s)
         keep, ncc_t1, ncc_t2 = select_by_ncc(x_grid, z, n_samples, p.ncc_window)
         chosen = torch.gather(z, 1, keep.view(bsz, n_samples, 1, 1, 1).expand(-1, -1, 3, s, s))
         qc = []
@@ -227,12 +228,13 @@ class DiffusionEstimator(SliceEstimator):
                        "abnormal": bool(ncc_t1[i, k] < 0.45 or ncc_t2[i, k] < 0.53)})
         return chosen, qc
 
-    def _paper_candidates(self, x_grid: torch.Tensor, cand: int, generator: torch.Generator) -> torch.Tensor:
+    def _paper_candidates(self, x_grid: torch.Tensor, cand: int, generators) -> torch.Tensor:
         """DPS sampling of ``cand`` candidates per slice -> (B * cand, 3, S, S) latents, slice-major."""
         p = self.params
         bsz, s = x_grid.shape[0], x_grid.shape[-1]
         y = (p.input_scale * x_grid)[:, None].repeat_interleave(cand, dim=0)       # (B*C, 1, S, S)
-        z = torch.randn((bsz * cand, 3, s, s), generator=generator, device=generator.device).to(x_grid.device)
+        rows_gen = per_row(as_slice_generators(generators, bsz), cand)  # row r = slice r // cand: its own stream
+        z = randn_rows(rows_gen, (3, s, s), x_grid.device)
         sched = copy.deepcopy(self.prior.scheduler)
         sched.set_timesteps(p.steps, device=x_grid.device)
         unet = self.prior.unet
@@ -242,7 +244,7 @@ class DiffusionEstimator(SliceEstimator):
                 zc = z[lo: lo + p.micro_batch].detach().requires_grad_(True)
                 with torch.enable_grad():
                     out = unet(zc, t).sample
-                    step = sched.step(out, t, zc, generator=generator)
+                    step = sched.step(out, t, zc, generator=rows_gen[lo: lo + p.micro_batch])
                     resid = (y[lo: lo + p.micro_batch] - bssfp_latent(step.pred_original_sample, self.prior.mapping,
                                                                       p.flip_deg)) ** 2
                     # The paper's loss is the mean over one slice's C candidates and pixels (its batch):
@@ -254,7 +256,7 @@ class DiffusionEstimator(SliceEstimator):
         return z
 
     # ------------------------------------------------------------------ fast: batched DPS, few steps
-    def _fast_grid(self, x_grid: torch.Tensor, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    def _fast_grid(self, x_grid: torch.Tensor, n_samples: int, generators) -> torch.Tensor:
         """DPS sampling of ``n_samples`` per slice -> (B, n_samples, 3, S, S) latents on the grid."""
         p = self.params
         bsz, s = x_grid.shape[0], x_grid.shape[-1]
@@ -265,14 +267,16 @@ class DiffusionEstimator(SliceEstimator):
         sched = DDPMScheduler.from_config(self.prior.scheduler.config, prediction_type="epsilon",
                                           variance_type="fixed_small")
         sched.set_timesteps(p.steps, device=dev)
-        z = torch.randn((bsz * n_samples, 3, s, s), generator=generator, device=generator.device).to(dev)
+        rows_gen = per_row(as_slice_generators(generators, bsz), n_samples)  # row r: slice r // n_samples
+        z = randn_rows(rows_gen, (3, s, s), dev)
         for t in sched.timesteps:
-            z = torch.cat([self._fast_step(sched, z[lo: lo + p.micro_batch], t, y[lo: lo + p.micro_batch], generator)
+            z = torch.cat([self._fast_step(sched, z[lo: lo + p.micro_batch], t, y[lo: lo + p.micro_batch],
+                                           rows_gen[lo: lo + p.micro_batch])
                            for lo in range(0, z.shape[0], p.micro_batch)])
         return z.view(bsz, n_samples, 3, s, s)
 
     def _fast_step(self, sched: DDPMScheduler, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: list) -> torch.Tensor:
         """One guided DDPM step of (N, 3, S, S) latents: posterior sample + guidance * (dx0/dz)^T J^T r."""
         p = self.params
         if p.gradient == "jvp":

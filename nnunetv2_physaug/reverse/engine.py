@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -32,6 +31,7 @@ from ..maps.store import TissueMapError, case_is_complete, write_case_maps
 from . import cache
 from .base import SliceEstimator
 from .label_tissues import LabelTissueError, resolve_label_tissues
+from .rng import slice_generator
 from .io import (ReverseInputError, default_labels_dir, default_maps_dir, image_shape, list_cases, load_image,
                  load_labels)
 from .qc import fit_scale, nrmse_pct, render_bssfp
@@ -165,10 +165,6 @@ class _CaseWork:
     remaining: int = 0
 
 
-def _batch_seed(seed: int, case: str, z: int) -> int:
-    return zlib.crc32(f"{seed}:{case}:{z}".encode()) & 0x7FFFFFFF
-
-
 def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]:
     """Clamp, harmonise M0 across slices, and compute the case QC. image (X,Y,Z), maps (Z,K,3,X,Y)."""
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).double()  # (Z, X, Y)
@@ -294,10 +290,9 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
         labs = None
         if works[0].labels is not None:
             labs = torch.from_numpy(np.stack([w.labels[:, :, z] for w, (_, z) in zip(works, queue)])).to(dev)
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(_batch_seed(seed, *queue[0]))
+        gens = [slice_generator(seed, c, z, dev) for c, z in queue]  # streams belong to the slice
         with torch.no_grad():
-            est = estimator.estimate(imgs, labs, n_samples, gen)
+            est = estimator.estimate(imgs, labs, n_samples, gens)
         out = est.maps.detach().to("cpu", torch.float32).numpy()
         if out.shape != (len(queue), n_samples, 3) + tuple(imgs.shape[1:]):
             raise RuntimeError(f"estimator {estimator.name} returned maps of shape {out.shape}, expected "

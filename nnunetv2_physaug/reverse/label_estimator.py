@@ -38,6 +38,7 @@ from ..physics import bssfp, tissue_table
 from .base import FORWARD_FLIP_DEG, SliceEstimate, SliceEstimator
 from .label_tissues import ACDC_LABEL_TISSUES, TISSUES as LABEL_TISSUE_NAMES, check_label_values, values_of
 from .qc import bssfp_nrmse_pct
+from .rng import as_slice_generators, per_row, randn_rows
 
 #: Default label values -> tissue (ACDC); datasets give theirs through :mod:`.label_tissues`.
 LABEL_TISSUES: dict[int, str] = dict(ACDC_LABEL_TISSUES)
@@ -106,12 +107,10 @@ class LabelEstimator(SliceEstimator):
         t = self.table[name]
         return float(bssfp(t.m0[0], t.t1[0], t.t2[0], FORWARD_FLIP_DEG, 0.0, short_tr=True))
 
-    def _smooth_field(self, shape: tuple[int, ...], h: int, w: int, generator: torch.Generator,
-                      device: torch.device) -> torch.Tensor:
-        """Unit-variance smooth random fields of shape (*shape, h, w)."""
+    def _smooth_field(self, shape: tuple[int, ...], h: int, w: int, generators, device: torch.device) -> torch.Tensor:
+        """Unit-variance smooth random fields of shape (B, K, h, w); slice i's K fields from ``generators[i]``."""
         gh, gw = max(2, round(h / self.grid_px) + 1), max(2, round(w / self.grid_px) + 1)
-        n = math.prod(shape)
-        coarse = torch.randn((n, 1, gh, gw), generator=generator, device=device)
+        coarse = randn_rows(per_row(generators, shape[1]), (1, gh, gw), device)
         g = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)[:, 0]
         g = g - g.mean(dim=(-2, -1), keepdim=True)
         g = g / g.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
@@ -167,7 +166,11 @@ class LabelEstimator(SliceEstimator):
         ref = torch.tensor([self._reference_signal(n) for n in ("lung", "skeletal_muscle", "liver", "fat")],
                            device=s.device)
         d = torch.log(s.clamp_min(1e-6))[:, None] - torch.log(ref)[None, :, None, None]
-        w_cls = torch.softmax(-0.5 * (d / self.class_width) ** 2, dim=1) * (~labelled)[:, None]
+        logits = -0.5 * (d / self.class_width) ** 2
+        # softmax written out: torch.softmax over a non-last dim rounds differently for another batch
+        # size, and a slice's maps must not depend on its batch
+        e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+        w_cls = e / e.sum(dim=1, keepdim=True) * (~labelled)[:, None]
         bright = w_cls[:, 3]
         to_fat = slice_has_labels[:, None, None]
         w_blood = w_blood + torch.where(to_fat, 0.0, bright)
@@ -175,13 +178,14 @@ class LabelEstimator(SliceEstimator):
         return torch.stack([w_blood, w_myo, w_cls[:, 0], w_cls[:, 1], w_cls[:, 2], w_fat], dim=1)
 
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
-                 generator: torch.Generator) -> SliceEstimate:
+                 generators) -> SliceEstimate:
         if images.dim() != 3:
             raise ValueError(f"images must be (B, H, W), got shape {tuple(images.shape)}")
         if labels is not None and labels.shape != images.shape:
             raise ValueError(f"labels of shape {tuple(labels.shape)} do not match images {tuple(images.shape)}")
         device = images.device
         x = images.to(torch.float32).clamp_min(0.0)
+        generators = as_slice_generators(generators, images.shape[0])
         b, h, w = x.shape
         k = int(n_samples)
         lab = (labels.to(device=device, dtype=torch.int64) if labels is not None
@@ -205,14 +209,16 @@ class LabelEstimator(SliceEstimator):
         for ch, attr in ((1, "t1"), (2, "t2")):
             mean, sd = tab[attr][:, 0], tab[attr][:, 1]  # (T,)
             if self.draw_tissue_values:
-                z = torch.randn((b, k, len(TISSUES)), generator=generator, device=device)
+                z = randn_rows(generators, (k, len(TISSUES)), device)
                 val = (mean + sd * z).clamp_min(1.0)  # (B, K, T)
             else:
                 val = mean.expand(b, k, -1)
-            t_map = torch.einsum("bkt,bthw->bkhw", val, pv)
+            # broadcast-and-sum, not einsum: a batched matmul may round differently for another batch
+            # size, and a slice's maps must not depend on its batch (one ulp was enough to differ)
+            t_map = (val[:, :, :, None, None] * pv[:, None]).sum(dim=2)
             if self.variation > 0:
-                cv_mix = torch.einsum("t,bthw->bhw", sd / mean, pv)[:, None]
-                g = self._smooth_field((b, k), h, w, generator, device)
+                cv_mix = ((sd / mean)[None, :, None, None] * pv).sum(dim=1)[:, None]
+                g = self._smooth_field((b, k), h, w, generators, device)
                 t_map = t_map * torch.exp(self.variation * cv_mix * g)
             out[:, :, ch] = t_map.clamp_min(1.0)
         t1, t2 = out[:, :, 1], out[:, :, 2]
