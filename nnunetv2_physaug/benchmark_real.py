@@ -25,7 +25,6 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ import numpy as np
 
 from .conversion import myops
 from .conversion.common import dataset_name
-from .nnunet.env import nnunet_paths, register_ext_trainers
+from .nnunet.env import register_ext_trainers
+from .pipeline import StepError, pipeline_env, run_step as _run_step
 from .nnunet.plans import default_narrow_name
 
 SEQUENCES = myops.SEQUENCES
@@ -44,26 +44,15 @@ STRUCTURES = {"1": "RV", "2": "MYO", "3": "LV"}
 PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
 
 
-class BenchmarkError(RuntimeError):
-    """A step failed; the message names the step, its command and where its log is."""
+class BenchmarkError(StepError):
+    """A step failed or the inputs do not fit; the message names the step or file."""
 
-
-# ----------------------------------------------------------------------------- steps
 
 def run_step(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
-    """Run one command, keep its output in ``log_dir``; raise with the output's tail on failure."""
-    exe = Path(sys.executable).parent / cmd[0]
-    full = [str(exe) if exe.exists() else cmd[0], *cmd[1:]]
-    print(f"[bench_real] {step}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    proc = subprocess.run(full, env=env, capture_output=True, text=True)
-    log = log_dir / f"{step.replace(' ', '_').replace('/', '_')}.log"
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    if proc.returncode != 0:
-        raise BenchmarkError(f"step '{step}' failed (exit {proc.returncode}): {' '.join(cmd)}\n--- last output ---\n"
-                             f"{(proc.stdout + proc.stderr)[-3000:]}\nfull log: {log}")
-    print(f"[bench_real] {step}: done in {time.time() - t0:.0f} s", flush=True)
-    return proc.stdout
+    try:
+        return _run_step("bench_real", step, cmd, env, log_dir)
+    except StepError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[float]) -> bool:
@@ -314,19 +303,10 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``."""
     t_start = time.time()
     work = work.resolve()
-    env = dict(os.environ)
-    env.update(nnunet_paths(work))
-    register_ext_trainers(env)
-    env.setdefault("nnUNet_def_n_proc", "1")
-    env.setdefault("nnUNet_n_proc_DA", "1")
-    env.setdefault("nnUNet_compile", "f")
-    env["MPLBACKEND"] = "Agg"
+    env = pipeline_env(work)
     # the converter and the predictor run in this process and read nnU-Net's variables from it
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        Path(env[k]).mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     epochs = "1epoch" if budget == 1 else f"{budget}epochs"
     baseline = baseline or f"nnUNetTrainer_{epochs}"
     physaug = physaug or f"nnUNetTrainerPhysAug_{epochs}"

@@ -22,36 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .nnunet.env import nnunet_paths, register_ext_trainers
+from .pipeline import StepError, pipeline_env, run_step
 from .nnunet.plans import default_narrow_name
 
 FIRST_ID = 900
 DEFAULT_WIDTH = 0.5
 
 
-class DemoStepError(RuntimeError):
-    """A demo step failed; the message holds the step's command and output."""
+DemoStepError = StepError  # a demo step failed (the name the demo has always used)
 
 
 def _run(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
-    exe = Path(sys.executable).parent / cmd[0]
-    full = [str(exe) if exe.exists() else cmd[0], *cmd[1:]]
-    print(f"[demo] {step}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    proc = subprocess.run(full, env=env, capture_output=True, text=True)
-    log = log_dir / f"{step.replace(' ', '_')}.log"
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    if proc.returncode != 0:
-        raise DemoStepError(f"step '{step}' failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                            f"--- last output ---\n{(proc.stdout + proc.stderr)[-4000:]}\nfull log: {log}")
-    print(f"[demo] {step}: done in {time.time() - t0:.0f} s", flush=True)
-    return proc.stdout
+    return run_step("demo", step, cmd, env, log_dir)
 
 
 def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, physaug: str, fold: str,
@@ -59,17 +45,8 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
     """Run every step in ``out`` (nnU-Net's three folders inside it); return the summary numbers."""
     t_start = time.time()
     out = out.resolve()
-    env = dict(os.environ)
-    env.update(nnunet_paths(out))
-    register_ext_trainers(env)
-    env.setdefault("nnUNet_def_n_proc", "1")
-    env.setdefault("nnUNet_n_proc_DA", "1")
-    env.setdefault("nnUNet_compile", "f")
-    env["MPLBACKEND"] = "Agg"
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    env = pipeline_env(out)
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     raw = Path(env["nnUNet_raw"])
 
     if not (raw / "phantom_summary.json").is_file():

@@ -8,7 +8,6 @@ commands for the end-to-end run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

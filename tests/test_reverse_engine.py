@@ -1,7 +1,6 @@
 """physaug-reverse engine, cache and CLI: maps, manifest, resume, overwrite, shards, kill-and-resume, bad input."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

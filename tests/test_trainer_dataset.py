@@ -140,7 +140,7 @@ def test_missing_maps_error_names_cases_and_command(toy, monkeypatch, tmp_path):
 
 
 def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_path):
-    from nnunetv2_physaug.contrast import load_protocol, save_protocol
+    from nnunetv2_physaug.contrast import load_protocol
 
     env, folder = toy
     custom = tmp_path / "only_gre.yaml"

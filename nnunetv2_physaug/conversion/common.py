@@ -252,6 +252,28 @@ def optional_fields(row: Mapping[str, str], columns: Mapping[str, str], numeric:
     return out
 
 
+def parse_number_ranges(text: str, what: str, prefix: str = "") -> list[int]:
+    """``"1-160,200"`` -> [1, ..., 160, 200] in the given order, without repeats; ``prefix`` (e.g.
+    "Case") may precede each number. A ConversionError names ``what`` and the part it cannot read."""
+    out: list[int] = []
+    seen: set[int] = set()
+    pre = f"(?:{re.escape(prefix)})?" if prefix else ""
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        m = re.fullmatch(rf"{pre}(\d+)(?:\s*-\s*{pre}(\d+))?", part)
+        if not m:
+            raise ConversionError(f"bad {what} {part!r} in {text!r}; use e.g. '1-160' or '1-10,15'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise ConversionError(f"bad {what} {part!r} in {text!r}: end before start")
+        for n in range(lo, hi + 1):
+            if n not in seen:
+                seen.add(n)
+                out.append(n)
+    if not out:
+        raise ConversionError(f"empty {what} {text!r}")
+    return out
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise ConversionError(f"missing {what}: folder {path} does not exist")

@@ -14,11 +14,10 @@ links the test cases into ``imagesTs_<Vendor>``/``labelsTs_<Vendor>``.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterable
 
-from .common import (optional_fields, read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
+from .common import (parse_number_ranges, optional_fields, read_metadata_csv, MNMS_TO_ACDC, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
                      require_dir, require_file, safe_group_name, subject_dirs, write_dataset)
 
 NAME = "MNMs2"
@@ -45,16 +44,7 @@ per-case disease/vendor/scanner/field in dataset.json under "physaug_metadata"."
 
 def parse_subject_ranges(text: str) -> set[int]:
     """``"1-160,200"`` -> {1, ..., 160, 200}."""
-    out: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise ConversionError(f"bad subject range {part!r}; use e.g. '1-160' or '1-10,15'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ConversionError(f"bad subject range {part!r}: end before start")
-        out.update(range(lo, hi + 1))
-    return out
+    return set(parse_number_ranges(text, "subject range"))
 
 
 def read_info_csv(path: Path) -> dict[int, dict]:

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-from .common import (ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
+from .common import (parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
                      ConversionError, ConversionResult, check_outputs, patient_level_splits, remap_labels,
                      require_dir, staged_folder)
 from ..maps.store import atomic_write_json
@@ -78,22 +78,9 @@ class MyoPSCase:
 
 
 def parse_case_range(text: str) -> tuple[int, ...]:
-    """``"3001-3025"`` or ``"3001,3003,3010-3012"`` -> case numbers (in the given order, no duplicates)."""
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(?:Case)?(\d+)(?:\s*-\s*(?:Case)?(\d+))?", part)
-        if not m:
-            raise ConversionError(f"case list {text!r}: cannot read {part!r}; write e.g. 3001-3025 or 3001,3004")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise ConversionError(f"case list {text!r}: range {part!r} runs backwards")
-        out.extend(n for n in range(lo, hi + 1) if n not in out)
-    if not out:
-        raise ConversionError(f"case list {text!r} is empty")
-    return tuple(out)
+    """``"3001-3025"`` or ``"3001,3003,3010-3012"`` (``Case`` prefixes allowed) -> case numbers in the
+    given order, no duplicates."""
+    return tuple(parse_number_ranges(text, "case list", prefix="Case"))
 
 
 def find_cases(source: Path) -> dict[str, MyoPSCase]:
