@@ -25,8 +25,10 @@ from nnunetv2_physaug.contrast import (FAMILIES, PRESETS, ContrastRenderer, Prot
 OTHER, MYO, BLOOD, OUTSIDE = (0, 0.75, 860.0, 30.0), (2, 0.80, 1000.0, 50.0), (3, 0.95, 1550.0, 270.0), (-1, 0.75, 860.0, 30.0)
 
 
-def region_maps(shape=(32, 32)):
-    """Blood disc, myocardium ring, other tissue, and an invalid (label -1) border column."""
+def region_maps(shape=(32, 32), heterogeneous_myocardium: bool = False):
+    """Blood disc, myocardium ring, other tissue, and an invalid (label -1) border column. With
+    ``heterogeneous_myocardium`` the ring's T1 runs from 800 to 1200 ms around it (so its median,
+    which the LGE TI scout nulls, differs from every other percentile)."""
     y, x = np.mgrid[: shape[-2], : shape[-1]]
     r = np.hypot(y - shape[-2] / 2, x - shape[-1] / 2)
     lab2d = np.where(r < 6, 3, np.where(r < 10, 2, 0))
@@ -36,6 +38,10 @@ def region_maps(shape=(32, 32)):
     for lab, a, b, c in (OTHER, MYO, BLOOD, OUTSIDE):
         sel = labels == lab
         m0[sel], t1[sel], t2[sel] = a, b, c
+    if heterogeneous_myocardium:
+        angle = np.arctan2(y - shape[-2] / 2, x - shape[-1] / 2)  # -pi..pi
+        ring = labels == 2
+        t1[ring] = np.broadcast_to(1000.0 + 200.0 * angle / np.pi, shape)[ring]
     return m0, t1, t2, labels
 
 
@@ -92,8 +98,8 @@ def expected_image(family, p, m0, t1, t2, blood, myo):
     read = np.sin(np.radians(p["flip_deg"])) * np.exp(-p["te_ms"] / t2)
     if family == "saturation_recovery":
         return m0 * (1 - np.exp(-p["ts_ms"] / t1p)) * read
-    # lge / psir: TI from the myocardial null time of the median myocardial T1post.
-    t1m = float(np.median(t1p[myo]))
+    # lge / psir: TI from the myocardial null time of the median (nearest rank) myocardial T1post.
+    t1m = nearest_rank(t1p[myo], 50)
     assert p["t1_myocardium_post_ms"] == pytest.approx(t1m, rel=1e-5)
     null = t1m * math.log(2 / (1 + math.exp(-p["tr_inv_ms"] / t1m)))
     assert p["ti_ms"] == pytest.approx(p["ti_null_factor"] * null, rel=1e-6)
@@ -289,7 +295,7 @@ def test_preset_family_frequencies_and_ranges(preset):
 def test_rendering_equals_signal_equation(family):
     protocol = no_imperfections("wide")
     renderer = ContrastRenderer(protocol)
-    m0, t1, t2, labels = region_maps()
+    m0, t1, t2, labels = region_maps(heterogeneous_myocardium=True)
     valid = labels >= 0
     blood, myo = np.isin(labels, (1, 3)), labels == 2
     for seed in range(6):
