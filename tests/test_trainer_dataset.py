@@ -119,6 +119,42 @@ def test_rng_differs_between_processes(toy):
     assert draws[0] != draws[1]
 
 
+def test_consecutive_loads_and_batch_members_get_different_contrasts_at_rate_p(toy):
+    """In one process: consecutive loads of one case draw new parameters, the members of one nnU-Net
+    batch (its data loader's loads) differ, and p_render = 0.7 renders ~70 % of loads."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    env, folder = toy
+    tr, wrapped, _ = _wrapped(env, folder, p_render=1.0, protocol="wide")
+    key = wrapped.identifiers[0]
+    drawn = []
+    for _ in range(6):
+        view = wrapped.load_case(key)[0]
+        view[(slice(None),) * 4]
+        drawn.append(repr(sorted(view.params.items())))
+    assert len(set(drawn)) == 6
+    # one batch from nnU-Net's own 2D loader over the wrapped dataset: every member rendered with its own draw
+    seen = []
+    render = wrapped.renderer.render
+
+    def recording(*a, **k):
+        img, params = render(*a, **k)
+        seen.append(repr(sorted((q, v) for q, v in params.items() if not q.startswith("reference"))))
+        return img, params
+    wrapped.renderer.render = recording
+    loader = nnUNetDataLoader(wrapped, 4, tr.configuration_manager.patch_size, tr.configuration_manager.patch_size,
+                              tr.label_manager, oversample_foreground_percent=0.0)
+    loader.generate_train_batch()
+    wrapped.renderer.render = render
+    assert len(seen) == 4 and len(set(seen)) == 4
+    # the rate: 400 loads at p = 0.7; a binomial 99.99 % band is about +- 0.09
+    _, wrapped07, _ = _wrapped(env, folder, p_render=0.7, protocol="wide")
+    from nnunetv2_physaug.nnunet.dataset import RenderOnCrop
+    n = 400
+    rendered = sum(isinstance(wrapped07.load_case(key)[0], RenderOnCrop) for _ in range(n))
+    assert abs(rendered / n - 0.7) < 0.09, rendered / n
+
+
 def _draw_in_worker(blob):
     wrapped = pickle.loads(blob)
     view = wrapped.load_case(wrapped.identifiers[0])[0]
@@ -144,10 +180,7 @@ def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_p
 
     env, folder = toy
     custom = tmp_path / "only_gre.yaml"
-    proto = load_protocol("paper")
-    data = proto.to_dict() if hasattr(proto, "to_dict") else None
-    if data is None:
-        pytest.skip("protocol has no to_dict")
+    data = load_protocol("paper").to_dict()
     data["families"] = [f for f in data["families"] if f["family"] == "spoiled_gre"]
     data["families"][0]["probability"] = 1.0
     data["name"] = "only_gre"
