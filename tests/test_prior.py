@@ -78,6 +78,13 @@ def test_save_load_round_trip_identical_outputs(tmp_path):
     loaded = PhysicsPrior.from_pretrained(tmp_path / "p")
     assert torch.equal(_unet_out(prior), _unet_out(loaded))
     assert loaded.hash == prior.hash and len(prior.hash) == 16
+    # the folder is a plain diffusers pipeline too
+    from diffusers import DDPMPipeline
+    pipe = DDPMPipeline.from_pretrained(tmp_path / "p")
+    z, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    with torch.no_grad():
+        assert torch.equal(pipe.unet(z, t).sample, prior.unet(z, t).sample)
+    assert pipe.scheduler.config.num_train_timesteps == prior.scheduler.config.num_train_timesteps
     assert loaded.mapping == LatentMapping(0.5, 3000.0, 250.0)
     assert loaded.num_train_timesteps == 1000 and loaded.sample_size == 16
     with pytest.raises(FileExistsError):
@@ -226,11 +233,29 @@ def test_training_rejects_unknown_objectives(maps_dir, tmp_path):
                     beta_schedule="sigmoid", progress=False)
 
 
+_RANK_WEIGHTS = """
+import os, sys, torch
+import torch.nn.parallel as parallel
+captured = {}
+class Capturing(parallel.DistributedDataParallel):
+    def __init__(self, module, *a, **k):
+        super().__init__(module, *a, **k)
+        captured["module"] = module
+parallel.DistributedDataParallel = Capturing  # train_prior imports it from torch.nn.parallel at run time
+from nnunetv2_physaug.cli.train_prior import main
+main(sys.argv[1:])
+torch.save(captured["module"].state_dict(), os.path.join(sys.argv[sys.argv.index("-o") + 1],
+                                                         f"rank{os.environ['RANK']}_weights.pt"))
+"""
+
+
 def test_torchrun_two_process_ddp_on_cpu(maps_dir, tmp_path):
     out = tmp_path / "ddp"
+    script = tmp_path / "rank_weights.py"
+    script.write_text(_RANK_WEIGHTS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "nnunetv2_physaug.cli.train_prior", "--maps", str(maps_dir), "-o", str(out), "--size", "16",
+           str(script), "--maps", str(maps_dir), "-o", str(out), "--size", "16",
            "--steps", "2", "--batch-size", "2", "--unet", "tiny", "--device", "cpu", "--quiet"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -238,7 +263,13 @@ def test_torchrun_two_process_ddp_on_cpu(maps_dir, tmp_path):
     prior = PhysicsPrior.from_pretrained(out)
     state = torch.load(out / "checkpoint/state.pt", weights_only=True)
     assert state["step"] == 2 and len(state["generators"]) == 2
-    # DDP keeps both ranks in sync: the saved raw weights equal rank 0's, and the prior loads
+    # DDP keeps both ranks in sync: after training (each rank drew its own batches) the two ranks
+    # hold the same weights, and they moved away from the (shared) initial weights
+    w0 = torch.load(out / "rank0_weights.pt", weights_only=True)
+    w1 = torch.load(out / "rank1_weights.pt", weights_only=True)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
     assert prior.sample_size == 16 and torch.isfinite(_unet_out(prior)).all()
 
 
