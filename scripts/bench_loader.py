@@ -2,12 +2,15 @@
 """Benchmark: PhysAug training data loader vs nnU-Net's stock loader, same data, same process.
 
 Makes and preprocesses its own phantom dataset in a temporary folder (or uses --root), builds the
-training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` (single-threaded:
-nnUNet_n_proc_DA=0, one torch thread) and times the same number of batches of each, interleaved in
-rounds so that machine noise hits both alike. Prints the throughput of each and, as its last line,
-``loader_ratio=<PhysAug batches per s / stock batches per s>``.
+training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` twice: at the trainer's
+default render probability p (the ``wide`` preset renders 70 % of loads and hands nnU-Net the real
+image otherwise) and at p = 1 (every load rendered: the cost of a rendered sample). Single-threaded
+(nnUNet_n_proc_DA=0, one torch thread); the same number of batches of each, interleaved in rounds so
+that machine noise hits all alike. Prints the throughput of each and, as its last line,
+``loader_ratio=<PhysAug at default p / stock, batches per s> loader_ratio_p1=<PhysAug at p = 1 / stock>
+p_default=<p>``.
 
-Run: .venv/bin/python scripts/bench_loader.py [--batches 60] [--rounds 3] [--trainer nnUNetTrainerPhysAug]
+Run: .venv/bin/python scripts/bench_loader.py [--batches 40] [--rounds 3] [--trainer nnUNetTrainerPhysAug]
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _prepare(root: Path, size: int, n_train: int) -> str:
     return dataset
 
 
-def _loader(trainer_name: str, dataset: str):
+def _loader(trainer_name: str, dataset: str, p_render=None):
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
@@ -51,6 +54,8 @@ def _loader(trainer_name: str, dataset: str):
     plans["continue_training"] = False
     cls = recursive_find_trainer_class_by_name(trainer_name)
     trainer = cls(plans, "2d", 0, load_json(str(pp / "dataset.json")), torch.device("cpu"))
+    if p_render is not None:
+        trainer.physaug_p_render = p_render
     trainer.initialize()
     dl_train, _ = trainer.get_dataloaders()
     return dl_train
@@ -83,20 +88,29 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)
         dataset = _prepare(root, args.size, args.n_train)
-        stock = _loader("nnUNetTrainer", dataset)
-        phys = _loader(args.trainer, dataset)
-        for dl in (stock, phys):  # warm up: file cache, first allocations
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunetv2_physaug.contrast import load_protocol
+        cls = recursive_find_trainer_class_by_name(args.trainer)
+        p_default = cls.physaug_p_render
+        if p_default is None:
+            p_default = load_protocol(os.environ.get("PHYSAUG_PROTOCOL") or cls.physaug_protocol).p_render
+        loaders = {"stock": _loader("nnUNetTrainer", dataset), "default": _loader(args.trainer, dataset),
+                   "p1": _loader(args.trainer, dataset, p_render=1.0)}
+        for dl in loaders.values():  # warm up: file cache, first allocations
             _time_batches(dl, 3)
-        t_stock = t_phys = 0.0
+        t = dict.fromkeys(loaders, 0.0)
         for _ in range(args.rounds):
-            t_stock += _time_batches(stock, args.batches)
-            t_phys += _time_batches(phys, args.batches)
+            for k, dl in loaders.items():
+                t[k] += _time_batches(dl, args.batches)
         n = args.batches * args.rounds
+        stock = loaders["stock"]
         bs = stock.generator.batch_size if hasattr(stock, "generator") else "?"
         print(f"dataset {dataset}, batch size {bs}, {n} batches per loader, single-threaded")
-        print(f"stock  nnUNetTrainer        : {n / t_stock:8.2f} batches/s ({1000 * t_stock / n:7.1f} ms/batch)")
-        print(f"physaug {args.trainer:<20}: {n / t_phys:8.2f} batches/s ({1000 * t_phys / n:7.1f} ms/batch)")
-        print(f"loader_ratio={t_stock / t_phys:.3f}")
+        for k, label in (("stock", "stock nnUNetTrainer"), ("default", f"{args.trainer}, p = {p_default:g}"),
+                         ("p1", f"{args.trainer}, p = 1")):
+            print(f"{label:<38}: {n / t[k]:8.2f} batches/s ({1000 * t[k] / n:7.1f} ms/batch)")
+        print(f"loader_ratio={t['stock'] / t['default']:.3f} loader_ratio_p1={t['stock'] / t['p1']:.3f} "
+              f"p_default={p_default:g}")
 
 
 if __name__ == "__main__":
