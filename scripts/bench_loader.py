@@ -104,7 +104,8 @@ def main(argv=None) -> None:
                 t[k] += _time_batches(dl, args.batches)
         n = args.batches * args.rounds
         stock = loaders["stock"]
-        bs = stock.generator.batch_size if hasattr(stock, "generator") else "?"
+        inner = getattr(stock, "data_loader", None) or getattr(stock, "generator", None)
+        bs = getattr(inner, "batch_size", "?")
         print(f"dataset {dataset}, batch size {bs}, {n} batches per loader, single-threaded")
         for k, label in (("stock", "stock nnUNetTrainer"), ("default", f"{args.trainer}, p = {p_default:g}"),
                          ("p1", f"{args.trainer}, p = 1")):
