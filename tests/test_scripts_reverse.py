@@ -42,5 +42,10 @@ def test_bench_reverse_runs_and_prints_its_last_line(tmp_path, capsys):
                 "--n-slices", "2", "--paper-steps", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert any(line.strip().startswith("label:") for line in lines)
-    assert re.fullmatch(r"speedup=[\d.]+ nrmse_fast=[\d.]+ nrmse_paper=[\d.]+ t1_mape_fast=[\d.]+ "
-                        r"t2_mape_fast=[\d.]+", lines[-1]), lines[-1]
+    m = re.fullmatch(r"speedup=[\d.]+ nrmse_fast=[\d.]+ nrmse_paper=[\d.]+ t1_mape_fast=[\d.]+ "
+                     r"t2_mape_fast=[\d.]+ evals_fast=(\d+) evals_paper=(\d+) t1_mape_fast_noisy=[\d.]+ "
+                     r"t2_mape_fast_noisy=[\d.]+", lines[-1])
+    assert m, lines[-1]
+    # counted, not assumed: fast = its 30 steps x 1 sample; paper (steps overridden to 2) = 2 x 5 candidates
+    assert (int(m.group(1)), int(m.group(2))) == (30, 10)
+    assert any("Rician" in line for line in lines)
