@@ -1,6 +1,7 @@
 """physaug-reverse engine, cache and CLI: maps, manifest, resume, overwrite, shards, kill-and-resume, bad input."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -382,3 +383,39 @@ def test_prior_maps_do_not_depend_on_batch_size(tmp_path, preset, options):
     for name in ("b", "c"):
         for c in cases:
             np.testing.assert_allclose(results[name][c], results["a"][c], rtol=1e-5, atol=1e-5)
+
+
+def test_a_prior_is_identified_by_all_of_it_not_only_its_weights(tmp_path, capsys):
+    """Changing physaug_prior.json or the scheduler's prediction type changes the prior's identity, so
+    a maps folder made with the old one refuses it (before: only the weights were hashed, and a prior
+    with t1_scale_ms -3200 joined an existing cache); non-physical mapping values are refused."""
+    from nnunetv2_physaug.reverse.prior import PhysicsPrior, PriorError, tiny_prior_config
+
+    images = make_dataset(tmp_path, 1, shape=(20, 18, 1))
+    torch.manual_seed(0)
+    folder = tmp_path / "prior"
+    PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(folder)
+    base = PhysicsPrior.from_pretrained(folder).hash
+    out = tmp_path / "maps"
+    run_cli("-i", str(images), "-o", str(out), "--prior", str(folder), "--sampler-option", "steps=2")
+    cfg_path = folder / "physaug_prior.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["t1_scale_ms"] = -3200.0
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PriorError, match="t1_scale_ms"):
+        PhysicsPrior.from_pretrained(folder)
+    cfg["t1_scale_ms"], cfg["m0_divisor"] = 3000.0, 0.0
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PriorError, match="m0_divisor"):
+        PhysicsPrior.from_pretrained(folder)
+    cfg["m0_divisor"] = 0.6
+    cfg_path.write_text(json.dumps(cfg))
+    changed = PhysicsPrior.from_pretrained(folder).hash
+    assert changed != base
+    with pytest.raises(SystemExit, match="prior_hash"):
+        run_cli("-i", str(images), "-o", str(out), "--prior", str(folder), "--sampler-option", "steps=2")
+    sched = folder / "scheduler" / "scheduler_config.json"
+    sc = json.loads(sched.read_text())
+    sc["prediction_type"] = "epsilon" if sc.get("prediction_type") != "epsilon" else "v_prediction"
+    sched.write_text(json.dumps(sc))
+    assert PhysicsPrior.from_pretrained(folder).hash not in (base, changed)

@@ -22,6 +22,7 @@ Weights are read from safetensors (or, for legacy ``.bin`` folders, by diffusers
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import shutil
@@ -49,6 +50,12 @@ class LatentMapping:
     m0_divisor: float = 0.6
     t1_scale_ms: float = 3200.0
     t2_scale_ms: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("m0_divisor", "t1_scale_ms", "t2_scale_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"latent mapping {name} must be a finite number > 0, got {value!r}")
 
     def to_physical(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(..., 3, H, W) latent -> (M0, T1 ms, T2 ms), each (..., H, W); u is clipped to [0, 1]."""
@@ -250,12 +257,19 @@ class PhysicsPrior:
 
     @property
     def hash(self) -> str:
-        """Short sha256 (16 hex digits) of the network weights (key names and values, float32)."""
+        """Short sha256 (16 hex digits) of everything that changes the maps: the network weights (key
+        names and values, float32), the network and scheduler configurations (prediction type, noise
+        schedule, ...) and the latent-to-physical mapping."""
         if self._hash is None:
             h = hashlib.sha256()
             for k, v in sorted(self.unet.state_dict().items()):
                 h.update(k.encode())
                 h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            def settings(cfg) -> dict:  # diffusers' bookkeeping keys (_class_name, _diffusers_version) aside
+                return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+            configs = {"unet": settings(self.unet.config), "scheduler": settings(self.scheduler.config),
+                       "mapping": {k: float(v) for k, v in asdict(self.mapping).items()}}
+            h.update(json.dumps(configs, sort_keys=True, default=str).encode())
             self._hash = h.hexdigest()[:16]
         return self._hash
 
