@@ -58,13 +58,18 @@ def test_summary_line_and_tables():
     assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md
 
 
-def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
+def _converted(tmp_path, monkeypatch, test_cases):
+    """A fake MyoPS tree (Case3001-3007) converted with Case3001-3005 as training patients."""
     env = nnunet_env(tmp_path)
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, env[k])
     make_fake_myops(tmp_path / "Train")
     from nnunetv2_physaug.conversion import convert_myops
-    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(3006, 3007), progress=False)
+    return convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=test_cases, progress=False)
+
+
+def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
+    res = _converted(tmp_path, monkeypatch, (3006, 3007))
     splits = json.loads(res.splits_file.read_text())
     for fold in range(5):
         cases = br.test_cases(res.dataset_dir, "cv", fold, splits)
@@ -79,12 +84,7 @@ def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
 
 
 def test_real_ratios_of_the_fake_tree(tmp_path, monkeypatch):
-    env = nnunet_env(tmp_path)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, env[k])
-    make_fake_myops(tmp_path / "Train")
-    from nnunetv2_physaug.conversion import convert_myops
-    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(), progress=False)
+    res = _converted(tmp_path, monkeypatch, ())
     cases = [f"Case{n}" for n in range(3001, 3006)]
     for seq in ("C0", "LGE", "T2"):
         bg, myo, blood = MYOPS_INTENSITY[seq]
@@ -120,14 +120,9 @@ def test_bench_real_final_end_to_end(tmp_path):
 
 
 def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypatch):
-    env = nnunet_env(tmp_path)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, env[k])
-    make_fake_myops(tmp_path / "Train")
-    from nnunetv2_physaug.conversion import convert_myops
     from nnunetv2_physaug.contrast import ProtocolError
     from nnunetv2_physaug.reverse import run_reverse
-    res = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(), progress=False)
+    res = _converted(tmp_path, monkeypatch, ())
     run_reverse(res.dataset_dir / "imagesTr", progress=False)
     cases = [f"Case{n}" for n in range(3001, 3006)]
     out = realism.check_realism(res.dataset_dir, cases, "wide_pathology", n=6, families=("lge", "tse"),

@@ -27,17 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 ACDC_LABEL_NAMES = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 
 
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    """nnU-Net folders in tmp_path (nnunetv2.paths resolves the env vars lazily)."""
-    dirs = {v: tmp_path / v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for k, d in dirs.items():
-        d.mkdir()
-        monkeypatch.setenv(k, str(d))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    return dirs
-
-
 def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -61,10 +50,10 @@ def check_splits(splits: list[dict], train_cases: set[str], patient_of) -> None:
 
 # ============================================================================ ACDC
 
-def test_acdc_files_labels_metadata(tmp_path, nnunet_env):
+def test_acdc_files_labels_metadata(tmp_path, nnunet_dirs):
     fake = make_fake_acdc(tmp_path / "ACDC" / "database")
     res = convert_acdc(tmp_path / "ACDC", 910, progress=False)  # finds database/ by itself
-    out = nnunet_env["nnUNet_raw"] / "Dataset910_ACDC"
+    out = nnunet_dirs["nnUNet_raw"] / "Dataset910_ACDC"
     assert res.dataset_dir == out
     expect_tr = sorted(f"{p}_frame{f:02d}" for p in fake.train_patients for f in fake.frames[p])
     expect_ts = sorted(f"{p}_frame{f:02d}" for p in fake.test_patients for f in fake.frames[p])
@@ -98,13 +87,13 @@ def test_acdc_files_labels_metadata(tmp_path, nnunet_env):
         (fake.groups[p], ed, es, "ES", p)
     assert meta["n_frames"] == 5 and meta["height_cm"] == 162.0 and meta["subset"] == "train"
 
-    splits = json.loads((nnunet_env["nnUNet_preprocessed"] / "Dataset910_ACDC" / "splits_final.json").read_text())
+    splits = json.loads((nnunet_dirs["nnUNet_preprocessed"] / "Dataset910_ACDC" / "splits_final.json").read_text())
     check_splits(splits, set(expect_tr), lambda c: c.split("_")[0])
 
 
-def test_acdc_splits_deterministic_and_seeded(tmp_path, nnunet_env):
+def test_acdc_splits_deterministic_and_seeded(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "src", n_train=10, n_test=0)
-    splits_file = nnunet_env["nnUNet_preprocessed"] / "Dataset910_ACDC" / "splits_final.json"
+    splits_file = nnunet_dirs["nnUNet_preprocessed"] / "Dataset910_ACDC" / "splits_final.json"
     convert_acdc(tmp_path / "src", 910, progress=False)
     first = json.loads(splits_file.read_text())
     convert_acdc(tmp_path / "src", 910, overwrite=True, progress=False)
@@ -116,10 +105,10 @@ def test_acdc_splits_deterministic_and_seeded(tmp_path, nnunet_env):
     assert [sorted({c.split("_")[0] for c in s["val"]}) for s in other] != folds
 
 
-def test_acdc_refuses_overwrite_then_replaces(tmp_path, nnunet_env):
+def test_acdc_refuses_overwrite_then_replaces(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "src")
     convert_acdc(tmp_path / "src", 910, progress=False)
-    out = nnunet_env["nnUNet_raw"] / "Dataset910_ACDC"
+    out = nnunet_dirs["nnUNet_raw"] / "Dataset910_ACDC"
     (out / "marker.txt").write_text("keep me")
     with pytest.raises(ConversionError, match="--overwrite"):
         convert_acdc(tmp_path / "src", 910, progress=False)
@@ -133,16 +122,16 @@ def test_acdc_refuses_overwrite_then_replaces(tmp_path, nnunet_env):
     assert not list(out.parent.glob(".*"))
 
 
-def test_acdc_missing_info_cfg_names_file_and_writes_nothing(tmp_path, nnunet_env):
+def test_acdc_missing_info_cfg_names_file_and_writes_nothing(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "src")
     cfg = tmp_path / "src" / "training" / "patient003" / "Info.cfg"
     cfg.unlink()
     with pytest.raises(ConversionError, match=str(cfg).replace("\\", "\\\\")):
         convert_acdc(tmp_path / "src", 910, progress=False)
-    assert names(nnunet_env["nnUNet_raw"]) == [] and names(nnunet_env["nnUNet_preprocessed"]) == []
+    assert names(nnunet_dirs["nnUNet_raw"]) == [] and names(nnunet_dirs["nnUNet_preprocessed"]) == []
 
 
-def test_acdc_malformed_trees(tmp_path, nnunet_env):
+def test_acdc_malformed_trees(tmp_path, nnunet_dirs):
     with pytest.raises(ConversionError, match="training"):
         convert_acdc(tmp_path, 910, progress=False)
     make_fake_acdc(tmp_path / "src")
@@ -158,12 +147,12 @@ def test_acdc_malformed_trees(tmp_path, nnunet_env):
     nib.save(nib.Nifti1Image(bad, affine()), str(gt))
     with pytest.raises(ConversionError, match=r"patient002_frame01_gt.nii.gz.*\[5\]"):
         convert_acdc(tmp_path / "src", 910, progress=False)
-    assert names(nnunet_env["nnUNet_raw"]) == []
+    assert names(nnunet_dirs["nnUNet_raw"]) == []
 
 
-def test_env_and_id_errors(tmp_path, nnunet_env, monkeypatch):
+def test_env_and_id_errors(tmp_path, nnunet_dirs, monkeypatch):
     make_fake_acdc(tmp_path / "src")
-    (nnunet_env["nnUNet_raw"] / "Dataset910_Other").mkdir()
+    (nnunet_dirs["nnUNet_raw"] / "Dataset910_Other").mkdir()
     with pytest.raises(ConversionError, match="Dataset910_Other"):
         convert_acdc(tmp_path / "src", 910, progress=False)
     monkeypatch.delenv("nnUNet_raw")
@@ -171,7 +160,7 @@ def test_env_and_id_errors(tmp_path, nnunet_env, monkeypatch):
         convert_acdc(tmp_path / "src", 911, progress=False)
 
 
-def test_acdc_test_patients_without_labels(tmp_path, nnunet_env):
+def test_acdc_test_patients_without_labels(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "src", test_gt=False)
     res = convert_acdc(tmp_path / "src", 910, progress=False)
     assert (res.n_test, res.n_test_labeled) == (4, 0)
@@ -180,7 +169,7 @@ def test_acdc_test_patients_without_labels(tmp_path, nnunet_env):
 
 # ============================================================================ M&Ms
 
-def test_mnms_frames_remap_geometry(tmp_path, nnunet_env):
+def test_mnms_frames_remap_geometry(tmp_path, nnunet_dirs):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     make_fake_mnms(tmp_path / "OpenDataset")
@@ -232,7 +221,7 @@ def test_mnms_frames_remap_geometry(tmp_path, nnunet_env):
     check_splits(splits, set(tr), lambda c: c.split("_")[0])
 
 
-def test_mnms_by_vendor_and_centre(tmp_path, nnunet_env):
+def test_mnms_by_vendor_and_centre(tmp_path, nnunet_dirs):
     make_fake_mnms(tmp_path / "src")
     res = convert_mnms(tmp_path / "src", 911, by_vendor=True, by_centre=True, progress=False)
     out = res.dataset_dir
@@ -255,7 +244,7 @@ def test_mnms_by_vendor_and_centre(tmp_path, nnunet_env):
         sorted(res.group_dirs)
 
 
-def test_mnms_metadata_errors(tmp_path, nnunet_env):
+def test_mnms_metadata_errors(tmp_path, nnunet_dirs):
     make_fake_mnms(tmp_path / "src")
     csv_path = tmp_path / "src" / MNMS_CSV
     text = csv_path.read_text()
@@ -272,12 +261,12 @@ def test_mnms_metadata_errors(tmp_path, nnunet_env):
     csv_path.write_text(text.replace("A0S9V9,Siemens,A,1,0,3", "A0S9V9,Siemens,A,1,0,9"))
     with pytest.raises(ConversionError, match=r"A0S9V9_sa.nii.gz: frame index 9"):
         convert_mnms(tmp_path / "src", 911, progress=False)
-    assert names(nnunet_env["nnUNet_raw"]) == []
+    assert names(nnunet_dirs["nnUNet_raw"]) == []
 
 
 # ============================================================================ M&Ms-2
 
-def test_mnms2_short_axis(tmp_path, nnunet_env):
+def test_mnms2_short_axis(tmp_path, nnunet_dirs):
     make_fake_mnms2(tmp_path / "MnM2")
     res = convert_mnms2(tmp_path / "MnM2", 912, train_subjects="1-5", by_vendor=True, progress=False)
     out = res.dataset_dir
@@ -305,7 +294,7 @@ def test_mnms2_short_axis(tmp_path, nnunet_env):
     check_splits(json.loads(res.splits_file.read_text()), set(tr), lambda c: c[:3])
 
 
-def test_mnms2_long_axis_and_errors(tmp_path, nnunet_env):
+def test_mnms2_long_axis_and_errors(tmp_path, nnunet_dirs):
     make_fake_mnms2(tmp_path / "src")
     res = convert_mnms2(tmp_path / "src", 912, long_axis=True, train_subjects="1-8", progress=False)
     out = res.dataset_dir
@@ -329,43 +318,43 @@ def test_mnms2_long_axis_and_errors(tmp_path, nnunet_env):
 
 # ============================================================================ scripts and nnU-Net
 
-def _env(nnunet_env) -> dict:
+def _env(nnunet_dirs) -> dict:
     env = dict(os.environ)
-    env.update({k: str(v) for k, v in nnunet_env.items()})
+    env.update({k: str(v) for k, v in nnunet_dirs.items()})
     env["nnUNet_def_n_proc"] = "1"
     return env
 
 
-def test_scripts_run_as_files(tmp_path, nnunet_env):
+def test_scripts_run_as_files(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "acdc")
     script = REPO / "dataset_conversion" / "Dataset910_ACDC.py"
     help_ = subprocess.run([sys.executable, str(script), "-h"], capture_output=True, text=True, check=True)
     assert "Info.cfg" in help_.stdout and "--overwrite" in help_.stdout
     cmd = [sys.executable, str(script), "-i", str(tmp_path / "acdc"), "-d", "910", "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_env), cwd=tmp_path)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_dirs), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "10 training cases" in r.stdout
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_env), cwd=tmp_path)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_dirs), cwd=tmp_path)
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
 
     make_fake_mnms(tmp_path / "mnms")
     r = subprocess.run([sys.executable, str(REPO / "dataset_conversion" / "Dataset911_MNMs.py"),
                         "-i", str(tmp_path / "mnms"), "-d", "911", "--by-vendor"],
-                       capture_output=True, text=True, env=_env(nnunet_env), cwd=tmp_path)
+                       capture_output=True, text=True, env=_env(nnunet_dirs), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (nnunet_env["nnUNet_raw"] / "Dataset911_MNMs" / "imagesTs_C").is_dir()
+    assert (nnunet_dirs["nnUNet_raw"] / "Dataset911_MNMs" / "imagesTs_C").is_dir()
 
 
 @pytest.mark.slow
-def test_nnunet_verify_dataset_integrity(tmp_path, nnunet_env):
+def test_nnunet_verify_dataset_integrity(tmp_path, nnunet_dirs):
     make_fake_acdc(tmp_path / "acdc")
     convert_acdc(tmp_path / "acdc", 910, progress=False)
     exe = Path(sys.executable).with_name("nnUNetv2_plan_and_preprocess")
     cmd = [str(exe) if exe.exists() else "nnUNetv2_plan_and_preprocess", "-d", "910",
            "--verify_dataset_integrity", "--no_pp", "-np", "1", "-npfp", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_env), timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(nnunet_dirs), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    pre = nnunet_env["nnUNet_preprocessed"] / "Dataset910_ACDC"
+    pre = nnunet_dirs["nnUNet_preprocessed"] / "Dataset910_ACDC"
     fp = json.loads((pre / "dataset_fingerprint.json").read_text())
     assert len(fp["shapes_after_crop"]) == 10
     np.testing.assert_allclose(fp["spacings"][0], SPACING[::-1])  # nnU-Net stores (z, y, x)

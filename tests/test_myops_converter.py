@@ -23,16 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN, TEST = tuple(range(3001, 3006)), (3006, 3007)
 
 
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    dirs = {v: tmp_path / v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for k, d in dirs.items():
-        d.mkdir()
-        monkeypatch.setenv(k, str(d))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    return dirs
-
-
 def load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     img = nib.load(str(path))
     return np.asanyarray(img.dataobj), img
@@ -55,7 +45,7 @@ def test_case_lists():
             parse_case_range(bad)
 
 
-def test_layout_labels_pathology_splits(tmp_path, nnunet_env):
+def test_layout_labels_pathology_splits(tmp_path, nnunet_dirs):
     labels = make_fake_myops(tmp_path / "Train")
     res = convert_myops(tmp_path / "Train", train_cases=TRAIN, test_cases=TEST, progress=False)
     ds = res.dataset_dir
@@ -100,7 +90,7 @@ def _world(img: nib.Nifti1Image, ijk) -> np.ndarray:
     return (img.affine @ np.r_[np.asarray(ijk, float), 1.0])[:3]
 
 
-def test_crop_keeps_world_positions_and_pads(tmp_path, nnunet_env):
+def test_crop_keeps_world_positions_and_pads(tmp_path, nnunet_dirs):
     labels = make_fake_myops(tmp_path / "Train", cases=range(3001, 3006))
     src_img = nib.load(str(tmp_path / "Train" / "Case3001" / "Case3001_C0.nii.gz"))
     res = convert_myops(tmp_path / "Train", train_cases=TRAIN, test_cases=(), crop_mm=15.0, progress=False)
@@ -127,7 +117,7 @@ def test_crop_keeps_world_positions_and_pads(tmp_path, nnunet_env):
     assert (load(res.dataset_dir / "labelsTr" / "Case3001.nii.gz")[0] == 3).sum() == (labels["Case3001"] == 500).sum()
 
 
-def test_resample_reproduces_a_linear_ramp_and_areas(tmp_path, nnunet_env):
+def test_resample_reproduces_a_linear_ramp_and_areas(tmp_path, nnunet_dirs):
     labels = make_fake_myops(tmp_path / "Train", cases=range(3001, 3006))
     c0 = tmp_path / "Train" / "Case3002" / "Case3002_C0.nii.gz"
     src_img = nib.load(str(c0))
@@ -151,10 +141,10 @@ def test_resample_reproduces_a_linear_ramp_and_areas(tmp_path, nnunet_env):
     np.testing.assert_allclose(_world(lab_img, (*centre, 1))[:2], _world(src_img, (20, 18, 1))[:2], atol=0.3)
 
 
-def test_flat_layout_and_script(tmp_path, nnunet_env):
+def test_flat_layout_and_script(tmp_path, nnunet_dirs):
     make_fake_myops(tmp_path / "flat", flat=True)
     script = REPO / "dataset_conversion" / "Dataset913_MyoPS.py"
-    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()})
+    env = dict(os.environ, **{k: str(v) for k, v in nnunet_dirs.items()})
     help_ = subprocess.run([sys.executable, str(script), "-h"], capture_output=True, text=True, check=True)
     assert "--crop" in help_.stdout and "Case3001_LGE.nii.gz" in help_.stdout
     cmd = [sys.executable, str(script), "-i", str(tmp_path / "flat"), "--train-cases", "3001-3005",
@@ -162,7 +152,7 @@ def test_flat_layout_and_script(tmp_path, nnunet_env):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "5 training cases, 2 test cases" in r.stdout
-    img = nib.load(str(nnunet_env["nnUNet_raw"] / "Dataset913_MyoPS" / "imagesTs_T2" / "Case3007_0000.nii.gz"))
+    img = nib.load(str(nnunet_dirs["nnUNet_raw"] / "Dataset913_MyoPS" / "imagesTs_T2" / "Case3007_0000.nii.gz"))
     assert img.shape == (16, 16, 3)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
@@ -177,7 +167,7 @@ def _expect_error(tmp_path, fragment: str, **kw):
     return str(e.value)
 
 
-def test_bad_trees_name_the_file_and_write_nothing(tmp_path, nnunet_env):
+def test_bad_trees_name_the_file_and_write_nothing(tmp_path, nnunet_dirs):
     make_fake_myops(tmp_path / "Train")
     kw = dict(train_cases=TRAIN, test_cases=TEST)
     _expect_error(tmp_path, "both training and test", train_cases=TRAIN, test_cases=(3005, 3006))
@@ -205,16 +195,16 @@ def test_bad_trees_name_the_file_and_write_nothing(tmp_path, nnunet_env):
 
 
 @pytest.mark.slow
-def test_nnunet_verify_dataset_integrity(tmp_path, nnunet_env):
+def test_nnunet_verify_dataset_integrity(tmp_path, nnunet_dirs):
     make_fake_myops(tmp_path / "Train")
     convert_myops(tmp_path / "Train", train_cases=TRAIN, test_cases=TEST, crop_mm=24, spacing_mm=1.5,
                   progress=False)
     exe = Path(sys.executable).with_name("nnUNetv2_plan_and_preprocess")
     cmd = [str(exe) if exe.exists() else "nnUNetv2_plan_and_preprocess", "-d", "913",
            "--verify_dataset_integrity", "--no_pp", "-np", "1", "-npfp", "1"]
-    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()})
+    env = dict(os.environ, **{k: str(v) for k, v in nnunet_dirs.items()})
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    fp = json.loads((nnunet_env["nnUNet_preprocessed"] / "Dataset913_MyoPS" / "dataset_fingerprint.json").read_text())
+    fp = json.loads((nnunet_dirs["nnUNet_preprocessed"] / "Dataset913_MyoPS" / "dataset_fingerprint.json").read_text())
     assert len(fp["shapes_after_crop"]) == 5
     np.testing.assert_allclose(fp["spacings"][0], (MYOPS_SPACING[2], 1.5, 1.5), rtol=1e-5)
