@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .maps.store import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json
 from .nnunet.env import register_ext_trainers
 
 

@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 
 from .contrast import ContrastRenderer, load_protocol
-from .maps.store import atomic_write_bytes, read_case_maps
+from .fileio import atomic_write_bytes
+from .maps.store import read_case_maps
 
 __all__ = ["make_preview", "PreviewResult", "sheet_size_px", "case_from_image", "COLUMNS", "DPI"]
 

@@ -330,7 +330,7 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
 
 def save_protocol(protocol: Protocol, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``protocol`` as YAML or JSON (by the suffix of ``path``) atomically."""
-    from ..maps.store import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     path = Path(path)
     suffix = path.suffix.lower()

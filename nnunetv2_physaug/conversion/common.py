@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-from nnunetv2_physaug.maps.store import atomic_write_json
+from ..fileio import atomic_write_json, make_temp_dir
 
 #: nnU-Net label dict of every converted dataset (ACDC convention).
 ACDC_LABELS: dict[str, int] = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
@@ -351,8 +351,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     staging folder replaces ``target`` (an existing ``target`` is moved aside first and then deleted),
     else it is removed. A killed or failed conversion therefore never leaves a half dataset under
     the final name. Refusing to overwrite is the caller's job (:func:`check_outputs`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = make_temp_dir(target, f".{target.name}.partial-")
     try:
         yield staging
         if target.exists():

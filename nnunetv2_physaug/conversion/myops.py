@@ -34,7 +34,7 @@ import numpy as np
 from .common import (parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
                      ConversionError, ConversionResult, check_outputs, patient_level_splits, remap_labels,
                      require_dir, staged_folder)
-from ..maps.store import atomic_write_json
+from ..fileio import atomic_write_json
 
 NAME = "MyoPS"
 DEFAULT_ID = 913

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import nibabel as nib
+
+from ..fileio import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 import numpy as np
 
 MAP_NAMES: tuple[str, ...] = ("M0", "T1", "T2")
@@ -51,29 +52,6 @@ def list_complete_cases(maps_dir: os.PathLike | str) -> list[str]:
     suffix = "_M0.nii.gz"
     cases = [p.name[: -len(suffix)] for p in d.glob(f"*{suffix}")]
     return sorted(c for c in cases if case_is_complete(d, c))
-
-
-def atomic_write_bytes(path: Path, write_fn, suffix: str) -> None:
-    """Call ``write_fn(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: os.PathLike | str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-    atomic_write_bytes(Path(path), write, ".json")
 
 
 def _atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..maps.store import atomic_write_json
+from ..fileio import atomic_write_json
 
 
 class PlansError(RuntimeError):

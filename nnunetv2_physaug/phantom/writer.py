@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -24,7 +23,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..maps.store import atomic_write_bytes, atomic_write_json, write_case_maps, write_manifest
+from ..fileio import atomic_write_bytes, atomic_write_json, make_temp_dir
+from ..maps.store import write_case_maps, write_manifest
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
 
@@ -148,7 +148,7 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
     _check_targets(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = {p["name"]: Path(tempfile.mkdtemp(prefix=f".tmp-{p['name']}-", dir=out_dir)) for p in plan}
+    tmp = {p["name"]: make_temp_dir(out_dir / p["name"], f".tmp-{p['name']}-") for p in plan}
     cases_meta: dict[str, dict] = {p["name"]: {} for p in plan}
     try:
         bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)

@@ -26,10 +26,11 @@ import math
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from ..fileio import atomic_write_bytes, make_temp_dir
 
 import torch
 
@@ -97,10 +98,7 @@ UNET_PRESETS = {"tiny": tiny_prior_config, "small": small_prior_config, "paper":
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text), "")
 
 
 class PhysicsPrior:
@@ -212,7 +210,7 @@ class PhysicsPrior:
         if (folder / "unet").exists() and not overwrite:
             raise FileExistsError(f"{folder} already holds a prior (unet/); pass overwrite=True (--overwrite)")
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-prior-", dir=folder))
+        tmp = make_temp_dir(folder / "unet", ".tmp-prior-")
         try:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.scheduler.save_pretrained(tmp / "scheduler")

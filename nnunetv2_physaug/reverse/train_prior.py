@@ -32,7 +32,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..fileio import atomic_write_bytes
 from ..maps.store import list_complete_cases, read_case_maps
 from ..physics import bssfp
 from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE
@@ -121,16 +121,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp), ".pt")
 
 
 def _resolve_unet_config(unet_config: str | dict | None, size: int) -> dict[str, Any]:
