@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..nnunet.env import require_nnunet_paths
 from ..nnunet.plans import PlansError, write_narrow_plans
+from .argtypes import positive_float
 
 
 def main(argv=None) -> None:
@@ -19,7 +20,7 @@ def main(argv=None) -> None:
                     "identifier.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset name or id")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier to copy (default nnUNetPlans)")
-    parser.add_argument("--width", type=float, default=0.5, help="factor on feature maps per stage, in (0, 1] "
+    parser.add_argument("--width", type=positive_float, default=0.5, help="factor on feature maps per stage, in (0, 1] "
                         "(default 0.5)")
     parser.add_argument("-o", "--output-plans", default=None,
                         help="new plans identifier (default <plans>_w<percent>, e.g. nnUNetPlans_w50)")

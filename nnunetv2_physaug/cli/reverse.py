@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .argtypes import positive_int, torch_device
+
 _DESCRIPTION = """\
 Estimate tissue maps (M0 relative, T1 and T2 in ms) behind the bSSFP images of an nnU-Net
 imagesTr-style folder (CASE_0000.nii.gz; channel 0000 only; 3D volumes, processed slice by slice
@@ -58,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-tissues", default=None, metavar="V=TISSUE,...",
                    help="tissue of each label value for --method label, e.g. 1=blood,2=myocardium,3=blood "
                         "(tissues: blood, myocardium, other); default: from dataset.json's label names")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu; under "
+    p.add_argument("--device", type=torch_device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu; under "
                                                    "torchrun 'cuda' means cuda:LOCAL_RANK)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                    help="slices per estimator call, batched across cases of equal slice shape (default: 16)")
-    p.add_argument("--samples", type=int, default=1, metavar="K",
+    p.add_argument("--samples", type=positive_int, default=1, metavar="K",
                    help="maps kept per case; K > 1 writes 4D maps and the trainer draws one per load (default: 1)")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process the i-th (from 0) of n disjoint case shares, e.g. $SLURM_ARRAY_TASK_ID/8; "

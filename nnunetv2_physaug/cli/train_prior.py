@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .argtypes import positive_float, positive_int, torch_device
+
 _DESCRIPTION = """\
 Train a diffusion prior (diffusers UNet2DModel + DDPM scheduler, 1000 steps) over tissue maps
 [M0, T1, T2] and save it as a diffusers folder (unet/, scheduler/, model_index.json,
@@ -26,15 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--maps", required=True, metavar="MAPS_DIR", help="folder of training maps (CASE_{M0,T1,T2}.nii.gz)")
     p.add_argument("-o", "--output", required=True, metavar="PRIOR_DIR", help="output prior folder")
-    p.add_argument("--size", type=int, default=128, help="prior grid side in pixels (default 128, the paper's)")
-    p.add_argument("--steps", type=int, default=20000, help="total optimisation steps (default 20000)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per step and per process (default 16)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--size", type=positive_int, default=128, help="prior grid side in pixels (default 128, the paper's)")
+    p.add_argument("--steps", type=positive_int, default=20000, help="total optimisation steps (default 20000)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="examples per step and per process (default 16)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--device", type=torch_device, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--unet", default="paper", metavar="PRESET_OR_JSON",
                    help="network size: 'paper' (default, ~114 M parameters), 'small' (~3 M, CPU-trainable), "
                         "'tiny' (tests), or a JSON file of diffusers UNet2DModel arguments")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ema-decay", type=float, default=0.9999, help="maximum EMA decay of the saved weights")
     p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon", "sample"],

@@ -243,6 +243,11 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             raise ReverseInputError(f"cases {unknown} have no image {{case}}_0000.nii.gz in {images_dir}")
     selected = sorted(set(cases)) if cases is not None else list(all_cases)
     maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
+    if maps_dir.resolve() == Path(images_dir).resolve() or (labels_dir not in (None, AUTO)
+                                                             and maps_dir.resolve() == Path(labels_dir).resolve()):
+        raise ReverseInputError(f"the maps folder {maps_dir} is the images or labels folder; maps written there "
+                                f"would be read as images by the next run. Use another -o (default: "
+                                f"{default_maps_dir(images_dir)})")
     if labels_dir == AUTO:
         labels_dir = default_labels_dir(images_dir)
     if labels_dir is not None and not Path(labels_dir).is_dir():

@@ -35,6 +35,9 @@ def list_cases(images_dir: os.PathLike | str) -> dict[str, Path]:
             ``CASE_XXXX.nii.gz`` naming, or a case has other channels but no channel 0000.
     """
     d = Path(images_dir)
+    if d.is_file():
+        raise ReverseInputError(f"{d} is a file; -i takes the folder that holds the CASE_0000.nii.gz images "
+                                f"(here probably {d.parent})")
     if not d.is_dir():
         raise ReverseInputError(f"images folder {d} does not exist; pass an nnU-Net imagesTr-style folder "
                                 "holding CASE_0000.nii.gz files (-i)")
@@ -85,6 +88,10 @@ def _check_shape(shape: tuple[int, ...], path) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+#: more negative voxels than this fraction: not a magnitude image (interpolation ringing stays far below)
+MAX_NEGATIVE_FRACTION = 0.01
+
+
 def load_image(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3D image.
 
@@ -104,6 +111,12 @@ def load_image(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     if vol.size == 0 or float(vol.max()) == float(vol.min()):
         raise ReverseInputError(f"image {path} is empty or constant (all voxels = "
                                 f"{float(vol.flat[0]) if vol.size else 'n/a'}); no tissue can be estimated from it")
+    negative = float((vol < 0).mean())
+    if negative > MAX_NEGATIVE_FRACTION:
+        raise ReverseInputError(f"image {path} has negative values in {100 * negative:.0f} % of its voxels; MR "
+                                f"magnitude images are not negative, so it looks normalised (z-scored) or signed. "
+                                f"Reverse imaging needs the raw magnitude image (nnU-Net's imagesTr, not its "
+                                f"preprocessed data)")
     return vol, np.asarray(img.affine, dtype=np.float64)
 
 

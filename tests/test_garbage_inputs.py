@@ -1,0 +1,56 @@
+"""Garbage in gives a clear error and no output (issue: they used to give exit 0 and meaningless maps,
+or a raw traceback)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from test_reverse_engine import AFFINE, make_dataset
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _clear(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    for f in fragments:
+        assert f in out, (f, out[-2000:])
+
+
+def test_reverse_refuses_garbage_and_writes_nothing(tmp_path):
+    images = make_dataset(tmp_path / "ds", 2, shape=(20, 18, 2))
+    rev = "nnunetv2_physaug.cli.reverse"
+    _clear(_run(rev, "-i", str(images / "case00_0000.nii.gz"), cwd=tmp_path), "is a file", "imagesTr")
+    _clear(_run(rev, "-i", str(images), "-o", str(images), cwd=tmp_path), "images or labels folder")
+    assert sorted(p.name for p in images.iterdir()) == ["case00_0000.nii.gz", "case01_0000.nii.gz"]
+    _clear(_run(rev, "-i", str(images), "--device", "potato", cwd=tmp_path), "--device", "potato")
+    # a z-scored image (what nnU-Net's preprocessing makes) is not a magnitude image
+    vol = np.asarray(nib.load(str(images / "case01_0000.nii.gz")).dataobj)
+    z = (vol - vol.mean()) / vol.std()
+    nib.save(nib.Nifti1Image(z.astype(np.float32), AFFINE), str(images / "case01_0000.nii.gz"))
+    r = _run(rev, "-i", str(images), "-o", str(tmp_path / "maps"), "--no-progress", cwd=tmp_path)
+    _clear(r, "case01_0000.nii.gz", "z-scored")
+    assert not (tmp_path / "maps" / "case01_M0.nii.gz").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--steps", "0"], "--steps"), (["--size", "0"], "--size"), (["--batch-size", "-3"], "--batch-size"),
+    (["--lr", "nan"], "--lr"), (["--device", "potato"], "--device")])
+def test_train_prior_refuses_bad_numbers(tmp_path, args, fragment):
+    r = _run("nnunetv2_physaug.cli.train_prior", "--maps", str(tmp_path), "-o", str(tmp_path / "p"), *args,
+             cwd=tmp_path)
+    _clear(r, fragment)
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("width", ["nan", "0", "-1", "inf", "x"])
+def test_narrow_plans_refuses_bad_widths(tmp_path, width):
+    _clear(_run("nnunetv2_physaug.cli.narrow_plans", "-d", "999", "--width", width, cwd=tmp_path), "--width")
