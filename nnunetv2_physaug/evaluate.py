@@ -76,9 +76,13 @@ def _check_labels(domain: Domain, dataset_json: dict) -> None:
                                   f"model's dataset.json does not define ({sorted(allowed)}); convert the labels "
                                   "to the training convention (e.g. ACDC: 1 RV, 2 MYO, 3 LV)")
         case = f.name[: -len(ending)]
-        if not (domain.images / f"{case}_0000{ending}").is_file():
-            raise EvaluationError(f"test set {domain.name!r}: label {f} has no image "
-                                  f"{domain.images / (case + '_0000' + ending)}")
+        image = domain.images / f"{case}_0000{ending}"
+        if not image.is_file():
+            raise EvaluationError(f"test set {domain.name!r}: label {f} has no image {image}")
+        label_shape, image_shape = nib.load(str(f)).shape[:3], nib.load(str(image)).shape[:3]
+        if label_shape != image_shape:
+            raise EvaluationError(f"test set {domain.name!r}: label {f} has shape {label_shape} but its image {image} "
+                                  f"has {image_shape}; labels must be on their image's grid")
 
 
 def predict_folder(model_dir: Path, images: Path, out: Path, folds: Sequence, device: str, tta: bool,

@@ -54,3 +54,34 @@ def test_train_prior_refuses_bad_numbers(tmp_path, args, fragment):
 @pytest.mark.parametrize("width", ["nan", "0", "-1", "inf", "x"])
 def test_narrow_plans_refuses_bad_widths(tmp_path, width):
     _clear(_run("nnunetv2_physaug.cli.narrow_plans", "-d", "999", "--width", width, cwd=tmp_path), "--width")
+
+
+def test_bad_manifests_maps_folder_and_protocol_files(tmp_path):
+    images = make_dataset(tmp_path / "ds", 1, shape=(20, 18, 2))
+    rev = "nnunetv2_physaug.cli.reverse"
+    for name, content in (("list", b"[1, 2]"), ("binary", bytes(range(200, 256)) * 4)):
+        maps = tmp_path / f"maps_{name}"
+        maps.mkdir()
+        (maps / "manifest.json").write_bytes(content)
+        _clear(_run(rev, "-i", str(images), "-o", str(maps), cwd=tmp_path), str(maps / "manifest.json"))
+        assert sorted(p.name for p in maps.iterdir() if not p.name.startswith(".")) == ["manifest.json"]
+    (tmp_path / "afile").write_text("x")
+    _clear(_run(rev, "-i", str(images), "-o", str(tmp_path / "afile"), cwd=tmp_path), "is a file")
+    proto = tmp_path / "proto.yaml"
+    proto.write_bytes(bytes(range(128, 256)) * 3)
+    r = _run("nnunetv2_physaug.cli.preview", "--image", str(images / "case00_0000.nii.gz"), "--maps",
+             str(tmp_path / "maps_list"), "--preset", str(proto), "-o", str(tmp_path / "x.png"), cwd=tmp_path)
+    _clear(r, "proto.yaml", "not a text file")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_evaluate_names_a_label_off_its_image_grid(tmp_path):
+    from nnunetv2_physaug.evaluate import Domain, EvaluationError, _check_labels
+
+    for d in ("img", "lab"):
+        (tmp_path / d).mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)), str(tmp_path / "img" / "c1_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 2), np.uint8), np.eye(4)), str(tmp_path / "lab" / "c1.nii.gz"))
+    with pytest.raises(EvaluationError, match=r"c1.nii.gz has shape \(8, 9, 2\)"):
+        _check_labels(Domain("x", tmp_path / "img", tmp_path / "lab"),
+                      {"labels": {"background": 0, "RV": 1}, "file_ending": ".nii.gz"})

@@ -325,7 +325,11 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
     if not path.is_file():
         raise ProtocolError(f"{path}: protocol file not found; give an existing file or a preset "
                             f"({', '.join(PRESETS)})")
-    return protocol_from_dict(_parse_text(path.read_text(), path.suffix.lower(), path.name), path.name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{path}: not a text file ({e}); a protocol is a YAML or JSON file") from None
+    return protocol_from_dict(_parse_text(text, path.suffix.lower(), path.name), path.name)
 
 
 def save_protocol(protocol: Protocol, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -167,9 +167,13 @@ def read_manifest(maps_dir: os.PathLike | str) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TissueMapError(f"manifest {path} is not valid JSON ({e}); delete it and rerun") from e
+    if not isinstance(manifest, dict):
+        raise TissueMapError(f"manifest {path} holds a JSON {type(manifest).__name__}, not an object; it was not "
+                             f"written by physaug-reverse: delete it (or use another -o) and rerun")
+    return manifest
 
 
 def write_manifest(maps_dir: os.PathLike | str, estimator: str, parameters: dict,

@@ -243,6 +243,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             raise ReverseInputError(f"cases {unknown} have no image {{case}}_0000.nii.gz in {images_dir}")
     selected = sorted(set(cases)) if cases is not None else list(all_cases)
     maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
+    if maps_dir.exists() and not maps_dir.is_dir():
+        raise ReverseInputError(f"-o {maps_dir} is a file, not a folder; give a folder for the maps")
     if maps_dir.resolve() == Path(images_dir).resolve() or (labels_dir not in (None, AUTO)
                                                              and maps_dir.resolve() == Path(labels_dir).resolve()):
         raise ReverseInputError(f"the maps folder {maps_dir} is the images or labels folder; maps written there "
