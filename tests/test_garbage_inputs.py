@@ -85,3 +85,30 @@ def test_evaluate_names_a_label_off_its_image_grid(tmp_path):
     with pytest.raises(EvaluationError, match=r"c1.nii.gz has shape \(8, 9, 2\)"):
         _check_labels(Domain("x", tmp_path / "img", tmp_path / "lab"),
                       {"labels": {"background": 0, "RV": 1}, "file_ending": ".nii.gz"})
+
+
+def test_maps_that_do_not_reproduce_the_image_fail_the_case(tmp_path):
+    """An estimator whose maps ignore the image (here: noise) re-renders it badly; the case is a
+    failure with its NRMSE named and gets no maps, instead of passing with a bad summary figure."""
+    import torch
+    from nnunetv2_physaug.reverse import run_reverse
+    from nnunetv2_physaug.reverse.base import SliceEstimate, SliceEstimator
+
+    class Ignorant(SliceEstimator):
+        name = "ignorant"
+
+        def estimate(self, images, labels, n_samples, generators):
+            b, h, w = images.shape
+            g = torch.Generator().manual_seed(0)
+            maps = torch.stack([torch.rand((b, n_samples, h, w), generator=g),
+                                torch.full((b, n_samples, h, w), 1000.0), torch.full((b, n_samples, h, w), 50.0)], 2)
+            return SliceEstimate(maps=maps, qc=[{} for _ in range(b)])
+
+    images = make_dataset(tmp_path / "ds", 2, shape=(20, 18, 2))
+    s = run_reverse(images, tmp_path / "maps", estimator=Ignorant(), progress=False)
+    assert sorted(s.failed) == ["case00", "case01"] and not s.done
+    assert "NRMSE" in s.failed["case00"] and "max_nrmse" in s.failed["case00"]
+    assert not list((tmp_path / "maps").glob("*_M0.nii.gz"))
+    # the same run with a looser bound writes them (the bound, not the estimator, decided)
+    s = run_reverse(images, tmp_path / "maps2", estimator=Ignorant(), progress=False, max_nrmse_pct=1000.0)
+    assert sorted(s.done) == ["case00", "case01"]

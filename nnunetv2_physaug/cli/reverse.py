@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .argtypes import positive_int, torch_device
+from .argtypes import positive_float, positive_int, torch_device
 
 _DESCRIPTION = """\
 Estimate tissue maps (M0 relative, T1 and T2 in ms) behind the bSSFP images of an nnU-Net
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process the i-th (from 0) of n disjoint case shares, e.g. $SLURM_ARRAY_TASK_ID/8; "
                         "default: torchrun's RANK/WORLD_SIZE, else all cases")
+    p.add_argument("--max-nrmse", type=positive_float, default=None, metavar="PCT",
+                   help="a case whose maps re-render its bSSFP image with a larger NRMSE in percent fails and "
+                        "gets no maps (default: 30)")
     p.add_argument("--field", choices=["1.5T", "3T"], default="1.5T",
                    help="field strength of the tissue table used by --method label (default: 1.5T)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -110,7 +113,8 @@ def main(argv=None) -> None:
         summary = run_reverse(args.images, args.output, estimator=estimator,
                               labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
                               batch_size=args.batch_size, n_samples=args.samples, shard=shard,
-                              overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
+                              overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress,
+                              **({"max_nrmse_pct": args.max_nrmse} if args.max_nrmse is not None else {}))
     except errors as e:
         sys.exit(f"physaug-reverse: error: {e}")
     print(summary.format())

@@ -185,8 +185,18 @@ def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]
     return m.float().numpy(), qc
 
 
-def _write_case(maps_dir: Path, work: _CaseWork, ident_hash: str) -> dict:
+#: default largest bSSFP re-render NRMSE (percent) of a case's maps; above it the case fails. The weight-free
+#: estimator re-renders exactly, the fast sampler to ~0.2-0.6 %, the paper sampler to ~10-15 % on phantoms;
+#: maps of a broken prior or a wrong latent mapping miss by far more.
+MAX_NRMSE_PCT = 30.0
+
+
+def _write_case(maps_dir: Path, work: _CaseWork, ident_hash: str, max_nrmse_pct: float = MAX_NRMSE_PCT) -> dict:
     maps, qc = _finish_maps(work.image, work.maps)
+    if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
+        raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
+                             f"{qc['nrmse_pct']:.1f} % > {max_nrmse_pct:g} % (max_nrmse); not written. A prior that "
+                             f"does not fit these images, or images that are not bSSFP?")
     for key in sorted({k for q in work.slice_qc for k, v in q.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}):
         vals = [q[key] for q in work.slice_qc if key in q]
@@ -207,7 +217,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                 estimator: Optional[SliceEstimator] = None, labels_dir: Union[None, PathLike, str] = AUTO,
                 device: Union[str, torch.device] = "cpu", batch_size: int = 16, n_samples: int = 1,
                 shard: Optional[tuple[int, int]] = None, overwrite: bool = False,
-                cases: Optional[list[str]] = None, seed: int = 0, progress: bool = True) -> ReverseSummary:
+                cases: Optional[list[str]] = None, seed: int = 0, progress: bool = True,
+                max_nrmse_pct: float = MAX_NRMSE_PCT) -> ReverseSummary:
     """Estimate tissue maps for the images of an nnU-Net image folder.
 
     Args:
@@ -225,6 +236,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
         cases: restrict to these case identifiers (all must exist in ``images_dir``).
         seed: base seed of the estimator's random numbers.
         progress: show a tqdm bar over slices.
+        max_nrmse_pct: a case whose maps re-render its image with a larger NRMSE (percent) fails
+            (listed in ``failed``, no maps written) instead of passing with a bad QC figure.
     Returns:
         a :class:`ReverseSummary`; per-case input errors are collected in ``failed``, not raised.
     Raises:
@@ -311,7 +324,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             w.remaining -= 1
             if w.remaining == 0:
                 try:
-                    summary.qc[c] = _write_case(maps_dir, w, ident_hash)
+                    summary.qc[c] = _write_case(maps_dir, w, ident_hash, max_nrmse_pct)
                     summary.done.append(c)
                 except TissueMapError as e:
                     summary.failed[c] = str(e)
