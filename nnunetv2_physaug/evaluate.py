@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .fileio import atomic_write_bytes, atomic_write_json
+from .nnunet import run_identity
 from .nnunet.env import register_ext_trainers
 
 
@@ -141,7 +142,7 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
         pred = out_dir / "predictions" / model_label(m) / d.name
         predict_folder(m, d.images, pred, folds, device, tta, checkpoint)
         scores = score_folder(d.labels, pred, m)
-        rows.append({"model": model_label(m), "domain": d.name, **scores})
+        rows.append({"model": model_label(m), "domain": d.name, **scores, "physaug_run": run_identity.read(m)})
     write_report(rows, out_dir, label_names=json.loads((models[0] / "dataset.json").read_text())["labels"])
     return rows
 
@@ -161,8 +162,23 @@ def write_report(rows: list[dict], out_dir: Path, label_names: dict) -> None:
                             *[f"{r['dice_per_label'].get(k, float('nan')):.4f}" for k in names]])
     atomic_write_bytes(out_dir / "results.csv", write_csv, ".csv")
     md = markdown_table(rows)
+    runs = run_lines(rows)
+    if runs:
+        md += "\nTrained on:\n\n" + "\n".join(runs) + "\n"
     atomic_write_bytes(out_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     atomic_write_bytes(out_dir / "dice.png", lambda tmp: _bar_chart(rows, tmp), ".png")
+
+
+def run_lines(rows: list[dict]) -> list[str]:
+    """One line per PhysAug model: what it was trained on (its fold folder's physaug_run.json)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        run = next((r.get("physaug_run") for r in rows if r["model"] == model and r.get("physaug_run")), None)
+        if run:
+            out.append(f"- {model}: protocol {run.get('protocol')} (sha256 {run.get('protocol_sha256')}), "
+                       f"p_render {run.get('p_render')}, maps {run.get('maps_dir')} (identity "
+                       f"{run.get('maps_identity')}), nnunetv2-physaug {run.get('package_version')}")
+    return out
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -293,3 +293,40 @@ def test_each_load_draws_one_of_k_posterior_samples(toy, monkeypatch, tmp_path):
     np.testing.assert_allclose(aligned[1, 0], 3 * aligned[0, 0], rtol=1e-4, atol=1e-3)
     drawn = {wrapped.load_case(key)[0].posterior_sample for _ in range(40)}
     assert drawn == {0, 1}
+
+
+def test_run_identity_recorded_and_a_continued_run_with_other_settings_stops(toy, monkeypatch, tmp_path):
+    """The fold folder records protocol (content hash), maps identity and p_render; continuing (epoch > 0)
+    with another protocol file is refused; a fresh start (epoch 0) rewrites the record."""
+    import json
+
+    import yaml
+    from nnunetv2_physaug.contrast import load_protocol
+    from nnunetv2_physaug.nnunet.run_identity import RUN_FILE, RunIdentityError
+
+    env, folder = toy
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = 1.0
+    tr.get_tr_and_val_datasets()
+    rec = json.loads((Path(tr.output_folder) / RUN_FILE).read_text())
+    assert rec["trainer"] == "nnUNetTrainerPhysAug" and rec["protocol"] == "wide" and rec["p_render"] == 1.0
+    assert "maps_identity" in rec and rec["maps_dir"] and len(rec["protocol_sha256"]) == 16 and rec["package_version"]
+    # same settings, continued: fine
+    tr2 = _trainer(env, folder)
+    tr2.physaug_p_render = 1.0
+    tr2.current_epoch = 3
+    tr2.get_tr_and_val_datasets()
+    # one range changed in a protocol file under the same name: another experiment
+    data = load_protocol("wide").to_dict()
+    data["families"][0]["params"]["flip_deg"] = [3, 31]
+    custom = tmp_path / "wide.yaml"
+    custom.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("PHYSAUG_PROTOCOL", str(custom))
+    tr3 = _trainer(env, folder)
+    tr3.physaug_p_render = 1.0
+    tr3.current_epoch = 3
+    with pytest.raises(RunIdentityError, match="protocol_sha256"):
+        tr3.get_tr_and_val_datasets()
+    tr3.current_epoch = 0  # a new run (no --c) starts a new record
+    tr3.get_tr_and_val_datasets()
+    assert json.loads((Path(tr3.output_folder) / RUN_FILE).read_text())["protocol"] == str(custom)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..evaluate import Domain, EvaluationError, evaluate, markdown_table, resolve_model_dirs
+from ..evaluate import Domain, EvaluationError, evaluate, markdown_table, resolve_model_dirs, run_lines
 
 
 def main(argv=None) -> None:
@@ -43,6 +43,8 @@ def main(argv=None) -> None:
         print(f"physaug-evaluate: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(markdown_table(rows), end="")
+    for line in run_lines(rows):
+        print(line)
     print(f"report: {args.output}/results.md, results.csv, results.json, dice.png")
 
 

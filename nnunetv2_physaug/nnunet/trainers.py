@@ -129,7 +129,22 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
                                          use_labels=self.physaug_use_labels, stats=self.physaug_stats)
         self.print_to_log_file(f"PhysAug: protocol {self.physaug_protocol_spec()!r}, p_render {wrapped.p_render}, "
                                f"stats {self.physaug_stats!r}, maps {folder}")
+        if self.local_rank == 0 and self.output_folder is not None:
+            self.physaug_record_run(wrapped)
         return wrapped, dataset_val
+
+    def physaug_record_run(self, wrapped) -> None:
+        """Write what this run trains on into the fold folder (``physaug_run.json``); a continued run
+        (``--c``, current_epoch > 0) with other settings stops with an error (:mod:`.run_identity`)."""
+        from . import run_identity
+
+        protocol = wrapped.renderer.protocol
+        maps_dir = self.physaug_maps_dir()
+        identity = {"trainer": type(self).__name__, "protocol": self.physaug_protocol_spec(),
+                    "protocol_name": protocol.name, "protocol_sha256": run_identity.protocol_sha256(protocol),
+                    "maps_dir": str(maps_dir), "maps_identity": run_identity.maps_identity(maps_dir),
+                    "p_render": wrapped.p_render, "stats": self.physaug_stats, "use_labels": self.physaug_use_labels}
+        run_identity.record(Path(self.output_folder), identity, continuing=self.current_epoch > 0)
 
 
 class nnUNetTrainerPhysAug_paper(nnUNetTrainerPhysAug):
