@@ -228,6 +228,11 @@ def test_killed_run_resumes_without_half_files(tmp_path):
     assert set(read_manifest(out)["cases"]) == {f"case{i:02d}" for i in range(5)}
     for i in range(5):
         read_case_maps(out, f"case{i:02d}", reference_image=images / f"case{i:02d}_0000.nii.gz")
+    # killed with --batch-size 1, resumed with the default batch: bitwise the maps of one uninterrupted run
+    run_reverse(images, tmp_path / "uninterrupted", progress=False)
+    for i in range(5):
+        c = f"case{i:02d}"
+        assert np.array_equal(read_case_maps(out, c)[0], read_case_maps(tmp_path / "uninterrupted", c)[0]), c
 
 
 # ------------------------------------------------------------------------------------------ bad input
