@@ -358,19 +358,20 @@ class TSE(Family):
         if p["blood_factor"] == 1.0:
             return s
         blood = ctx.blood_mask()
+        suppressed = torch.where(blood, s * p["blood_factor"], s)
         if p.get("blood_partial_volume", 0.0) < 0.5 or not bool(blood.any()):
-            return torch.where(blood, s * p["blood_factor"], s)
+            return suppressed
         t1_b, t2_b = ctx.percentile(ctx.t1, 50.0, region="blood"), ctx.percentile(ctx.t2, 50.0, region="blood")
         t1_t, t2_t = ctx.percentile(ctx.t1, 50.0, region="myocardium"), ctx.percentile(ctx.t2, 50.0, region="myocardium")
         if not t2_b > t2_t:
-            return torch.where(blood, s * p["blood_factor"], s)
+            return suppressed
         b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
         near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
         w = ((ctx.t2 - t2_t) / (t2_b - t2_t)).clamp_(0.0, 1.0)
         se_t = float(signal.spin_echo(1.0, t1_t, t2_t, p["tr_ms"], p["te_ms"]))
         se_b = float(signal.spin_echo(1.0, t1_b, t2_b, p["tr_ms"], p["te_ms"]))
         mixed = ctx.m0 * ((1.0 - w) * se_t + w * (p["blood_factor"] * se_b))
-        return torch.where(blood, s * p["blood_factor"], torch.where(near, mixed, s))
+        return torch.where(near & ~blood, mixed, suppressed)
 
 
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in (

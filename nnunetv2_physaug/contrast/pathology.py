@@ -117,12 +117,8 @@ def draw_pathology(spec: dict, labels: torch.Tensor, lv_values: tuple[int, ...],
         return None
     shape = labels.shape
     lab = labels.reshape(-1, *shape[-2:])
-    lv = torch.zeros(lab.shape, dtype=torch.bool)
-    for v in lv_values:
-        lv |= lab == v
-    myo = torch.zeros(lab.shape, dtype=torch.bool)
-    for v in myo_values:
-        myo |= lab == v
+    lv = torch.isin(lab, torch.tensor(lv_values, dtype=lab.dtype))
+    myo = torch.isin(lab, torch.tensor(myo_values, dtype=lab.dtype))
     if not bool(lv.any()) or not bool(myo.any()):
         return None
     ang, has_lv = _angles(lv)
@@ -144,8 +140,9 @@ def draw_pathology(spec: dict, labels: torch.Tensor, lv_values: tuple[int, ...],
         scar = myo & _in_sector(ang, centre, width) & ((position <= trans) | (d_endo <= 1))
         if want["mvo"] and bool(scar.any()):
             m = spec["mvo"].params
-            depth = _u(rng, m["depth_fraction"]) * trans
-            params.update({"mvo_depth_fraction": depth / max(trans, 1e-6),
+            fraction = _u(rng, m["depth_fraction"])
+            depth = fraction * trans
+            params.update({"mvo_depth_fraction": fraction,
                            "mvo_conc_myocardium_factor": _u(rng, m["conc_myocardium_factor"])})
             mvo = scar & (position <= depth) & ~_dilate(~scar & ~lv)  # a core: not at the scar's lateral edges
     edema = torch.zeros_like(myo)

@@ -30,12 +30,12 @@ def protocol_sha256(protocol) -> str:
 def maps_identity(maps_dir: Path) -> Optional[str]:
     """Identity hash (estimator, prior, parameters) of a tissue-map folder, None without a manifest."""
     from ..maps.store import read_manifest
-    from ..reverse.cache import identity_hash
+    from ..reverse.cache import identity_hash, manifest_identity
 
     manifest = read_manifest(maps_dir)
     if not manifest:
         return None
-    return identity_hash({k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")})
+    return identity_hash(manifest_identity(manifest))
 
 
 def record(output_folder: Path, identity: dict, continuing: bool) -> Path:

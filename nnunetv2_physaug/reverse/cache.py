@@ -48,6 +48,11 @@ def _canonical(obj) -> object:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
+def manifest_identity(manifest: dict) -> dict:
+    """The identity ``{estimator, prior_hash, parameters}`` a maps folder's manifest records."""
+    return {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}
+
+
 def identity_hash(identity: dict) -> str:
     """Short sha256 of the canonical JSON of an identity ``{estimator, prior_hash, parameters}``."""
     text = json.dumps(_canonical(identity), sort_keys=True)
@@ -127,7 +132,7 @@ def prepare(maps_dir: os.PathLike | str, identity: dict, overwrite: bool) -> str
                     "or pass --overwrite to replace them")
             _write(d, identity, {})
             return ident
-        old = {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}
+        old = manifest_identity(manifest)
         if _canonical(old) != identity:
             if not overwrite:
                 raise CacheMismatchError(
@@ -185,7 +190,7 @@ def finish_case(maps_dir: os.PathLike | str, case: str, ident_hash: str, qc: dic
         manifest = read_manifest(d)
         cases = dict(manifest.get("cases") or {})
         cases[case] = qc
-        _write(d, {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}, cases)
+        _write(d, manifest_identity(manifest), cases)
 
 
 def reconcile(maps_dir: os.PathLike | str, ident_hash: str, cases: list[str]) -> None:
@@ -200,7 +205,7 @@ def reconcile(maps_dir: os.PathLike | str, ident_hash: str, cases: list[str]) ->
                 entries[c] = read_sidecar(d, c)["qc"]
                 added = True
         if added:
-            _write(d, {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}, entries)
+            _write(d, manifest_identity(manifest), entries)
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:

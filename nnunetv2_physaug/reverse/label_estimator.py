@@ -40,8 +40,6 @@ from .label_tissues import ACDC_LABEL_TISSUES, TISSUES as LABEL_TISSUE_NAMES, ch
 from .qc import bssfp_nrmse_pct
 from .rng import as_slice_generators, per_row, randn_rows
 
-#: Default label values -> tissue (ACDC); datasets give theirs through :mod:`.label_tissues`.
-LABEL_TISSUES: dict[int, str] = dict(ACDC_LABEL_TISSUES)
 #: Intensity classes used for unlabelled pixels, dark to bright; the bright class is fat in
 #: slices with labels and blood in slices without (see the module docstring).
 INTENSITY_CLASSES: tuple[str, ...] = ("lung", "skeletal_muscle", "liver", "bright")
@@ -76,7 +74,7 @@ class LabelEstimator(SliceEstimator):
                  class_width: float = 0.3, grid_px: int = 32, scale_quantile: float = 0.99,
                  label_tissues: dict[int, str] | None = None):
         self.table = tissue_table(field)  # raises a clear ValueError for an unknown field
-        self.label_tissues = dict(LABEL_TISSUES if label_tissues is None else label_tissues)
+        self.label_tissues = dict(ACDC_LABEL_TISSUES if label_tissues is None else label_tissues)
         bad = {k: v for k, v in self.label_tissues.items() if v not in LABEL_TISSUE_NAMES or k == 0}
         if bad:
             raise ValueError(f"label_tissues {bad}: tissues are {LABEL_TISSUE_NAMES} and 0 is the background")
