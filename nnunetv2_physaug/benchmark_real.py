@@ -34,6 +34,7 @@ import numpy as np
 
 from .conversion import myops
 from .conversion.common import dataset_name
+from .fileio import atomic_write_bytes, atomic_write_json
 from .nnunet.env import register_ext_trainers
 from .pipeline import StepError, pipeline_env, run_step as _run_step
 from .nnunet.plans import default_narrow_name
@@ -45,14 +46,11 @@ PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
 
 
 class BenchmarkError(StepError):
-    """A step failed or the inputs do not fit; the message names the step or file."""
+    """The inputs do not fit (a dataset with other settings, missing test images); the message says what."""
 
 
 def run_step(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
-    try:
-        return _run_step("bench_real", step, cmd, env, log_dir)
-    except StepError as e:
-        raise BenchmarkError(str(e)) from None
+    return _run_step("bench_real", step, cmd, env, log_dir)
 
 
 def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[float]) -> bool:
@@ -120,7 +118,7 @@ def train_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], pl
 
 # ----------------------------------------------------------------------------- test sets
 
-def test_cases(ds: Path, mode: str, fold: Optional[int], splits: list[dict]) -> list[str]:
+def patients_under_test(ds: Path, mode: str, fold: Optional[int], splits: list[dict]) -> list[str]:
     """The test patients of one model: a fold's validation patients (``cv``) or the held-out ones (``final``)."""
     if mode == "cv":
         return list(splits[fold]["val"])
@@ -186,28 +184,30 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
     folds = list(range(len(splits))) if mode == "cv" else ["all"]
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
+    for d in [root / "_labels" / s for s in SEQUENCES] + [root / t / s for t in trainers for s in SEQUENCES]:
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    fold_cases = {}
+    for fold in folds:  # the test patients' links and labels are shared by every model
+        cases = fold_cases[fold] = patients_under_test(ds, mode, fold if mode == "cv" else None, splits)
+        linked_test_folder(ds, mode, cases, root / "_inputs" / f"fold_{fold}")
+        for case in cases:
+            for s in SEQUENCES:
+                shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
     rows = []
     for t in trainers:
         model = Path(get_output_folder(dataset_id, t, plans, "2d"))
-        for s in SEQUENCES:
-            for kind in (t, "_labels"):
-                d = root / kind / s
-                if d.exists():
-                    shutil.rmtree(d)
-                d.mkdir(parents=True)
         for fold in folds:
-            cases = test_cases(ds, mode, fold if mode == "cv" else None, splits)
-            images = root / "_inputs" / f"fold_{fold}"
-            linked_test_folder(ds, mode, cases, images)
+            cases = fold_cases[fold]
             tmp = root / "_fold_tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
             print(f"[bench_real] predict {t} fold {fold}: {len(cases)} patients x {len(SEQUENCES)} sequences", flush=True)
-            predict_folder(model, images, tmp, [fold], device, tta=False)
+            predict_folder(model, root / "_inputs" / f"fold_{fold}", tmp, [fold], device, tta=False)
             for case in cases:
                 for s in SEQUENCES:
                     shutil.move(str(tmp / f"{case}__{s}.nii.gz"), root / t / s / f"{case}.nii.gz")
-                    shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
             shutil.rmtree(tmp)
         for s in SEQUENCES:
             pooled = root / t / s
@@ -222,7 +222,7 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
 
 # ----------------------------------------------------------------------------- report
 
-def markdown_report(rows: list[dict], baseline: str) -> str:
+def markdown_report(rows: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     by = {(r["model"], r["sequence"]): r for r in rows}
     lines = ["| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
@@ -313,26 +313,22 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     trainers = [baseline, physaug, *variants]
 
     ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases)
-    pre = Path(env["nnUNet_preprocessed"]) / ds.name
-    n_folds = len(json.loads((pre / "splits_final.json").read_text()))
-    folds = [str(f) for f in range(n_folds)] if mode == "cv" else ["all"]
+    splits = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / "splits_final.json").read_text())
+    folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     train_all(dataset_id, folds, trainers, plans, device, env, logs, jobs)
     rows = evaluate_all(ds, mode, dataset_id, trainers, plans, device, work)
 
     report_dir = work / f"report_{mode}"
     report_dir.mkdir(parents=True, exist_ok=True)
-    if figure_case is None:
-        meta = json.loads((ds / "dataset.json").read_text())["physaug_metadata"]
-        cases = (json.loads((pre / "splits_final.json").read_text())[0]["val"] if mode == "cv"
-                 else meta["test_cases"])
-        figure_case = sorted(cases)[0]
+    if figure_case is None:  # the first test patient (of fold 0 in cv)
+        figure_case = sorted(patients_under_test(ds, mode, 0 if mode == "cv" else None, splits))[0]
     contour_figure(ds, mode, work, [baseline, physaug, *variants], figure_case, report_dir / "contours.png")
     seconds = time.time() - t_start
     settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
                 "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds}
-    (report_dir / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2))
-    md = markdown_report(rows, baseline)
-    (report_dir / "results.md").write_text(md)
+    atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows})
+    md = markdown_report(rows)
+    atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     print(f"\nMyoPS ({mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
     print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case})")
     return {"rows": rows, "line": summary_line(rows, baseline, physaug, seconds)}
@@ -371,7 +367,7 @@ def main(argv=None) -> None:
                           figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                           train_cases=myops.parse_case_range(args.train_cases),
                           test_cases=myops.parse_case_range(args.test_cases))
-    except (BenchmarkError, myops.ConversionError) as e:
+    except (StepError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)
     print(r["line"])

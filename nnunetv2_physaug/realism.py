@@ -17,13 +17,13 @@ partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.9
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .contrast import ContrastRenderer, load_protocol
+from .conversion.myops import image_folder
 from .maps.store import read_case_maps
 
 MIN_PIXELS = 20
@@ -50,17 +50,15 @@ def rim_ratio(img: np.ndarray, lab: np.ndarray) -> Optional[float]:
     return float(img[rim].mean() / img[interior].mean())
 
 
-def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray],
-                 rims: Optional[list] = None) -> tuple[list, list]:
-    """Per-slice (last axis) blood/normal-myocardium ratios and scar/normal-myocardium ratios of a
-    3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all myocardium is normal). With ``rims``,
-    the slices' endocardial-rim ratios (:func:`rim_ratio`) are appended to it."""
-    blood_ratio, scar_ratio = [], []
+def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray]) -> tuple[list, list, list]:
+    """Per-slice (last axis) blood/normal-myocardium, scar/normal-myocardium and endocardial-rim
+    (:func:`rim_ratio`) ratios of a 3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all
+    myocardium is normal)."""
+    blood_ratio, scar_ratio, rims = [], [], []
     for k in range(image.shape[-1]):
-        if rims is not None:
-            r = rim_ratio(image[..., k], anatomy[..., k])
-            if r is not None:
-                rims.append(r)
+        r = rim_ratio(image[..., k], anatomy[..., k])
+        if r is not None:
+            rims.append(r)
         img, lab = image[..., k], anatomy[..., k]
         path = pathology[..., k] if pathology is not None else np.zeros_like(lab)
         normal = (lab == MYO) & (path == 0)
@@ -75,19 +73,20 @@ def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.
         scar = path == 2
         if scar.sum() >= MIN_PIXELS:
             scar_ratio.append(float(img[scar].mean()) / myo_mean)
-    return blood_ratio, scar_ratio
+    return blood_ratio, scar_ratio, rims
 
 
 def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
     """Ratios of a converted MyoPS dataset's training patients (``imagesTr[_SEQ]``, ``labelsTr``,
     ``labelsPathologyTr``)."""
-    folder = dataset / ("imagesTr" if sequence == "C0" else f"imagesTr_{sequence}")
+    folder = dataset / image_folder("train", sequence)
     blood, scar, rim = [], [], []
     for case in cases:
-        b, s = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
-                            _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"), rim)
+        b, s, r = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
+                               _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"))
         blood += b
         scar += s
+        rim += r
     return {"blood": blood, "scar": scar, "rim": rim}
 
 
@@ -124,22 +123,11 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
             path[(masks.edema | masks.scar).numpy()] = 1
             path[masks.scar.numpy()] = 2
             path[masks.mvo.numpy()] = 3  # neither normal nor enhancing scar
-        b, s = slice_ratios(img[..., None], lab[..., None], path[..., None], rim)
+        b, s, r = slice_ratios(img[..., None], lab[..., None], path[..., None])
         blood += b
         scar += s
+        rim += r
     return {"blood": blood, "scar": scar, "rim": rim}
-
-
-@dataclass
-class RealismRow:
-    family: str
-    real: str
-    n: int
-    median: float
-    p10: float
-    p90: float
-    coverage: float
-    scar_median: float
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, float]:

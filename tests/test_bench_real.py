@@ -54,7 +54,7 @@ def test_summary_line_and_tables():
     line = br.summary_line(rows, "B", "P", 12.4)
     assert line == ("real_c0_physaug=0.700 real_c0_baseline=0.500 real_lge_physaug=0.600 real_lge_baseline=0.400 "
                     "real_t2_physaug=0.500 real_t2_baseline=0.300 seconds=12")
-    md = br.markdown_report(rows, "B")
+    md = br.markdown_report(rows)
     assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md
 
 
@@ -72,7 +72,7 @@ def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
     res = _converted(tmp_path, monkeypatch, (3006, 3007))
     splits = json.loads(res.splits_file.read_text())
     for fold in range(5):
-        cases = br.test_cases(res.dataset_dir, "cv", fold, splits)
+        cases = br.patients_under_test(res.dataset_dir, "cv", fold, splits)
         assert cases == splits[fold]["val"] and not set(cases) & set(splits[fold]["train"])
         folder = tmp_path / f"links{fold}"
         br.linked_test_folder(res.dataset_dir, "cv", cases, folder)
@@ -80,7 +80,7 @@ def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
             for seq in br.SEQUENCES:
                 img = nib.load(str(folder / f"{case}__{seq}_0000.nii.gz")).get_fdata()
                 assert img[20, 18, 1] == MYOPS_INTENSITY[seq][2]  # the right sequence behind each link
-    assert br.test_cases(res.dataset_dir, "final", None, splits) == ["Case3006", "Case3007"]
+    assert br.patients_under_test(res.dataset_dir, "final", None, splits) == ["Case3006", "Case3007"]
 
 
 def test_real_ratios_of_the_fake_tree(tmp_path, monkeypatch):

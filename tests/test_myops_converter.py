@@ -191,6 +191,10 @@ def test_bad_trees_name_the_file_and_write_nothing(tmp_path, nnunet_dirs):
     (tmp_path / "Train" / "Case3003" / "Case3003_C0.nii.gz").write_bytes(b"not a nifti at all")
     _expect_error(tmp_path, "Case3003_C0.nii.gz", **kw)
     make_fake_myops(tmp_path / "Train")
+    lge = tmp_path / "Train" / "Case3004" / "Case3004_LGE.nii.gz"
+    lge.write_bytes(lge.read_bytes()[: lge.stat().st_size // 2])  # a truncated download: the header reads
+    _expect_error(tmp_path, "Case3004_LGE.nii.gz", **kw)
+    make_fake_myops(tmp_path / "Train")
     _expect_error(tmp_path, "--crop", crop_mm=-5.0, **kw)
 
 

@@ -135,6 +135,15 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise ConversionError(f"cannot read {path} as NIfTI: {e}") from e
 
 
+def _read_data(img: nib.Nifti1Image, path: Path, read) -> np.ndarray:
+    """``read(img.dataobj)``; a truncated or corrupt data block (found only when read) names the file."""
+    try:
+        return read(img.dataobj)
+    except Exception as e:  # gzip/zlib/nibabel raise several types
+        raise ConversionError(f"cannot read the voxels of {path} ({type(e).__name__}: {e}); the file may be "
+                              f"truncated: re-download it") from e
+
+
 def load_volume(ref: VolumeRef) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Read ``ref`` as a 3D array (X, Y, Z) plus a header/affine for it.
 
@@ -145,7 +154,7 @@ def load_volume(ref: VolumeRef) -> tuple[np.ndarray, nib.Nifti1Image]:
     if ref.frame is None:
         if img.ndim != 3:
             raise ConversionError(f"{ref.path}: expected a 3D volume, got shape {img.shape}")
-        data = np.asanyarray(img.dataobj)
+        data = _read_data(img, ref.path, lambda dataobj: np.asanyarray(dataobj))
     else:
         if img.ndim != 4:
             raise ConversionError(f"{ref.path}: expected a 4D cine (X, Y, Z, T) to take frame "
@@ -154,7 +163,7 @@ def load_volume(ref: VolumeRef) -> tuple[np.ndarray, nib.Nifti1Image]:
         if not 0 <= ref.frame < n:
             raise ConversionError(f"{ref.path}: frame index {ref.frame} is outside 0..{n - 1} "
                                   f"(the file has {n} frames); check the ED/ES columns of the metadata")
-        data = np.asanyarray(img.dataobj[..., ref.frame])
+        data = _read_data(img, ref.path, lambda dataobj: np.asanyarray(dataobj[..., ref.frame]))
     return data, img
 
 
@@ -165,15 +174,20 @@ def _header_for(src: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Header:
     return hdr
 
 
+def check_image_values(data: np.ndarray, where: str) -> None:
+    """A ConversionError naming ``where`` for non-numeric voxels or NaN/Inf."""
+    if not np.issubdtype(data.dtype, np.number):
+        raise ConversionError(f"{where}: non-numeric voxel type {data.dtype}")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise ConversionError(f"{where}: image contains NaN or Inf")
+
+
 def save_image(ref: VolumeRef, out: Path) -> tuple[int, ...]:
     """Write the image volume of ``ref`` to ``out``; returns its shape."""
     data, src = load_volume(ref)
-    if not np.issubdtype(data.dtype, np.number):
-        raise ConversionError(f"{ref.describe()}: non-numeric voxel type {data.dtype}")
+    check_image_values(data, ref.describe())
     if data.dtype == np.float64:
         data = data.astype(np.float32)  # halves the size; cine MRI has no float64 precision
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ConversionError(f"{ref.describe()}: image contains NaN or Inf")
     nib.save(nib.Nifti1Image(data, src.affine, _header_for(src, data)), str(out))
     return tuple(data.shape)
 

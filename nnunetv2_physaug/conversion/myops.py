@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-from .common import (parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
+from .common import (VolumeRef, check_image_values, load_volume, parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
                      ConversionError, ConversionResult, check_outputs, patient_level_splits, remap_labels,
                      require_dir, staged_folder)
 from ..fileio import atomic_write_json
@@ -124,17 +124,9 @@ def select_cases(cases: dict[str, MyoPSCase], numbers: Sequence[int], what: str)
 # ----------------------------------------------------------------------------- geometry
 
 def _read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel raises several types for corrupt or truncated files
-        raise ConversionError(f"cannot read {path} as NIfTI ({type(e).__name__}: {e}); re-download it") from e
-    if data.ndim != 3:
-        raise ConversionError(f"{path}: expected a 3D short-axis stack, got shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.number):
-        raise ConversionError(f"{path}: non-numeric voxel type {data.dtype}")
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ConversionError(f"{path}: image contains NaN or Inf")
+    """A 3D MyoPS volume and its image, through the converters' shared loader and value checks."""
+    data, img = load_volume(VolumeRef(path))
+    check_image_values(data, str(path))
     return data, img
 
 
