@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nnunetv2_physaug.maps import (TissueMapError, case_is_complete, list_complete_cases, map_path, missing_cases,
-                                   read_case_maps, read_manifest, write_case_maps, write_manifest)
+from nnunetv2_physaug.maps import (TissueMapError, TissueMapFolder, map_path, read_case_maps, read_manifest,
+                                   write_case_maps)
 
 AFF = np.diag([1.5, 1.5, 8.0, 1.0])
 
@@ -26,8 +26,9 @@ def test_round_trip_3d_and_4d(tmp_path):
     k = np.stack([m0, m0 * 2], -1)
     write_case_maps(tmp_path, "b", k, np.stack([t1, t1], -1), np.stack([t2, t2], -1), AFF)
     assert read_case_maps(tmp_path, "b")[0].shape == (3, 6, 5, 3, 2)
-    assert list_complete_cases(tmp_path) == ["a", "b"]
-    assert missing_cases(tmp_path, ["a", "c"]) == ["c"]
+    folder = TissueMapFolder(tmp_path)  # no manifest: a user's own maps, complete when the three files exist
+    assert folder.complete_cases() == ["a", "b"]
+    assert folder.missing(["a", "c"]) == ["c"]
     assert not list(tmp_path.glob(".tmp-*"))  # no temporary files left
 
 
@@ -68,7 +69,7 @@ def test_missing_or_corrupt_maps_name_the_file_and_the_fix(tmp_path):
     m0, t1, t2 = _maps()
     write_case_maps(tmp_path, "a", m0, t1, t2, AFF)
     map_path(tmp_path, "a", "T2").unlink()
-    assert not case_is_complete(tmp_path, "a")
+    assert not TissueMapFolder(tmp_path).is_complete("a")
     with pytest.raises(TissueMapError, match=r"a_T2.nii.gz.*physaug-reverse"):
         read_case_maps(tmp_path, "a")
     map_path(tmp_path, "a", "T2").write_bytes(b"not a nifti")
@@ -78,7 +79,9 @@ def test_missing_or_corrupt_maps_name_the_file_and_the_fix(tmp_path):
 
 def test_manifest(tmp_path):
     assert read_manifest(tmp_path) == {}
-    write_manifest(tmp_path, estimator="ground_truth", parameters={"seed": 1}, cases={"a": {"qc": 0.1}})
+    folder = TissueMapFolder(tmp_path)
+    ident = folder.establish({"estimator": "ground_truth", "prior_hash": None, "parameters": {"seed": 1}}, False)
+    folder.write_case("a", *_maps(), AFF, ident, qc={"qc": 0.1})
     man = read_manifest(tmp_path)
     assert man["estimator"] == "ground_truth" and man["map_units"]["T1"] == "ms" and man["cases"]["a"]["qc"] == 0.1
     (tmp_path / "manifest.json").write_text("{broken")

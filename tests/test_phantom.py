@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from nnunetv2_physaug import physics
-from nnunetv2_physaug.maps import read_case_maps, read_manifest
+from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps, read_manifest
 from nnunetv2_physaug.phantom import (CLASS_INDEX, TISSUE_CLASSES, PhantomConfigError, load_domains, make_case,
                                       render_domain, write_phantom_datasets)
 from nnunetv2_physaug.phantom.domains import lge_null_ti_ms
@@ -318,6 +318,7 @@ def test_written_training_maps_are_the_ground_truth(written):
     folder = out / summary["datasets"][0]["name"]
     maps_dir = folder / "groundTruthMapsTr"
     assert read_manifest(maps_dir)["estimator"] == "ground_truth"
+    assert TissueMapFolder(maps_dir).complete_cases() == [f"phantom_{i:03d}" for i in range(3)]  # committed
     for i in range(3):
         case = f"phantom_{i:03d}"
         maps, affine = read_case_maps(maps_dir, case, reference_image=folder / "imagesTr" / f"{case}_0000.nii.gz")

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from nnunetv2_physaug.cli.reverse import main as cli_main
-from nnunetv2_physaug.maps.store import list_complete_cases, read_case_maps, read_manifest
+from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps, read_manifest
 from nnunetv2_physaug.physics import bssfp
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
-from nnunetv2_physaug.reverse.cache import parse_shard, resolve_shard, shard_cases
+from nnunetv2_physaug.reverse.shard import parse_shard, resolve_shard, shard_cases
 
 PY = sys.executable
 AFFINE = np.array([[0.0, -1.4, 0.0, 30.0], [1.4, 0.0, 0.0, -12.0], [0.0, 0.0, 9.0, 4.0], [0.0, 0.0, 0.0, 1.0]])
@@ -67,7 +67,7 @@ def test_cli_end_to_end_resume_overwrite_mismatch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 done, 0 skipped" in out and "weight-free" in out and "data consistency" in out
     maps_dir = tmp_path / "tissueMapsTr"  # default: beside imagesTr
-    assert list_complete_cases(maps_dir) == ["case00", "case01", "case02"]
+    assert TissueMapFolder(maps_dir).complete_cases() == ["case00", "case01", "case02"]
     for c in ("case00", "case01", "case02"):
         maps, affine = read_case_maps(maps_dir, c, reference_image=images / f"{c}_0000.nii.gz")
         assert maps.shape == (3, 40, 34, 3, 1)
@@ -99,7 +99,7 @@ def test_cli_end_to_end_resume_overwrite_mismatch(tmp_path, capsys):
     (maps_dir / "case01_T2.nii.gz").unlink()
     run_cli("-i", str(images))
     assert "1 done, 2 skipped" in capsys.readouterr().out
-    assert list_complete_cases(maps_dir) == ["case00", "case01", "case02"]
+    assert TissueMapFolder(maps_dir).complete_cases() == ["case00", "case01", "case02"]
 
     # other settings: a clear error naming the difference, nothing touched
     with pytest.raises(SystemExit) as e:
@@ -138,7 +138,7 @@ def test_fill_missing_maps_only_computes_missing_cases(tmp_path):
     images = make_dataset(tmp_path, 3)
     maps_dir = tmp_path / "tissueMapsTr"
     assert fill_missing_maps(images, maps_dir, ["case01"], progress=False) == ["case01"]
-    assert list_complete_cases(maps_dir) == ["case01"]
+    assert TissueMapFolder(maps_dir).complete_cases() == ["case01"]
     before = (maps_dir / "case01_M0.nii.gz").stat().st_mtime_ns
     assert fill_missing_maps(images, maps_dir, ["case00", "case01", "case02"], progress=False) == ["case00", "case02"]
     assert (maps_dir / "case01_M0.nii.gz").stat().st_mtime_ns == before
@@ -179,7 +179,7 @@ def test_concurrent_shards_fill_one_folder(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     assert "3 done" in outs[0][0] and "shard 0/2" in outs[0][0]
     assert "3 done" in outs[1][0] and "shard 1/2" in outs[1][0]
-    assert list_complete_cases(out) == [f"case{i:02d}" for i in range(6)]
+    assert TissueMapFolder(out).complete_cases() == [f"case{i:02d}" for i in range(6)]
     man = read_manifest(out)
     assert set(man["cases"]) == {f"case{i:02d}" for i in range(6)}  # no shard's update was lost
     assert not list(out.rglob(".tmp-*"))
@@ -206,7 +206,7 @@ def test_killed_run_resumes_without_half_files(tmp_path):
     try:
         # wait until one case is finished and another one is half written (a temp file on disk)
         while time.time() < deadline:
-            if len(list_complete_cases(out)) >= 1 and list(out.glob(".tmp-*.nii.gz")):
+            if len(TissueMapFolder(out).complete_cases()) >= 1 and list(out.glob(".tmp-*.nii.gz")):
                 break
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.02)
@@ -218,12 +218,12 @@ def test_killed_run_resumes_without_half_files(tmp_path):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-    finished = list_complete_cases(out)
+    finished = TissueMapFolder(out).complete_cases()
     assert 1 <= len(finished) < 5
     s = run_reverse(images, out, progress=False)
     assert sorted(s.skipped) == finished  # finished cases are not redone
     assert sorted(s.done + s.skipped) == [f"case{i:02d}" for i in range(5)] and not s.failed
-    assert list_complete_cases(out) == [f"case{i:02d}" for i in range(5)]
+    assert TissueMapFolder(out).complete_cases() == [f"case{i:02d}" for i in range(5)]
     assert not list(out.rglob(".tmp-*"))  # no temp files remain
     assert set(read_manifest(out)["cases"]) == {f"case{i:02d}" for i in range(5)}
     for i in range(5):
@@ -267,7 +267,7 @@ def test_bad_case_is_reported_by_name_and_others_finish(tmp_path, capsys, kind, 
     line = next(l for l in out.splitlines() if "FAILED case01" in l)
     assert str(bad) in line and expected in line
     maps_dir = tmp_path / "tissueMapsTr"
-    assert list_complete_cases(maps_dir) == ["case00"] and not list(maps_dir.glob("case01_*"))
+    assert TissueMapFolder(maps_dir).complete_cases() == ["case00"] and not list(maps_dir.glob("case01_*"))
 
 
 def test_bad_folder_level_input_is_a_clear_error(tmp_path):

@@ -196,7 +196,7 @@ def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_p
 
 
 def test_missing_maps_are_computed_on_the_fly_by_default(toy, monkeypatch, tmp_path):
-    from nnunetv2_physaug.maps import list_complete_cases, read_manifest
+    from nnunetv2_physaug.maps import TissueMapFolder, read_manifest
 
     env, folder = toy
     maps_dir = tmp_path / "fresh_maps"
@@ -204,7 +204,7 @@ def test_missing_maps_are_computed_on_the_fly_by_default(toy, monkeypatch, tmp_p
     monkeypatch.delenv("PHYSAUG_COMPUTE_MISSING", raising=False)
     tr = _trainer(env, folder)
     wrapped, _ = tr.get_tr_and_val_datasets()
-    assert list_complete_cases(maps_dir) == sorted(wrapped.identifiers)  # training cases only
+    assert TissueMapFolder(maps_dir).complete_cases() == sorted(wrapped.identifiers)  # training cases only
     assert read_manifest(maps_dir)["estimator"]
     view = wrapped.load_case(wrapped.identifiers[0])[0]
     assert np.isfinite(np.asarray(view)).all()

@@ -24,8 +24,10 @@ Estimators:
                 given with --label-tissues; a label value with no tissue is an error.
 
 The run is resumable: finished cases are skipped (use --overwrite to redo them), a killed run
-leaves no half-written files. Shards (--shard i/n, or torchrun's RANK/WORLD_SIZE) take disjoint
-cases and may write into one folder at the same time. A folder made with another estimator, prior
+leaves no half-written files, and a case counts as finished only when its commit record
+(qc/CASE.json, written last) names exactly the map files on disk. Shards (--shard i/n, or torchrun's
+RANK/WORLD_SIZE) take disjoint cases and may write into one folder at the same time; runs that
+share a folder without shards lock each case, so no case is computed twice. A folder made with another estimator, prior
 or parameters is refused unless --overwrite.
 """
 
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from ..maps.store import TissueMapError
     from ..reverse import CacheMismatchError, ReverseInputError, make_estimator, run_reverse
-    from ..reverse.cache import parse_shard
+    from ..reverse.shard import parse_shard
     from ..reverse.engine import AUTO, parse_sampler_options
     from ..reverse.label_tissues import LabelTissueError, resolve_label_tissues
 

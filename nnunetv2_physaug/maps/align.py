@@ -25,7 +25,9 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .store import MAP_NAMES, TissueMapError, atomic_write_bytes, atomic_write_json, check_map_values, map_path
+from ..fileio import atomic_write_bytes, atomic_write_json
+from .folder import TissueMapFolder
+from .store import MAP_NAMES, TissueMapError, check_map_values, map_path
 
 ALIGNED_SUFFIX = "__physaug_maps"
 INDEX_NAME = "index.json"
@@ -190,7 +192,12 @@ def align_dataset_maps(raw_maps_dir: os.PathLike | str, preprocessed_dataset_fol
     if verbose:
         from tqdm import tqdm
         iterator = tqdm(stale, desc=f"aligning tissue maps to {configuration_manager.data_identifier}", unit="case")
+    folder = TissueMapFolder(raw_maps_dir)
     for case, pkl, fp in iterator:
+        if not folder.is_complete(case):
+            raise TissueMapError(f"tissue maps of case {case!r} in {raw_maps_dir} are incomplete (missing, left "
+                                 f"unfinished by an interrupted run, or changed since they were written); finish or "
+                                 f"redo them with physaug-reverse")
         if raw_images is not None and case in raw_images:
             read_case_maps(raw_maps_dir, case, reference_image=raw_images[case])  # shape/affine/value checks
         maps = read_raw_maps_like_nnunet(raw_maps_dir, case, reader)

@@ -1,33 +1,32 @@
-"""On-disk format of raw-geometry tissue maps (DESIGN §7).
+"""On-disk format of one case's raw-geometry tissue maps (DESIGN §7).
 
 A maps folder (default ``$nnUNet_raw/DatasetXXX/tissueMapsTr``) holds, per case ``CASE``::
 
     CASE_M0.nii.gz   CASE_T1.nii.gz   CASE_T2.nii.gz
-    manifest.json
+
+(the folder's manifest, commit records and locks, and what makes a case complete, belong to
+:mod:`.folder`).
 
 Each file has the affine and shape of the case's image ``imagesTr/CASE_0000.nii.gz`` so that it
 can be viewed beside it (ITK-SNAP, 3D Slicer). A file is 3D (X, Y, Z) for one estimate, or 4D
 (X, Y, Z, K) when K posterior samples are kept; the training loader draws one sample per load.
 M0 is relative (unitless), T1 and T2 are in ms.
 
-Writes are atomic (temporary file in the same folder + ``os.replace``), so a killed writer
-leaves no half-written map; a case is complete when all three maps exist.
+Writes are atomic per file (temporary file in the same folder + ``os.replace``), so a killed writer
+leaves no half-written map; :class:`.folder.TissueMapFolder` commits the three together.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import nibabel as nib
-
-from ..fileio import atomic_write_bytes, atomic_write_json  # noqa: F401  (re-exported)
 import numpy as np
 
+from ..fileio import atomic_write_bytes
+
 MAP_NAMES: tuple[str, ...] = ("M0", "T1", "T2")
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
 
 
 class TissueMapError(ValueError):
@@ -39,28 +38,14 @@ def map_path(maps_dir: os.PathLike | str, case: str, name: str) -> Path:
     return Path(maps_dir) / f"{case}_{name}.nii.gz"
 
 
-def case_is_complete(maps_dir: os.PathLike | str, case: str) -> bool:
-    """True when all three maps of ``case`` exist."""
-    return all(map_path(maps_dir, case, n).is_file() for n in MAP_NAMES)
-
-
-def list_complete_cases(maps_dir: os.PathLike | str) -> list[str]:
-    """Sorted identifiers of the cases with all three maps in ``maps_dir``."""
-    d = Path(maps_dir)
-    if not d.is_dir():
-        return []
-    suffix = "_M0.nii.gz"
-    cases = [p.name[: -len(suffix)] for p in d.glob(f"*{suffix}")]
-    return sorted(c for c in cases if case_is_complete(d, c))
-
-
 def _atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:
     atomic_write_bytes(path, lambda tmp: nib.save(img, tmp), ".nii.gz")
 
 
 def write_case_maps(maps_dir: os.PathLike | str, case: str, m0: np.ndarray, t1: np.ndarray, t2: np.ndarray,
                     affine: np.ndarray, overwrite: bool = False) -> list[Path]:
-    """Write the three maps of one case atomically.
+    """Write the three map files of one case, each atomically (a user's own maps, or called by
+    :meth:`.folder.TissueMapFolder.write_case`, which then commits them).
 
     Args:
         maps_dir: output folder (created if missing).
@@ -68,7 +53,7 @@ def write_case_maps(maps_dir: os.PathLike | str, case: str, m0: np.ndarray, t1: 
         m0, t1, t2: arrays in nibabel axis order, shape (X, Y, Z) or (X, Y, Z, K) for K samples;
             T1 and T2 in ms.
         affine: 4x4 voxel-to-world matrix of the case's image.
-        overwrite: replace maps that already exist; otherwise an existing complete case is an error.
+        overwrite: replace maps that already exist; otherwise an existing map file is an error.
     Returns:
         the three written paths.
     """
@@ -79,7 +64,7 @@ def write_case_maps(maps_dir: os.PathLike | str, case: str, m0: np.ndarray, t1: 
         raise TissueMapError(f"maps of case {case!r} have different shapes: "
                              f"{ {k: v.shape for k, v in arrays.items()} }")
     check_map_values(arrays["M0"], arrays["T1"], arrays["T2"], where=f"case {case!r}")
-    if not overwrite and case_is_complete(maps_dir, case):
+    if not overwrite and any(map_path(maps_dir, case, n).exists() for n in MAP_NAMES):
         raise FileExistsError(f"tissue maps of case {case!r} already exist in {maps_dir}; "
                               "pass --overwrite (overwrite=True) to replace them")
     paths = []
@@ -159,41 +144,3 @@ def read_case_maps(maps_dir: os.PathLike | str, case: str,
             raise TissueMapError(f"tissue maps of case {case!r} do not share the affine of the image "
                                  f"{reference_image}; recompute them (physaug-reverse --overwrite)")
     return maps, affine
-
-
-def read_manifest(maps_dir: os.PathLike | str) -> dict:
-    """The manifest of a maps folder ({} when there is none)."""
-    path = Path(maps_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TissueMapError(f"manifest {path} is not valid JSON ({e}); delete it and rerun") from e
-    if not isinstance(manifest, dict):
-        raise TissueMapError(f"manifest {path} holds a JSON {type(manifest).__name__}, not an object; it was not "
-                             f"written by physaug-reverse: delete it (or use another -o) and rerun")
-    return manifest
-
-
-def write_manifest(maps_dir: os.PathLike | str, estimator: str, parameters: dict,
-                   cases: dict[str, dict], prior_hash: Optional[str] = None) -> Path:
-    """Write ``manifest.json``: estimator, prior identity, parameters, package version, per-case QC."""
-    from .. import __version__
-
-    path = Path(maps_dir) / MANIFEST_NAME
-    atomic_write_json(path, {
-        "format_version": FORMAT_VERSION,
-        "estimator": estimator,
-        "prior_hash": prior_hash,
-        "parameters": parameters,
-        "package_version": __version__,
-        "map_units": {"M0": "relative", "T1": "ms", "T2": "ms"},
-        "cases": cases,
-    })
-    return path
-
-
-def missing_cases(maps_dir: os.PathLike | str, cases: Iterable[str]) -> list[str]:
-    """The cases of ``cases`` that have no complete maps in ``maps_dir``."""
-    return [c for c in cases if not case_is_complete(maps_dir, c)]

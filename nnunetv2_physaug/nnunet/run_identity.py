@@ -29,13 +29,9 @@ def protocol_sha256(protocol) -> str:
 
 def maps_identity(maps_dir: Path) -> Optional[str]:
     """Identity hash (estimator, prior, parameters) of a tissue-map folder, None without a manifest."""
-    from ..maps.store import read_manifest
-    from ..reverse.cache import identity_hash, manifest_identity
+    from ..maps.folder import TissueMapFolder
 
-    manifest = read_manifest(maps_dir)
-    if not manifest:
-        return None
-    return identity_hash(manifest_identity(manifest))
+    return TissueMapFolder(maps_dir).identity_hash()
 
 
 def record(output_folder: Path, identity: dict, continuing: bool) -> Path:

@@ -29,7 +29,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as _stock_lengths
 
-from ..maps.store import missing_cases
+from ..maps.folder import CacheMismatchError, TissueMapFolder
 from .env import require_nnunet_paths
 from .dataset import PhysAugTrainingDataset
 
@@ -88,14 +88,15 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
         from ..maps.align import align_dataset_maps
 
         maps_dir = self.physaug_maps_dir()
-        missing = missing_cases(maps_dir, cases)
+        missing = TissueMapFolder(maps_dir).missing(cases)
         if missing:
             if self.physaug_should_compute_missing():
                 self._compute_missing_maps(maps_dir, missing)
             else:
                 shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
                 raise MissingTissueMapsError(
-                    f"{len(missing)} training case(s) have no tissue maps in {maps_dir}: {shown}. Make them with\n"
+                    f"{len(missing)} training case(s) have no complete tissue maps in {maps_dir} (missing, or left "
+                    f"unfinished by an interrupted run): {shown}. Make them with\n"
                     f"    physaug-reverse -i {self.physaug_raw_dataset_folder() / 'imagesTr'} -o {maps_dir}\n"
                     f"(or point {MAPS_DIR_ENV} at the folder that holds them).")
         return align_dataset_maps(maps_dir, self.preprocessed_dataset_folder_base, self.plans_manager,
@@ -108,9 +109,18 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
                                f"into {maps_dir}")
         raw = self.physaug_raw_dataset_folder()
         labels = raw / "labelsTr"
-        written = fill_missing_maps(raw / "imagesTr", maps_dir, cases, device=str(self.device),
-                                    prior=os.environ.get(PRIOR_ENV) or None,
-                                    labels_dir=labels if labels.is_dir() else None)
+        try:
+            written = fill_missing_maps(raw / "imagesTr", maps_dir, cases, device=str(self.device),
+                                        prior=os.environ.get(PRIOR_ENV) or None,
+                                        labels_dir=labels if labels.is_dir() else None)
+        except CacheMismatchError as e:
+            # typically an interrupted physaug-reverse (e.g. --overwrite with other options): its unfinished
+            # cases are incomplete, and the trainer's own estimator settings are not the folder's
+            raise MissingTissueMapsError(
+                f"{len(cases)} training case(s) have no complete tissue maps in {maps_dir} ({', '.join(cases[:8])}"
+                f"{' ...' if len(cases) > 8 else ''}), and the trainer cannot add them: {e}\nFinish the folder "
+                f"with the physaug-reverse command that made it (a rerun resumes), or point {MAPS_DIR_ENV} "
+                f"elsewhere.") from e
         self.print_to_log_file(f"PhysAug: wrote tissue maps of {len(written)} case(s)")
 
     # --- the one hook into nnU-Net's data path ---------------------------------------------------

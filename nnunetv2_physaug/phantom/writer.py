@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes, atomic_write_json, make_temp_dir
-from ..maps.store import write_case_maps, write_manifest
+from ..maps.folder import TissueMapFolder
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
 
@@ -51,9 +51,18 @@ def case_affine(case: PhantomCase) -> np.ndarray:
     return np.diag([dx, dy, dz, 1.0])
 
 
-def write_ground_truth_maps(maps_dir: Union[str, os.PathLike], case_id: str, case: PhantomCase) -> None:
-    """Write a case's true M0/T1/T2 as ``maps_dir/CASE_{M0,T1,T2}.nii.gz`` (the map store's format)."""
-    write_case_maps(maps_dir, case_id, case.m0.T, case.t1.T, case.t2.T, case_affine(case))
+def write_ground_truth_maps(maps_dir: Union[str, os.PathLike], case_id: str, case: PhantomCase,
+                            parameters: Optional[dict] = None) -> None:
+    """Write and commit a case's true M0/T1/T2 as ``maps_dir/CASE_{M0,T1,T2}.nii.gz``.
+
+    The folder's identity is estimator ``ground_truth`` with ``parameters`` (default: just the source), so
+    it is a complete tissue-map folder for the trainer and ``physaug-train-prior`` (:mod:`..maps.folder`).
+    """
+    folder = TissueMapFolder(maps_dir)
+    ident = folder.establish({"estimator": "ground_truth", "prior_hash": None,
+                              "parameters": parameters or {"source": "nnunetv2_physaug.phantom"}}, overwrite=False)
+    folder.write_case(case_id, case.m0.T, case.t1.T, case.t2.T, case_affine(case), ident,
+                      qc={"phase": case.meta["phase"], "n_slices": case.meta["n_slices"]})
 
 
 def _save_nifti(array_zyx: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
@@ -154,20 +163,16 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
         bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
         train_p, train_domain = plan[0], domains[plan[0]["domain"]]
         folder = tmp[train_p["name"]]
-        maps_dir = folder / GROUND_TRUTH_MAPS
+        gt_parameters = {"source": "nnunetv2_physaug.phantom", "seed": seed, "size": size, "field": field}
         for i in range(n_train):
             case_id = f"phantom_{i:03d}"
             case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
             image, info = render_domain(case, train_domain, _rng(seed, _TRAIN_RENDER, i))
             _write_case(folder, case_id, image, case)
-            write_ground_truth_maps(maps_dir, case_id, case)
+            write_ground_truth_maps(folder / GROUND_TRUTH_MAPS, case_id, case, gt_parameters)
             cases_meta[train_p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
                                                     **info}
             bar.update(1)
-        write_manifest(maps_dir, estimator="ground_truth",
-                       parameters={"source": "nnunetv2_physaug.phantom", "seed": seed, "size": size, "field": field},
-                       cases={c: {"phase": m["phase"], "n_slices": m["n_slices"]}
-                              for c, m in cases_meta[train_p["name"]].items()})
 
         for j in range(n_test):
             case_id = f"phantomtest_{j:03d}"

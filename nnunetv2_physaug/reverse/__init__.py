@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 from .base import SliceEstimate, SliceEstimator
-from .cache import CacheMismatchError
+from ..maps.folder import CacheMismatchError
 from .engine import ReverseError, ReverseSummary, fill_missing_maps, make_estimator, run_reverse
 from .io import ReverseInputError
 from .label_estimator import LabelEstimator

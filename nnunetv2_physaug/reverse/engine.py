@@ -13,8 +13,10 @@ the case is finished:
 * QC: ``nrmse_pct`` = data-consistency NRMSE of the whole volume with one scale (mean over samples),
   ``nrmse_pct_slice_max`` = worst per-slice NRMSE, plus the means of the estimator's numeric
   per-slice figures (``slice_mean_<name>``).
-* Written with :func:`nnunetv2_physaug.maps.store.write_case_maps` in the image's geometry
-  (3D, or 4D with K samples on the last axis) under the cache protocol of :mod:`.cache`.
+* Written in the image's geometry (3D, or 4D with K samples on the last axis) and committed by
+  :class:`nnunetv2_physaug.maps.folder.TissueMapFolder`. A process computes a case only while
+  holding the case's lock; a case another process is computing is done last, after waiting for that
+  process, and then only if it did not finish it.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..maps.store import TissueMapError, case_is_complete, write_case_maps
-from . import cache
+from ..maps.folder import CaseLock, TissueMapFolder
+from ..maps.store import TissueMapError
+from . import shard as sharding
 from .base import SliceEstimator
 from .label_tissues import LabelTissueError, resolve_label_tissues
 from .rng import slice_generator
@@ -191,7 +194,8 @@ def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]
 MAX_NRMSE_PCT = 30.0
 
 
-def _write_case(maps_dir: Path, work: _CaseWork, ident_hash: str, max_nrmse_pct: float = MAX_NRMSE_PCT) -> dict:
+def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str,
+                max_nrmse_pct: float = MAX_NRMSE_PCT) -> dict:
     maps, qc = _finish_maps(work.image, work.maps)
     if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
         raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
@@ -206,10 +210,8 @@ def _write_case(maps_dir: Path, work: _CaseWork, ident_hash: str, max_nrmse_pct:
     for ch in range(3):
         a = np.transpose(maps[:, :, ch], (2, 3, 0, 1))     # (Z, K, X, Y) -> (X, Y, Z, K)
         arrays.append(a[..., 0] if a.shape[-1] == 1 else a)
-    cache.begin_case(maps_dir, work.case)
-    write_case_maps(maps_dir, work.case, *arrays, affine=work.affine, overwrite=True)
     qc["seconds"] = round(time.perf_counter() - work.t0, 3)
-    cache.finish_case(maps_dir, work.case, ident_hash, qc)
+    folder.write_case(work.case, *arrays, affine=work.affine, ident_hash=ident_hash, qc=qc)
     return qc
 
 
@@ -270,21 +272,22 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
     dev = resolve_device(device)
     if estimator is None:
         estimator = make_estimator("label")
-    shard = cache.resolve_shard(shard)
-    mine = cache.shard_cases(selected, shard)
+    shard = sharding.resolve_shard(shard)
+    mine = sharding.shard_cases(selected, shard)
 
     identity = estimator.identity()
     identity = {"estimator": identity["estimator"], "prior_hash": identity.get("prior_hash"),
                 "parameters": {**identity.get("parameters", {}), "n_samples": int(n_samples), "seed": int(seed),
                                "slice_axis": "Z (nibabel axis 2)", "m0_harmonisation": "per case, median slice scale"}}
-    ident_hash = cache.prepare(maps_dir, identity, overwrite)
+    folder = TissueMapFolder(maps_dir)
+    ident_hash = folder.establish(identity, overwrite)
     summary = ReverseSummary(maps_dir=maps_dir, estimator=identity["estimator"],
                              prior_hash=identity["prior_hash"], shard=shard)
     if not overwrite:
-        cache.reconcile(maps_dir, ident_hash, mine)
+        folder.reconcile(ident_hash, mine)
     todo = []
     for c in mine:
-        if not overwrite and cache.case_done(maps_dir, c, ident_hash):
+        if not overwrite and folder.is_complete(c, ident_hash):
             summary.skipped.append(c)
         else:
             todo.append(c)
@@ -300,7 +303,13 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                desc=f"reverse ({estimator.name})")
 
     pending: dict[str, _CaseWork] = {}
+    locks: dict[str, CaseLock] = {}
     queue: list[tuple[str, int]] = []
+
+    def release(c: str) -> None:
+        lock = locks.pop(c, None)
+        if lock is not None:
+            lock.release()
 
     def flush() -> None:
         if not queue:
@@ -324,40 +333,63 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             w.remaining -= 1
             if w.remaining == 0:
                 try:
-                    summary.qc[c] = _write_case(maps_dir, w, ident_hash, max_nrmse_pct)
+                    summary.qc[c] = _write_case(folder, w, ident_hash, max_nrmse_pct)
                     summary.done.append(c)
                 except TissueMapError as e:
                     summary.failed[c] = str(e)
                 del pending[c]
+                release(c)
         bar.update(len(queue))
         summary.n_slices += len(queue)
         queue.clear()
 
+    def start(c: str) -> None:
+        """Queue the slices of case ``c`` (its lock is held)."""
+        if not overwrite and folder.is_complete(c, ident_hash):  # another process finished it meanwhile
+            summary.skipped.append(c)
+            bar.update(shapes[c][2])
+            release(c)
+            return
+        try:
+            vol, affine = load_image(all_cases[c])
+            labels = load_labels(labels_dir, c, vol.shape)
+            if labels is not None and hasattr(estimator, "check_labels"):
+                estimator.check_labels(labels, where=f"label file of case {c} in {labels_dir}")
+        except (ReverseInputError, LabelTissueError) as e:
+            summary.failed[c] = str(e)
+            bar.update(shapes[c][2])
+            release(c)
+            return
+        x, y, nz = vol.shape
+        work = _CaseWork(case=c, image=vol, affine=affine, labels=labels, t0=time.perf_counter(),
+                         maps=np.empty((nz, n_samples, 3, x, y), np.float32), remaining=nz)
+        pending[c] = work
+        for z in range(nz):
+            if queue:
+                head = pending[queue[0][0]]
+                if (len(queue) >= batch_size or head.image.shape[:2] != vol.shape[:2]
+                        or (head.labels is None) != (labels is None)):
+                    flush()
+            queue.append((c, z))
+
     try:
+        busy = []  # cases another process is computing: done last, once it has let go of them
         for c in todo:
-            try:
-                vol, affine = load_image(all_cases[c])
-                labels = load_labels(labels_dir, c, vol.shape)
-                if labels is not None and hasattr(estimator, "check_labels"):
-                    estimator.check_labels(labels, where=f"label file of case {c} in {labels_dir}")
-            except (ReverseInputError, LabelTissueError) as e:
-                summary.failed[c] = str(e)
-                bar.update(shapes[c][2])
+            lock = folder.try_lock_case(c)
+            if lock is None:
+                busy.append(c)
                 continue
-            x, y, nz = vol.shape
-            work = _CaseWork(case=c, image=vol, affine=affine, labels=labels, t0=time.perf_counter(),
-                             maps=np.empty((nz, n_samples, 3, x, y), np.float32), remaining=nz)
-            pending[c] = work
-            for z in range(nz):
-                if queue:
-                    head = pending[queue[0][0]]
-                    if (len(queue) >= batch_size or head.image.shape[:2] != vol.shape[:2]
-                            or (head.labels is None) != (labels is None)):
-                        flush()
-                queue.append((c, z))
+            locks[c] = lock
+            start(c)
+        for c in busy:
+            flush()  # hold no case lock while waiting for another process's
+            locks[c] = folder.try_lock_case(c, blocking=True)
+            start(c)
         flush()
     finally:
         bar.close()
+        for c in list(locks):
+            release(c)
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -378,7 +410,7 @@ def fill_missing_maps(images_dir: PathLike, maps_dir: PathLike, cases: list[str]
         ReverseError: some cases failed (the message lists each with its reason).
         CacheMismatchError, ReverseInputError, PriorError: as for :func:`run_reverse` / the prior.
     """
-    todo = sorted({c for c in cases if not case_is_complete(maps_dir, c)})
+    todo = sorted(set(TissueMapFolder(maps_dir).missing(cases)))
     if not todo:
         return []
     label_tissues = None

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes
-from ..maps.store import list_complete_cases, read_case_maps
+from ..maps.folder import TissueMapFolder
+from ..maps.store import read_case_maps
 from ..physics import bssfp
 from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE
 from .geometry import GridGeometry, to_grid
@@ -70,7 +71,7 @@ def load_training_latents(maps_dir: os.PathLike | str, size: int, mapping: Laten
     Raises:
         PriorTrainingError: no complete case in ``maps_dir``.
     """
-    cases = list_complete_cases(maps_dir)
+    cases = TissueMapFolder(maps_dir).complete_cases()
     if not cases:
         raise PriorTrainingError(f"no complete tissue maps (CASE_M0/T1/T2.nii.gz) in {maps_dir}; make them with "
                                  "physaug-phantom or point --maps at your own quantitative maps")
