@@ -8,11 +8,13 @@ lab group stay readable to it, as nnU-Net's own files are.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def _current_umask() -> int:
@@ -62,3 +64,81 @@ def atomic_write_json(path: os.PathLike | str, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
     atomic_write_bytes(Path(path), write, ".json")
+
+
+def describe_os_error(error: OSError, what: str = "output") -> str:
+    """A one-line message for a failed read or write, naming the file and what to do (no traceback).
+
+    Args:
+        error: the OSError (PermissionError, a full disk, ...).
+        what: the command's name for the place, e.g. "maps folder (-o)".
+    """
+    import errno
+
+    where = error.filename or "?"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"no permission to write there (read-only?); choose a writable {what}"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"the disk is full; free space or choose a {what} on another disk"
+    else:
+        hint = f"check the {what}"
+    return f"{error.strerror or error} ({where}): {hint}"
+
+
+def _staging_names(target: Path) -> tuple[str, str]:
+    return f".{target.name}.partial-", f".{target.name}.old-"
+
+
+def recover_staged(target: Path) -> None:
+    """Clean up what a killed :func:`staged_folder` of ``target`` left beside it.
+
+    A run killed between its two renames leaves ``target`` absent and the previous ``target`` in a
+    ``.NAME.old-*`` folder: that previous version is put back. Leftover staging (``.NAME.partial-*``)
+    and old folders are then removed. Only one writer may work on a given target at a time.
+    """
+    target = Path(target)
+    staging_prefix, old_prefix = _staging_names(target)
+    if not target.parent.is_dir():
+        return
+    olds = sorted(target.parent.glob(glob_escape(old_prefix) + "*"))
+    if not target.exists():
+        for old in olds:
+            if (old / "old").is_dir():
+                os.replace(old / "old", target)
+                break
+    for leftover in olds + sorted(target.parent.glob(glob_escape(staging_prefix) + "*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped (for Path.glob)."""
+    import glob
+    return glob.escape(text)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty hidden staging folder beside ``target``; when the block ends without error it replaces
+    ``target``, else it is removed.
+
+    An existing ``target`` is renamed aside, the staging folder renamed into place, and the old one then
+    deleted, so a killed run never leaves a half-written folder under the final name, and one killed
+    between the two renames is undone by :func:`recover_staged` (called here first, and by callers before
+    they check whether ``target`` exists). Refusing to overwrite is the caller's job.
+    """
+    target = Path(target)
+    recover_staged(target)
+    staging_prefix, old_prefix = _staging_names(target)
+    staging = make_temp_dir(target, staging_prefix)
+    try:
+        yield staging
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=old_prefix, dir=target.parent))
+            os.replace(target, trash / "old")
+            os.replace(staging, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -55,6 +55,11 @@ def main(argv=None) -> None:
     except (FileExistsError, ValueError, PhantomConfigError) as e:
         print(f"physaug-phantom: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    except OSError as e:  # read-only or full output disk, and the like
+        from ..fileio import describe_os_error
+        print(f"physaug-phantom: error: {describe_os_error(e, 'output folder (-o)')}. No dataset was replaced by a "
+              "partial one.", file=sys.stderr)
+        raise SystemExit(1) from e
     print(format_summary(summary))
 
 

@@ -119,6 +119,10 @@ def main(argv=None) -> None:
                               **({"max_nrmse_pct": args.max_nrmse} if args.max_nrmse is not None else {}))
     except errors as e:
         sys.exit(f"physaug-reverse: error: {e}")
+    except OSError as e:  # read-only or full output disk, and the like
+        from ..fileio import describe_os_error
+        sys.exit(f"physaug-reverse: error: {describe_os_error(e, 'maps folder (-o)')}. "
+                 "Cases already finished are kept, none is left half-written; a rerun resumes.")
     print(summary.format())
     if summary.failed:
         sys.exit(1)

@@ -22,16 +22,14 @@ import os
 import re
 import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 
-from ..fileio import atomic_write_json, make_temp_dir
+from ..fileio import atomic_write_json, recover_staged, staged_folder
 
 #: nnU-Net label dict of every converted dataset (ACDC convention).
 ACDC_LABELS: dict[str, int] = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
@@ -352,32 +350,12 @@ def check_outputs(dataset_id: int, name: str, overwrite: bool) -> tuple[Path, Pa
             raise ConversionError(f"dataset ID {dataset_id} is already used by {clash} in {folder}; "
                                   f"nnU-Net needs unique IDs, choose another -d")
     target, splits = raw / full, pre / full / "splits_final.json"
+    recover_staged(target)  # a conversion killed while swapping folders: put the old dataset back first
     if not overwrite:
         for p in (target, splits):
             if p.exists():
                 raise ConversionError(f"{p} already exists; pass --overwrite to replace it")
     return target, splits
-
-
-@contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Yield an empty hidden staging folder beside ``target``; when the block ends without error the
-    staging folder replaces ``target`` (an existing ``target`` is moved aside first and then deleted),
-    else it is removed. A killed or failed conversion therefore never leaves a half dataset under
-    the final name. Refusing to overwrite is the caller's job (:func:`check_outputs`)."""
-    staging = make_temp_dir(target, f".{target.name}.partial-")
-    try:
-        yield staging
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / "old")
-            os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def write_dataset(specs: Sequence[CaseSpec], dataset_id: int, name: str, *, label_map: Mapping[int, int],

@@ -33,8 +33,8 @@ import numpy as np
 
 from .common import (VolumeRef, check_image_values, load_volume, parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
                      ConversionError, ConversionResult, check_outputs, patient_level_splits, remap_labels,
-                     require_dir, staged_folder)
-from ..fileio import atomic_write_json
+                     require_dir)
+from ..fileio import atomic_write_json, staged_folder
 
 NAME = "MyoPS"
 DEFAULT_ID = 913

@@ -12,6 +12,7 @@ complete, so an interrupted run leaves no half-written dataset.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes, atomic_write_json, make_temp_dir
+from ..fileio import atomic_write_bytes, atomic_write_json, glob_escape, recover_staged, staged_folder
 from ..maps.folder import TissueMapFolder
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
@@ -154,12 +155,18 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
     out_dir = Path(out_dir)
     domains = load_domains(domains_file)
     plan = _plan(out_dir, domains, first_id)
+    for p in plan:  # undo what a killed earlier run left: restore a dataset caught mid-swap, drop staging folders
+        recover_staged(out_dir / p["name"])
+        for legacy in out_dir.glob(glob_escape(f".tmp-{p['name']}-") + "*"):  # staging folders of earlier versions
+            shutil.rmtree(legacy, ignore_errors=True)
     _check_targets(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = {p["name"]: make_temp_dir(out_dir / p["name"], f".tmp-{p['name']}-") for p in plan}
     cases_meta: dict[str, dict] = {p["name"]: {} for p in plan}
-    try:
+    # each dataset is written into its own staging folder; when all are complete, leaving the block puts them
+    # in place one at a time (an existing dataset is replaced only by its finished successor)
+    with contextlib.ExitStack() as stack:
+        tmp = {p["name"]: stack.enter_context(staged_folder(out_dir / p["name"])) for p in plan}
         bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
         train_p, train_domain = plan[0], domains[plan[0]["domain"]]
         folder = tmp[train_p["name"]]
@@ -189,14 +196,6 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
         for p in plan:
             p["n_cases"] = len(cases_meta[p["name"]])
             _dataset_json(tmp[p["name"]], p, cases_meta[p["name"]], seed, size, field)
-        for p in plan:  # everything is complete: move the datasets into place
-            target = out_dir / p["name"]
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp.pop(p["name"]), target)
-    finally:
-        for t in tmp.values():
-            shutil.rmtree(t, ignore_errors=True)
 
     summary = {
         "seed": seed, "size": size, "field": field, "first_id": first_id, "n_train": n_train, "n_test": n_test,
