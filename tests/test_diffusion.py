@@ -10,7 +10,9 @@ import torch
 
 from nnunetv2_physaug.physics import bssfp
 from nnunetv2_physaug.reverse.diffusion import DiffusionEstimator
-from nnunetv2_physaug.reverse.forward import bssfp_latent, data_consistency
+from nnunetv2_physaug.reverse.forward import FORWARD_MODEL, BSSFPForwardModel, data_consistency
+
+bssfp_latent = FORWARD_MODEL.render_latent
 from nnunetv2_physaug.reverse.geometry import GridGeometry, from_grid, percentile_normalise, to_grid
 from nnunetv2_physaug.reverse.ncc import local_ncc, select_by_ncc
 from nnunetv2_physaug.reverse.prior import LatentMapping, PhysicsPrior, tiny_prior_config

@@ -1,8 +1,8 @@
 """The slice-estimator protocol shared by every reverse-imaging method.
 
-An estimator turns a batch of 2D image slices into tissue maps [M0, T1, T2] whose short-TR bSSFP
-rendering (alpha = 45 deg, the paper's forward model) reproduces the slices up to one global
-per-slice scale. The engine (:mod:`nnunetv2_physaug.reverse.engine`) batches slices of many cases,
+An estimator turns a batch of 2D image slices into tissue maps [M0, T1, T2] whose rendering by its
+:attr:`SliceEstimator.forward_model` (short-TR bSSFP, alpha = 45 deg by default: the paper's model,
+:mod:`.forward`) reproduces the slices up to one global per-slice scale. The engine (:mod:`nnunetv2_physaug.reverse.engine`) batches slices of many cases,
 calls :meth:`SliceEstimator.estimate` and writes the results; the estimator never touches files.
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Sequence
 
 import torch
 
-#: Flip angle (degrees) of the short-TR bSSFP forward model of the paper.
-FORWARD_FLIP_DEG: float = 45.0
+from .forward import FORWARD_MODEL, BSSFPForwardModel
 
 
 @dataclass
@@ -36,6 +35,8 @@ class SliceEstimator(abc.ABC):
 
     #: short method name recorded in the manifest ("label", "diffusion-fast", "diffusion-paper").
     name: str = "abstract"
+    #: the measurement model the estimates explain; the engine re-renders with it (QC, M0 harmonisation)
+    forward_model: BSSFPForwardModel = FORWARD_MODEL
 
     def identity(self) -> dict:
         """JSON-able identity: estimator name, prior hash (or None) and all parameters.

@@ -49,7 +49,7 @@ from diffusers import DDPMScheduler
 
 from .rng import as_slice_generators, per_row, randn_rows
 from .base import SliceEstimate, SliceEstimator
-from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE, signal_and_jacobian, bssfp_latent, data_consistency
+from .forward import FORWARD_MODEL, PAPER_INPUT_SCALE, BSSFPForwardModel, data_consistency
 from .geometry import GridGeometry, from_grid, percentile_normalise, to_grid
 from .ncc import select_by_ncc
 from .prior import PhysicsPrior
@@ -68,7 +68,7 @@ class PaperParams:
     candidates: int = 5              # posterior samples drawn per slice before NCC selection
     ncc_window: int = 9
     input_scale: float = PAPER_INPUT_SCALE
-    flip_deg: float = PAPER_FLIP_DEG
+    flip_deg: float = FORWARD_MODEL.flip_deg
     hi_percentile: float = 98.0
     micro_batch: int = 5             # rows per UNet forward/backward (memory only; results do not depend on it)
     min_relaxation_ms: float = 1.0   # floor of the returned T1/T2 (the map store requires > 0 ms)
@@ -90,7 +90,7 @@ class FastParams:
     final_prior_var: float = 1.0     # prior variance of the final native-resolution solve
     final_gn_iters: int = 8
     input_scale: float = PAPER_INPUT_SCALE
-    flip_deg: float = PAPER_FLIP_DEG
+    flip_deg: float = FORWARD_MODEL.flip_deg
     hi_percentile: float = 98.0
     # rows per UNet pass (memory only): the backward pass keeps activations, ~0.55 GB per row for the
     # authors' 114 M-parameter network at 128² (float32), so 16 rows stay under ~10 GB of GPU memory
@@ -103,7 +103,7 @@ class FastParams:
 
 
 def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor,
-                      flip_deg: float = PAPER_FLIP_DEG, fd_step: float = 1e-3
+                      model: BSSFPForwardModel = FORWARD_MODEL, fd_step: float = 1e-3
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The denoised estimate and the DPS descent direction, by two forward passes and no autograd.
 
@@ -118,7 +118,7 @@ def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | in
         denoiser with a symmetric Jacobian, up to the finite difference).
     """
     x0, eps = prior.denoise(z, t)
-    sig, jac = signal_and_jacobian(x0, prior.mapping, flip_deg, 1e-4)
+    sig, jac = model.latent_signal_and_jacobian(x0, prior.mapping, 1e-4)
     v = jac * (y - sig)                                           # J^T r, per pixel
     v_rms = v.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
     x0_h, _ = prior.denoise(z + fd_step * v / v_rms, t)
@@ -170,6 +170,7 @@ class DiffusionEstimator(SliceEstimator):
         self.preset = preset
         self.params = replace(base, **{k: _coerce(preset, k, v, getattr(base, k)) for k, v in overrides.items()})
         self.name = f"diffusion-{preset}"
+        self.forward_model = BSSFPForwardModel(self.params.flip_deg)  # what the engine re-renders with, too
 
     def identity(self) -> dict:
         return {"estimator": self.name, "prior_hash": self.prior.hash,
@@ -200,13 +201,13 @@ class DiffusionEstimator(SliceEstimator):
             y_native = (self.params.input_scale * x_raw)[:, None].repeat_interleave(n_samples, dim=0)
             z_native = data_consistency(z_native, y_native, self.prior.mapping, self.params.final_prior_var,
                                         self.params.sigma ** 2, self.params.channel_weights,
-                                        self.params.final_gn_iters, self.params.flip_deg)
+                                        self.params.final_gn_iters, self.forward_model)
             qc = [{} for _ in range(bsz)]
         m0, t1, t2 = self.prior.to_physical(z_native)
         floor = self.params.min_relaxation_ms
         maps = torch.stack([m0, t1.clamp_min(floor), t2.clamp_min(floor)], dim=1)
         maps = maps.view(bsz, n_samples, 3, h, w).float()
-        nrmse = bssfp_nrmse_pct_per_sample(images, maps)
+        nrmse = bssfp_nrmse_pct_per_sample(images, maps, self.forward_model)
         for i in range(bsz):
             qc[i]["nrmse_pct"] = float(nrmse[i].mean())
             qc[i]["nrmse_pct_per_sample"] = [float(v) for v in nrmse[i]]
@@ -245,8 +246,8 @@ class DiffusionEstimator(SliceEstimator):
                 with torch.enable_grad():
                     out = unet(zc, t).sample
                     step = sched.step(out, t, zc, generator=rows_gen[lo: lo + p.micro_batch])
-                    resid = (y[lo: lo + p.micro_batch] - bssfp_latent(step.pred_original_sample, self.prior.mapping,
-                                                                      p.flip_deg)) ** 2
+                    resid = (y[lo: lo + p.micro_batch] - self.forward_model.render_latent(
+                        step.pred_original_sample, self.prior.mapping)) ** 2
                     # The paper's loss is the mean over one slice's C candidates and pixels (its batch):
                     # each row contributes its pixel mean / C.
                     loss = resid.mean(dim=(1, 2, 3)).sum() / (cand * p.sigma ** 2)
@@ -281,13 +282,13 @@ class DiffusionEstimator(SliceEstimator):
         p = self.params
         if p.gradient == "jvp":
             with torch.inference_mode():
-                _, eps, direction = jacobian_free_dps(self.prior, z, t, y, p.flip_deg, p.fd_step)
+                _, eps, direction = jacobian_free_dps(self.prior, z, t, y, self.forward_model, p.fd_step)
                 prev = sched.step(eps, t, z, generator=generator).prev_sample
             return prev + p.guidance * direction
         zc = z.detach().requires_grad_(True)
         with torch.enable_grad():
             _, eps = self.prior.denoise(zc, t)
             step = sched.step(eps, t, zc, generator=generator)
-            resid = y - bssfp_latent(step.pred_original_sample, self.prior.mapping, p.flip_deg)
+            resid = y - self.forward_model.render_latent(step.pred_original_sample, self.prior.mapping)
             grad, = torch.autograd.grad(0.5 * resid.pow(2).sum(), zc)
         return (step.prev_sample - p.guidance * grad).detach()

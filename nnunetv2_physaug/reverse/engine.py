@@ -37,7 +37,8 @@ from .label_tissues import LabelTissueError, resolve_label_tissues
 from .rng import slice_generator
 from .io import (ReverseInputError, default_labels_dir, default_maps_dir, image_shape, list_cases, load_image,
                  load_labels)
-from .qc import fit_scale, nrmse_pct, render_bssfp
+from .forward import BSSFPForwardModel
+from .qc import fit_scale, nrmse_pct
 
 #: ``labels_dir="auto"``: use the sibling labelsTr folder when it exists.
 AUTO = "auto"
@@ -168,13 +169,14 @@ class _CaseWork:
     remaining: int = 0
 
 
-def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Clamp, harmonise M0 across slices, and compute the case QC. image (X,Y,Z), maps (Z,K,3,X,Y)."""
+def _finish_maps(image: np.ndarray, maps: np.ndarray, model: BSSFPForwardModel) -> tuple[np.ndarray, dict]:
+    """Clamp, harmonise M0 across slices, and compute the case QC with the estimator's forward model.
+    image (X,Y,Z), maps (Z,K,3,X,Y)."""
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).double()  # (Z, X, Y)
     m = torch.from_numpy(maps).double()
     m[:, :, 0].clamp_(min=0.0)
     m[:, :, 1:].clamp_(min=1.0)
-    r = render_bssfp(m)                                      # (Z, K, X, Y)
+    r = model.render_maps(m)                                 # (Z, K, X, Y)
     c = fit_scale(x[:, None], r)                             # (Z, K) slice factors
     valid = c > 0
     ref = c[valid].median() if bool(valid.any()) else torch.tensor(1.0, dtype=c.dtype)
@@ -194,9 +196,9 @@ def _finish_maps(image: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, dict]
 MAX_NRMSE_PCT = 30.0
 
 
-def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str,
+def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model: BSSFPForwardModel,
                 max_nrmse_pct: float = MAX_NRMSE_PCT) -> dict:
-    maps, qc = _finish_maps(work.image, work.maps)
+    maps, qc = _finish_maps(work.image, work.maps, model)
     if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
         raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
                              f"{qc['nrmse_pct']:.1f} % > {max_nrmse_pct:g} % (max_nrmse); not written. A prior that "
@@ -333,7 +335,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             w.remaining -= 1
             if w.remaining == 0:
                 try:
-                    summary.qc[c] = _write_case(folder, w, ident_hash, max_nrmse_pct)
+                    summary.qc[c] = _write_case(folder, w, ident_hash, estimator.forward_model, max_nrmse_pct)
                     summary.done.append(c)
                 except TissueMapError as e:
                     summary.failed[c] = str(e)

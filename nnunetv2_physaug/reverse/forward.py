@@ -1,18 +1,25 @@
-"""The paper's measurement model on latent maps, and the per-pixel data-consistency solve.
+"""The measurement model of reverse imaging (one object), and the per-pixel data-consistency solve.
 
-Measurement (DESIGN §5): a slice normalised to [0, 1] by its 0th/98th percentiles, times 0.3, is
-modelled as the short-TR bSSFP signal with the sin(alpha) factor folded into M0::
+Every part of reverse imaging explains a bSSFP cine image with the same model,
+:class:`BSSFPForwardModel` (DESIGN §5): the short-TR (TR << T1, T2) bSSFP steady state
 
-    A(z) = M0 / (1 + cos a + (1 - cos a) T1 / max(T2, eps)),   a = 45 deg
+    S = M0 sin a / (1 + cos a + (1 - cos a) T1 / T2),   a = 45 deg by default
 
-with (M0, T1, T2) from the latent z by the prior's :class:`~.prior.LatentMapping`. The signal is
-per pixel, so the data-consistency problem of the fast sampler decouples into one 3-unknown,
-1-equation problem per pixel, solved by projected Gauss-Newton with a closed-form
-(Sherman-Morrison) inverse: no autograd, no loops over pixels.
+(:func:`nnunetv2_physaug.physics.bssfp` with ``short_tr=True``, checked against a Bloch simulation in
+``scripts/check_physics.py``). The weight-free estimator solves it for M0, the diffusion samplers guide
+on it and the engine's QC and M0 harmonisation re-render with it; a diffusion sampler whose flip angle
+is changed (``--sampler-option flip_deg=...``) carries its own model, which the engine then uses too.
+
+On the prior's latents (the paper's convention), a slice normalised to [0, 1] by its 0th/98th
+percentiles, times 0.3, is modelled with the sin(a) factor folded into M0 and (M0, T1, T2) from the
+latent z by the prior's :class:`~.prior.LatentMapping`. The signal is per pixel, so the
+data-consistency problem of the fast sampler decouples into one 3-unknown, 1-equation problem per
+pixel, solved by projected Gauss-Newton with a closed-form (Sherman-Morrison) inverse.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,48 +27,89 @@ import torch
 from ..physics import bssfp
 from .prior import LatentMapping
 
-#: Flip angle (degrees) and measurement scale of the paper's forward model.
-PAPER_FLIP_DEG = 45.0
+#: measurement scale of the paper's forward model (normalised slice times this)
 PAPER_INPUT_SCALE = 0.3
+#: T1/T2 floor (ms) of renders of physical maps: estimators may return 0 before the engine clamps
+_RELAXATION_FLOOR_MS = 1e-3
 
 
-def bssfp_latent(z: torch.Tensor, mapping: LatentMapping, flip_deg: float = PAPER_FLIP_DEG,
-                 clip: bool = False, t2_floor_ms: float = 1e-4) -> torch.Tensor:
-    """Forward model on latents: (N, 3, H, W) -> (N, 1, H, W) bSSFP signal (sin(a) folded into M0).
+@dataclass(frozen=True)
+class BSSFPForwardModel:
+    """Short-TR bSSFP at flip angle ``flip_deg`` (degrees): maps [M0, T1 ms, T2 ms] -> signal.
 
-    ``clip=False`` is the paper's guidance (u = (z + 1) / 2 unclipped, so gradients never vanish);
-    ``clip=True`` clamps u to [0, 1] like the final maps. T2 is floored at ``t2_floor_ms``.
+    Tensors broadcast; T1, T2 in ms, M0 relative.
     """
-    u = (z + 1.0) * 0.5
-    if clip:
-        u = u.clamp(0.0, 1.0)
-    m0 = u[:, 0:1] / mapping.m0_divisor
-    t1 = u[:, 1:2] * mapping.t1_scale_ms
-    t2 = (u[:, 2:3] * mapping.t2_scale_ms).clamp_min(t2_floor_ms)
-    return bssfp(m0, t1, t2, flip_deg, 0.0, short_tr=True) / math.sin(math.radians(flip_deg))
+
+    flip_deg: float = 45.0
+
+    @property
+    def _cos_sin(self) -> tuple[float, float]:
+        a = math.radians(self.flip_deg)
+        return math.cos(a), math.sin(a)
+
+    def describe(self) -> str:
+        """The model in words (recorded in tissue-map manifests)."""
+        return f"short-TR bSSFP, alpha={self.flip_deg:g} deg"
+
+    def render(self, m0, t1, t2, sin_folded: bool = False):
+        """Signal of physical maps (any broadcastable shapes); ``sin_folded`` divides out sin(a) (the paper's
+        measurement scale). T1/T2 are floored at 1e-3 ms."""
+        t1 = torch.as_tensor(t1).clamp_min(_RELAXATION_FLOOR_MS)
+        t2 = torch.as_tensor(t2).clamp_min(_RELAXATION_FLOOR_MS)
+        s = bssfp(m0, t1, t2, self.flip_deg, 0.0, short_tr=True)
+        return s / self._cos_sin[1] if sin_folded else s
+
+    def render_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Signal of stacked maps (..., 3, H, W) [M0, T1 ms, T2 ms] -> (..., H, W)."""
+        return self.render(maps[..., 0, :, :], maps[..., 1, :, :], maps[..., 2, :, :])
+
+    def m0_for_signal(self, signal: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+        """The M0 whose signal with these T1, T2 (ms) is ``signal``: the model solved for M0 (it is linear in M0)."""
+        c, s = self._cos_sin
+        return signal * (1.0 + c + (1.0 - c) * t1 / t2) / s
+
+    def _latent_maps(self, z: torch.Tensor, mapping: LatentMapping, clip: bool, t2_floor_ms: float):
+        u = (z + 1.0) * 0.5
+        if clip:
+            u = u.clamp(0.0, 1.0)
+        m0 = u[:, 0:1] / mapping.m0_divisor
+        t1 = u[:, 1:2] * mapping.t1_scale_ms
+        t2 = (u[:, 2:3] * mapping.t2_scale_ms).clamp_min(t2_floor_ms)
+        return m0, t1, t2
+
+    def render_latent(self, z: torch.Tensor, mapping: LatentMapping, clip: bool = False,
+                      t2_floor_ms: float = 1e-4) -> torch.Tensor:
+        """Signal of latents: (N, 3, H, W) -> (N, 1, H, W), sin(a) folded into M0.
+
+        ``clip=False`` is the paper's guidance (u = (z + 1) / 2 unclipped, so gradients never vanish);
+        ``clip=True`` clamps u to [0, 1] like the final maps. T2 is floored at ``t2_floor_ms``.
+        """
+        m0, t1, t2 = self._latent_maps(z, mapping, clip, t2_floor_ms)
+        return bssfp(m0, t1, t2, self.flip_deg, 0.0, short_tr=True) / self._cos_sin[1]
+
+    def latent_signal_and_jacobian(self, z: torch.Tensor, mapping: LatentMapping,
+                                   t2_floor_ms: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Signal (N, 1, H, W) of clipped latents and its derivative w.r.t. the latent (N, 3, H, W), closed form
+        (tests compare it with autograd through :meth:`render_latent`)."""
+        c, _ = self._cos_sin
+        k = 1.0 - c
+        m0, t1, t2 = self._latent_maps(z, mapping, True, t2_floor_ms)
+        den = 1.0 + c + k * t1 / t2
+        s = m0 / den
+        # dS/dz = dS/du * du/dz with du/dz = 1/2.
+        d_m0 = 0.5 / (mapping.m0_divisor * den)
+        d_t1 = -0.5 * s * k * mapping.t1_scale_ms / (t2 * den)
+        d_t2 = 0.5 * s * k * t1 * mapping.t2_scale_ms / (t2 * t2 * den)
+        return s, torch.cat([d_m0, d_t1, d_t2], dim=1)
 
 
-def signal_and_jacobian(z: torch.Tensor, mapping: LatentMapping, flip_deg: float,
-                         t2_floor_ms: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signal (N, 1, H, W) and its derivative w.r.t. the latent (N, 3, H, W), in closed form."""
-    c = math.cos(math.radians(flip_deg))
-    k = 1.0 - c
-    u = ((z + 1.0) * 0.5).clamp(0.0, 1.0)
-    m0 = u[:, 0:1] / mapping.m0_divisor
-    t1 = u[:, 1:2] * mapping.t1_scale_ms
-    t2 = (u[:, 2:3] * mapping.t2_scale_ms).clamp_min(t2_floor_ms)
-    den = 1.0 + c + k * t1 / t2
-    s = m0 / den
-    # dS/dz = dS/du * du/dz with du/dz = 1/2.
-    d_m0 = 0.5 / (mapping.m0_divisor * den)
-    d_t1 = -0.5 * s * k * mapping.t1_scale_ms / (t2 * den)
-    d_t2 = 0.5 * s * k * t1 * mapping.t2_scale_ms / (t2 * t2 * den)
-    return s, torch.cat([d_m0, d_t1, d_t2], dim=1)
+#: the paper's model (45 deg): the weight-free estimator, prior training and the samplers' default
+FORWARD_MODEL = BSSFPForwardModel()
 
 
 def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, prior_var: torch.Tensor | float,
                      noise_var: float, channel_weights: Sequence[float] = (1.0, 1.0, 1.0), iters: int = 3,
-                     flip_deg: float = PAPER_FLIP_DEG, t2_floor_ms: float = 1.0,
+                     model: BSSFPForwardModel = FORWARD_MODEL, t2_floor_ms: float = 1.0,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel MAP correction of a denoised latent towards the measurement.
 
@@ -80,6 +128,7 @@ def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, 
         noise_var: variance of the measurement term.
         channel_weights: relative stiffness of [M0, T1, T2] (smaller = that channel takes more of the correction).
         iters: Gauss-Newton iterations.
+        model: the measurement model.
         mask: optional (N, 1, H, W) bool; pixels outside keep ``z0``.
     Returns:
         (N, 3, H, W) corrected latent.
@@ -91,7 +140,7 @@ def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, 
         return (y - s_).pow(2) / noise_var + ((z_ - z0).pow(2) / d_inv).sum(1, keepdim=True)
 
     z = z0.clamp(-1.0, 1.0)
-    s, a = signal_and_jacobian(z, mapping, flip_deg, t2_floor_ms)
+    s, a = model.latent_signal_and_jacobian(z, mapping, t2_floor_ms)
     f = objective(z, s)
     for _ in range(iters):
         r = y - s
@@ -116,7 +165,7 @@ def data_consistency(z0: torch.Tensor, y: torch.Tensor, mapping: LatentMapping, 
         step = 1.0
         for _halving in range(5):
             z_try = (z + step * delta).clamp(-1.0, 1.0)
-            s_try, a_try = signal_and_jacobian(z_try, mapping, flip_deg, t2_floor_ms)
+            s_try, a_try = model.latent_signal_and_jacobian(z_try, mapping, t2_floor_ms)
             f_try = objective(z_try, s_try)
             take = pending & (f_try < f)
             z_new = torch.where(take, z_try, z_new)

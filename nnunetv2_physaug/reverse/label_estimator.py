@@ -29,13 +29,12 @@ Everything is vectorised torch and runs on whatever device the inputs are on.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from ..physics import bssfp, tissue_table
-from .base import FORWARD_FLIP_DEG, SliceEstimate, SliceEstimator
+from ..physics import tissue_table
+from .base import SliceEstimate, SliceEstimator
 from .label_tissues import ACDC_LABEL_TISSUES, TISSUES as LABEL_TISSUE_NAMES, check_label_values, values_of
 from .qc import bssfp_nrmse_pct
 from .rng import as_slice_generators, per_row, randn_rows
@@ -84,8 +83,6 @@ class LabelEstimator(SliceEstimator):
         self.class_width = float(class_width)
         self.grid_px = int(grid_px)
         self.scale_quantile = float(scale_quantile)
-        a = math.radians(FORWARD_FLIP_DEG)
-        self._ca, self._sa = math.cos(a), math.sin(a)
 
     def identity(self) -> dict:
         return {"estimator": self.name, "prior_hash": None,
@@ -95,7 +92,7 @@ class LabelEstimator(SliceEstimator):
                                "label_tissues": {str(k): v for k, v in sorted(self.label_tissues.items())},
                                "intensity_classes": list(INTENSITY_CLASSES), "partial_volume": True,
                                "near_blood_px": NEAR_BLOOD_PX,
-                               "forward_model": f"short-TR bSSFP, alpha={FORWARD_FLIP_DEG:g} deg"}}
+                               "forward_model": self.forward_model.describe()}}
 
     def check_labels(self, labels, where: str) -> None:
         """Raise :class:`~.label_tissues.LabelTissueError` naming ``where`` for an unmapped label value."""
@@ -103,7 +100,7 @@ class LabelEstimator(SliceEstimator):
 
     def _reference_signal(self, name: str) -> float:
         t = self.table[name]
-        return float(bssfp(t.m0[0], t.t1[0], t.t2[0], FORWARD_FLIP_DEG, 0.0, short_tr=True))
+        return float(self.forward_model.render(t.m0[0], t.t1[0], t.t2[0]))
 
     def _smooth_field(self, shape: tuple[int, ...], h: int, w: int, generators, device: torch.device) -> torch.Tensor:
         """Unit-variance smooth random fields of shape (B, K, h, w); slice i's K fields from ``generators[i]``."""
@@ -129,7 +126,7 @@ class LabelEstimator(SliceEstimator):
         """Fraction f in [0, 1] of tissue ``a`` in an a/b voxel of physical signal ``s``.
 
         The voxel's maps follow the estimator's own mixing rule (M0 adds up; T1, T2 are M0-weighted
-        means), so f solves ``bssfp(M(f), T1(f), T2(f)) = s``; signals outside the two tissues'
+        means), so f solves ``forward_model.render(M(f), T1(f), T2(f)) = s``; signals outside the two tissues'
         range give 0 or 1. The signal is monotone in f, so the curve is tabulated once and
         inverted by interpolation.
         """
@@ -138,7 +135,7 @@ class LabelEstimator(SliceEstimator):
         m = tb.m0[0] + f * (ta.m0[0] - tb.m0[0])
         t1 = (tb.m0[0] * tb.t1[0] + f * (ta.m0[0] * ta.t1[0] - tb.m0[0] * tb.t1[0])) / m
         t2 = (tb.m0[0] * tb.t2[0] + f * (ta.m0[0] * ta.t2[0] - tb.m0[0] * tb.t2[0])) / m
-        sig = m * self._sa / (1.0 + self._ca + (1.0 - self._ca) * t1 / t2)
+        sig = self.forward_model.render(m, t1, t2)
         if sig[-1] < sig[0]:
             sig, f = sig.flip(0), f.flip(0)
         sig, f = sig.to(s.device, s.dtype), f.to(s.device, s.dtype)
@@ -220,7 +217,7 @@ class LabelEstimator(SliceEstimator):
                 t_map = t_map * torch.exp(self.variation * cv_mix * g)
             out[:, :, ch] = t_map.clamp_min(1.0)
         t1, t2 = out[:, :, 1], out[:, :, 2]
-        out[:, :, 0] = s[:, None] * (1.0 + self._ca + (1.0 - self._ca) * t1 / t2) / self._sa
-        nrmse = bssfp_nrmse_pct(images.to(torch.float32), out)
+        out[:, :, 0] = self.forward_model.m0_for_signal(s[:, None], t1, t2)
+        nrmse = bssfp_nrmse_pct(images.to(torch.float32), out, self.forward_model)
         qc = [{"nrmse_pct": float(nrmse[i]), "scale_from_blood_label": bool(from_blood[i])} for i in range(b)]
         return SliceEstimate(maps=out, qc=qc)

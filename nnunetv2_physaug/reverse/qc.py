@@ -1,7 +1,7 @@
 """Quality figures of estimated tissue maps.
 
-* Data consistency: the NRMSE (percent) between an input image and the short-TR bSSFP rendering of
-  its maps (alpha = 45 deg, the paper's forward model) after a least-squares fit of one global scale,
+* Data consistency: the NRMSE (percent) between an input image and the rendering of its maps by the
+  forward model (:class:`~.forward.BSSFPForwardModel`, short-TR bSSFP at 45 deg by default) after a least-squares fit of one global scale,
   because M0 is only known up to a scale: ``100 * ||x - c r|| / ||x||`` with ``c = <r, x> / <r, r>``.
 * Map error against ground truth: mean absolute percentage error of T1/T2 inside a region.
 """
@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..physics import bssfp
-from .base import FORWARD_FLIP_DEG
+from .forward import FORWARD_MODEL, BSSFPForwardModel
 
 _EPS = 1e-12
-
-
-def render_bssfp(maps: torch.Tensor) -> torch.Tensor:
-    """Short-TR bSSFP (alpha = 45 deg) rendering of maps (..., 3, H, W) [M0, T1 ms, T2 ms] -> (..., H, W)."""
-    m0, t1, t2 = maps[..., 0, :, :], maps[..., 1, :, :], maps[..., 2, :, :]
-    return bssfp(m0, t1.clamp_min(1e-3), t2.clamp_min(1e-3), FORWARD_FLIP_DEG, 0.0, short_tr=True)
 
 
 def fit_scale(images: torch.Tensor, rendered: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
@@ -38,25 +31,28 @@ def nrmse_pct(images: torch.Tensor, rendered: torch.Tensor, dims: tuple[int, ...
     return torch.where(den > _EPS, 100.0 * num / den.clamp_min(_EPS), 100.0 * (num > _EPS).to(num.dtype))
 
 
-def bssfp_nrmse_pct_per_sample(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def bssfp_nrmse_pct_per_sample(images: torch.Tensor, maps: torch.Tensor,
+                               model: BSSFPForwardModel = FORWARD_MODEL) -> torch.Tensor:
     """Per-sample data-consistency NRMSE.
 
     Args:
         images: (B, H, W) input slices (any scale).
         maps: (B, K, 3, H, W) maps [M0, T1 ms, T2 ms].
+        model: the forward model that renders the maps.
     Returns:
         (B, K) NRMSE in percent.
     """
-    rendered = render_bssfp(maps)
+    rendered = model.render_maps(maps)
     return nrmse_pct(images.to(rendered.dtype)[:, None], rendered)
 
 
-def bssfp_nrmse_pct(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def bssfp_nrmse_pct(images: torch.Tensor, maps: torch.Tensor, model: BSSFPForwardModel = FORWARD_MODEL) -> torch.Tensor:
     """Data-consistency NRMSE per slice in percent.
 
     Args:
         images: (B, H, W) input slices (any scale).
         maps: (B, 3, H, W), or (B, K, 3, H, W) with K samples (the mean over samples is returned).
+        model: the forward model that renders the maps.
     Returns:
         (B,) NRMSE in percent.
     """
@@ -65,7 +61,7 @@ def bssfp_nrmse_pct(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     if maps.dim() != 5 or maps.shape[2] != 3 or maps.shape[-2:] != images.shape[-2:] or maps.shape[0] != images.shape[0]:
         raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit images of shape {tuple(images.shape)}; "
                          "expected (B, [K,] 3, H, W)")
-    return bssfp_nrmse_pct_per_sample(images, maps).mean(dim=1)
+    return bssfp_nrmse_pct_per_sample(images, maps, model).mean(dim=1)
 
 
 def mape_pct(estimate: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -42,8 +41,7 @@ from tqdm import tqdm
 from ..fileio import atomic_write_bytes
 from ..maps.folder import TissueMapFolder
 from ..maps.store import read_case_maps
-from ..physics import bssfp
-from .forward import PAPER_FLIP_DEG, PAPER_INPUT_SCALE
+from .forward import FORWARD_MODEL, PAPER_INPUT_SCALE
 from .geometry import GridGeometry, to_grid
 from .prior import UNET_PRESETS, LatentMapping, PhysicsPrior
 
@@ -85,8 +83,7 @@ def load_training_latents(maps_dir: os.PathLike | str, size: int, mapping: Laten
             continue
         m0, t1, t2 = arr[:, 0], arr[:, 1], arr[:, 2]
         if normalise_m0:
-            sig = bssfp(m0, t1.clamp_min(1e-3), t2.clamp_min(1e-3), PAPER_FLIP_DEG, 0.0, short_tr=True)
-            sig = sig / math.sin(math.radians(PAPER_FLIP_DEG))
+            sig = FORWARD_MODEL.render(m0, t1, t2, sin_folded=True)
             p98 = torch.quantile(sig.flatten(1), 0.98, dim=1).clamp_min(1e-6)
             # the sampler sees y = 0.3 * image / p98(image): M0 is only known up to that scale
             m0 = m0 * (PAPER_INPUT_SCALE / p98).view(-1, 1, 1)
