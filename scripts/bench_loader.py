@@ -10,7 +10,14 @@ that machine noise hits all alike. Prints the throughput of each and, as its las
 ``loader_ratio=<PhysAug at default p / stock, batches per s> loader_ratio_p1=<PhysAug at p = 1 / stock>
 p_default=<p>``.
 
+``--profile`` first times the stages of a sample in ms (stock loader and PhysAug at p = 1, again
+interleaved): nnU-Net's own work (opening the case, cropping image and seg, its transforms, the
+rest of batch assembly) and PhysAug's (the case-level parameter draw, the crop render with its
+signal equation and normalisation, the B1 / bias fields and the noise). Timers wrap the functions
+by name, so the profile adds a few microseconds per call; the ratio lines come from an unwrapped run.
+
 Run: .venv/bin/python scripts/bench_loader.py [--batches 40] [--rounds 3] [--trainer nnUNetTrainerPhysAug]
+     [--profile]
 """
 from __future__ import annotations
 
@@ -68,6 +75,99 @@ def _time_batches(loader, n: int) -> float:
     return time.perf_counter() - t0
 
 
+class _StageTimer:
+    """Accumulates wall time (s) per stage name; :meth:`wrap` times every call of a function."""
+
+    def __init__(self):
+        self.total: dict[str, float] = {}
+        self.active = True
+
+    def add(self, stage: str, seconds: float) -> None:
+        if self.active:
+            self.total[stage] = self.total.get(stage, 0.0) + seconds
+
+    def wrap(self, fn, stage):
+        """``fn`` timed under ``stage`` (a name, or a callable of the call's arguments giving one)."""
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(stage(*args, **kwargs) if callable(stage) else stage, time.perf_counter() - t0)
+        timed.__wrapped__ = fn
+        return timed
+
+
+def _instrument(loaders: dict, timer: _StageTimer) -> list:
+    """Wrap the stage functions of the loaders' code with ``timer``; returns the undo list."""
+    import nnunetv2.training.dataloading.data_loader as nnunet_dl
+    from nnunetv2_physaug.contrast import renderer as renderer_mod
+    from nnunetv2_physaug.nnunet import dataset as physaug_ds
+
+    undo = []
+
+    def patch(owner, name, stage):
+        old = getattr(owner, name)
+        undo.append((owner, name, old))
+        setattr(owner, name, timer.wrap(old, stage))
+
+    # the loader crops the image with pad value 0 and the seg with -1; a PhysAug crop renders inside
+    patch(nnunet_dl, "crop_and_pad_nd",
+          lambda image, bbox, pad_value=0, *a, **k: "crop seg" if pad_value == -1 else "crop image (incl. render)")
+    patch(physaug_ds.PhysAugTrainingDataset, "load_case", "load_case (physaug incl. base)")
+    patch(physaug_ds.RenderOnCrop, "__getitem__", "render crop (total)")
+    patch(physaug_ds.RenderOnCrop, "draw_on_case", "parameter draw")
+    patch(renderer_mod, "smooth_field", "fields (B1, bias, uptake)")
+    patch(renderer_mod, "add_rician_noise", "noise")
+    for dl in loaders.values():
+        inner = getattr(dl, "data_loader", None) or getattr(dl, "generator", None) or dl
+        base = inner._data.base if isinstance(inner._data, physaug_ds.PhysAugTrainingDataset) else inner._data
+        patch(base, "load_case", "base load_case")
+        if inner.transforms is not None:
+            patch(inner, "transforms", "transforms")
+    return undo
+
+
+def _profile(loaders: dict, batches: int, rounds: int) -> None:
+    """Print ms per sample of each stage for the stock and the p = 1 loader (interleaved rounds)."""
+    timer = _StageTimer()
+    undo = _instrument(loaders, timer)
+    try:
+        per = {}
+        for k in ("stock", "p1"):
+            per[k] = {}
+        t = {"stock": 0.0, "p1": 0.0}
+        for _ in range(rounds):
+            for k in ("stock", "p1"):
+                timer.total = {}
+                t[k] += _time_batches(loaders[k], batches)
+                for stage, sec in timer.total.items():
+                    per[k][stage] = per[k].get(stage, 0.0) + sec
+    finally:
+        for owner, name, old in reversed(undo):
+            setattr(owner, name, old)
+    stock_inner = getattr(loaders["stock"], "data_loader", None) or getattr(loaders["stock"], "generator", None)
+    n = batches * rounds * stock_inner.batch_size
+    print(f"profile, ms per sample ({n} samples each; PhysAug at p = 1, every sample rendered):")
+    for k, label in (("stock", "stock nnUNetTrainer"), ("p1", "PhysAug p = 1")):
+        stages = per[k]
+        ms = {s: 1000 * v / n for s, v in stages.items()}
+        total = 1000 * t[k] / n
+        if k == "p1":
+            render = ms.get("render crop (total)", 0.0)
+            ms["render: signal + normalise (rest)"] = (render - ms.get("parameter draw", 0.0) - ms.get("noise", 0.0)
+                                                       - ms.get("fields (B1, bias, uptake)", 0.0))
+            ms["crop image (excl. render)"] = ms.pop("crop image (incl. render)", 0.0) - render
+            ms["load_case wrapper (excl. base)"] = ms.pop("load_case (physaug incl. base)", 0.0) - ms.get(
+                "base load_case", 0.0)
+        accounted = sum(v for s, v in ms.items() if s not in ("parameter draw", "noise", "fields (B1, bias, uptake)",
+                                                              "render: signal + normalise (rest)"))
+        ms["other (batch assembly, threadpool limits, timers)"] = total - accounted
+        print(f"  {label}: {total:.3f} ms/sample")
+        for s in sorted(ms, key=lambda s: -ms[s]):
+            print(f"    {s:<52}: {ms[s]:7.3f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary folder)")
@@ -76,6 +176,8 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=128, help="phantom in-plane size (pixels)")
     parser.add_argument("--n-train", type=int, default=10, help="phantom training cases")
     parser.add_argument("--trainer", default="nnUNetTrainerPhysAug", help="PhysAug trainer to compare")
+    parser.add_argument("--profile", action="store_true",
+                        help="first print ms per sample of each loader stage (stock and PhysAug at p = 1)")
     args = parser.parse_args(argv)
 
     os.environ["nnUNet_n_proc_DA"] = "0"  # SingleThreadedAugmenter for both
@@ -98,6 +200,8 @@ def main(argv=None) -> None:
                    "p1": _loader(args.trainer, dataset, p_render=1.0)}
         for dl in loaders.values():  # warm up: file cache, first allocations
             _time_batches(dl, 3)
+        if args.profile:
+            _profile(loaders, args.batches, args.rounds)
         t = dict.fromkeys(loaders, 0.0)
         for _ in range(args.rounds):
             for k, dl in loaders.items():

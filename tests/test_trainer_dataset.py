@@ -87,6 +87,36 @@ def test_training_loads_render_normalised_crops_and_validation_stays_real(toy):
     assert not np.allclose(real[inside], crop[inside], atol=0.1)
 
 
+def test_rendered_load_returns_the_base_seg_and_properties_and_shares_the_seg_crop(toy):
+    """A rendered load opens only the seg (kept per process) and the properties: both equal nnU-Net's
+    own load; the seg crop nnU-Net takes after the render is the array the render read (handed on
+    once), and any other read of the seg goes to the file."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+    from nnunetv2_physaug.nnunet.dataset import SharedSegCrop
+
+    env, folder = toy
+    _, wrapped, base = _wrapped(env, folder, p_render=1.0)
+    key = wrapped.identifiers[0]
+    view, seg, seg_prev, props = wrapped.load_case(key)
+    _, seg_b, seg_prev_b, props_b = base.load_case(key)
+    assert isinstance(seg, SharedSegCrop) and seg_prev is None and seg_prev_b is None
+    assert seg.shape == tuple(seg_b.shape) and seg.dtype == seg_b.dtype
+    np.testing.assert_array_equal(np.asarray(seg), np.asarray(seg_b[:]))
+    assert props.keys() == props_b.keys()
+    for cls, locs in props_b["class_locations"].items():
+        np.testing.assert_array_equal(props["class_locations"][cls], locs)
+    bbox = [[0, 1], [2, 22], [-3, 25]]
+    crop_and_pad_nd(view, bbox, 0)
+    shared = seg._shared[1]
+    seg_crop = crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)
+    assert seg._shared is None  # handed on once
+    np.testing.assert_array_equal(seg_crop, crop_and_pad_nd(seg_b, bbox, -1, cast_cropped_to=np.int16))
+    np.testing.assert_array_equal(seg_crop[..., 3:], shared)
+    again = crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)  # read from the file
+    np.testing.assert_array_equal(again, seg_crop)
+    assert wrapped.load_case(key)[1]._seg is seg._seg  # the open seg is reused by the next load
+
+
 def test_case_statistics_match_a_full_case_render(toy):
     env, folder = toy
     _, wrapped, _ = _wrapped(env, folder, p_render=1.0, stats="case")

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from .families import FAMILIES
-from .imperfections import add_rician_noise, smooth_field
+from .imperfections import NormalPool, add_rician_noise, smooth_field
 from .pathology import PathologyMasks, apply_edema, draw_pathology, soften_concentration
 from .protocol import Protocol
 
-__all__ = ["ContrastRenderer", "RenderContext"]
+__all__ = ["ContrastRenderer", "RenderContext", "ReferenceVoxels"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -159,6 +159,32 @@ class RenderContext:
         return float(_numpy(x).reshape(-1)[self._indices(None)].mean(dtype=np.float64))
 
 
+class ReferenceVoxels:
+    """The reference voxels of :meth:`ContrastRenderer.draw`, checked and clamped once.
+
+    A data loader draws parameters on the same voxels of a case (a fixed subsample of its
+    normalisation mask) at every load; preparing them (type and finiteness checks, T1/T2 clamp,
+    label masks, statistics indices) is the same every time, so :meth:`ContrastRenderer.reference`
+    does it once and :meth:`ContrastRenderer.draw_on` reuses it. Holds float32 tensors of shape
+    (..., N) (M0, T1 ms, T2 ms; T1/T2 clamped at ``t_min_ms``) and optional integer labels; treat
+    them as read-only.
+    """
+
+    def __init__(self, m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, labels: Optional[torch.Tensor]):
+        self.m0, self.t1, self.t2, self.labels = m0, t1, t2, labels
+        # lazily filled by the contexts of the draws, shared between them (masks and strided indices
+        # depend only on the voxels and labels, never on the drawn parameters)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.indices: dict[Optional[str], np.ndarray] = {}
+
+    def context(self, protocol: Protocol) -> RenderContext:
+        """A fresh :class:`RenderContext` over these voxels that shares the cached masks and indices."""
+        ctx = RenderContext(self.m0, self.t1, self.t2, self.labels, None, protocol)
+        ctx._masks = self.masks
+        ctx._idx = self.indices
+        return ctx
+
+
 def _numpy(x: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor (a copy for other devices), for cheap statistics."""
     return x.detach().cpu().numpy() if x.device.type != "cpu" else x.detach().numpy()
@@ -174,8 +200,12 @@ class ContrastRenderer:
             image, params = renderer.render(m0, t1, t2, rng, labels=seg, valid=seg >= 0)
     """
 
-    def __init__(self, protocol: Protocol):
+    def __init__(self, protocol: Protocol, noise_pool: Optional[NormalPool] = None):
+        """``noise_pool``: draw the standard-normal values of Rician noise from this pool instead of
+        fresh (same distribution, ~10x cheaper; see :class:`~.imperfections.NormalPool`); the
+        training data loader uses one, one-off renders (previews, checks) need not."""
         self.protocol = protocol
+        self.noise_pool = noise_pool
         self.p_render: float = protocol.p_render
         self._families = [FAMILIES[f.family] for f in protocol.families]
         self._cum = np.cumsum([f.probability for f in protocol.families])
@@ -218,6 +248,13 @@ class ContrastRenderer:
             raise ValueError(f"family {family!r} is not in protocol {self.protocol.name!r} ({', '.join(names)})")
         return names.index(family)
 
+    def reference(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike,
+                  labels: Optional[ArrayLike] = None) -> ReferenceVoxels:
+        """Reference voxels (shape (..., N); T1, T2 in ms) prepared for repeated :meth:`draw_on`."""
+        m0, t1, t2, labels, _ = self._check(m0, t1, t2, labels, None)
+        post = self.protocol.postprocess
+        return ReferenceVoxels(m0, t1.clamp(min=post.t_min_ms), t2.clamp(min=post.t_min_ms), labels)
+
     def draw(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike, rng: np.random.Generator,
              labels: Optional[ArrayLike] = None, family: Optional[str] = None) -> dict:
         """Draw a family and its sequence parameters on *reference* voxels, with their statistics.
@@ -234,9 +271,13 @@ class ContrastRenderer:
             rendered signal before clipping, the noise reference), ``reference_mean`` and
             ``reference_std`` (of the clipped rendering).
         """
-        m0, t1, t2, labels, _ = self._check(m0, t1, t2, labels, None)
+        return self.draw_on(self.reference(m0, t1, t2, labels), rng, family=family)
+
+    def draw_on(self, ref: ReferenceVoxels, rng: np.random.Generator, family: Optional[str] = None) -> dict:
+        """:meth:`draw` on reference voxels prepared by :meth:`reference` (same draws, same result)."""
         post = self.protocol.postprocess
-        ctx = RenderContext(m0, t1.clamp(min=post.t_min_ms), t2.clamp(min=post.t_min_ms), labels, None, self.protocol)
+        ctx = ref.context(self.protocol)
+        m0, t1, t2 = ref.m0, ref.t1, ref.t2
         i = self.choose_family(rng) if family is None else self._family_index(family)
         fam, spec = self._families[i], self.protocol.families[i]
         params: dict = {"family": fam.name}
@@ -330,7 +371,7 @@ class ContrastRenderer:
             params["noise_snr"] = snr
             params["noise_sigma"] = sigma
             if sigma > 0:
-                image = add_rician_noise(image, sigma, rng, fam.signed)
+                image = add_rician_noise(image, sigma, rng, fam.signed, pool=self.noise_pool)
 
         level = params.get("clip_level")
         if fam.signed:
@@ -347,6 +388,7 @@ class ContrastRenderer:
         grid = int(rng.integers(int(grid_range[0]), int(grid_range[1]) + 1))
         field = smooth_field(rng, shape_yx, grid, value_range)
         params[f"{key}_grid"] = grid
-        params[f"{key}_min"] = float(field.min())
-        params[f"{key}_max"] = float(field.max())
+        lo, hi = torch.aminmax(field)  # one pass instead of two
+        params[f"{key}_min"] = float(lo)
+        params[f"{key}_max"] = float(hi)
         return field

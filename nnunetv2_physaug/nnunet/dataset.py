@@ -7,6 +7,10 @@ renders only the requested region from the aligned maps, so the cost is proporti
 the loader keeps (DESIGN §3). Everything downstream (foreground oversampling, spatial and intensity
 augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
+A rendered load does less of nnU-Net's own work than a real one: it never opens the case's image
+file (blosc2 datasets), and the seg it returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop
+the labels the render already decompressed for the same box (scripts/bench_loader.py --profile).
+
 Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
 ``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
 the case's (``stats="case"``: the sequence parameters, the P99.5 clip level, mean and std come from
@@ -23,9 +27,61 @@ import numpy as np
 import torch
 
 from ..contrast import ContrastRenderer, load_protocol
+from ..contrast.imperfections import NormalPool
+from ..contrast.renderer import ReferenceVoxels
 
 STATS_MODES = ("case", "patch")
 _EPS = 1e-8  # nnU-Net's ZScoreNormalization eps for float32
+
+
+def reference_voxels(renderer: ContrastRenderer, sample: np.ndarray, use_labels: bool) -> ReferenceVoxels:
+    """A case's voxel subsample (4, N: M0, T1 ms, T2 ms, label) prepared for ``renderer.draw_on``."""
+    m0, t1, t2 = (torch.from_numpy(np.ascontiguousarray(sample[i]))[None] for i in range(3))
+    labels = torch.from_numpy(sample[3]).to(torch.int16)[None] if use_labels else None
+    return renderer.reference(m0, t1, t2, labels=labels)
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Whether two basic-slicing keys (tuples of slices/ints) select the same region."""
+    return len(a) == len(b) and all(x == y for x, y in zip(a, b))
+
+
+class SharedSegCrop:
+    """Array-like stand-in for a case's seg (shape (c, z, y, x), blosc2 or numpy) of a rendered load.
+
+    Rendering a crop needs its labels, and nnU-Net's loader then crops the same box out of the seg:
+    without sharing, blosc2 decompresses it twice (~0.1 ms per 2D sample). :meth:`read_shared`
+    (the render's read) keeps its array; the next ``self[key]`` with the same key returns that array
+    once, any other read goes to the seg. The render only reads the array, so handing it on is safe.
+    """
+
+    def __init__(self, seg):
+        self._seg = seg
+        self.shape = tuple(seg.shape)
+        self.dtype = np.dtype(seg.dtype)
+        self.ndim = len(self.shape)
+        self._shared: Optional[tuple[tuple, np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_shared(self, key: tuple) -> np.ndarray:
+        """``seg[key]`` as a numpy array, kept for the next ``self[key]``."""
+        out = np.asarray(self._seg[key])
+        self._shared = (key, out)
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if self._shared is not None and _same_key(self._shared[0], key):
+            out, self._shared = self._shared[1], None
+            return out
+        return np.asarray(self._seg[key])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self._seg[...])
+        return out.astype(dtype) if dtype is not None else out
 
 
 class RenderOnCrop:
@@ -41,10 +97,12 @@ class RenderOnCrop:
     dtype = np.dtype(np.float32)
 
     def __init__(self, maps: np.ndarray, seg, sample: np.ndarray, renderer: ContrastRenderer,
-                 rng: np.random.Generator, use_mask_for_norm: bool, use_labels: bool, stats: str):
+                 rng: np.random.Generator, use_mask_for_norm: bool, use_labels: bool, stats: str,
+                 reference: Optional[ReferenceVoxels] = None):
         self._maps = maps            # (3, z, y, x), possibly a read-only memmap
-        self._seg = seg              # (1, z, y, x) nnU-Net seg (blosc2/numpy), -1 outside the crop mask
+        self._seg = seg              # (1, z, y, x) nnU-Net seg (blosc2/numpy/SharedSegCrop), -1 outside the crop mask
         self._sample = sample        # (4, N): M0, T1, T2, label at voxels of the normalisation mask
+        self._reference = reference  # ``sample`` prepared by renderer.reference (None: prepared here)
         self._renderer = renderer
         self._rng = rng
         self._use_mask = use_mask_for_norm
@@ -60,10 +118,9 @@ class RenderOnCrop:
     def draw_on_case(self) -> dict:
         """Sequence parameters drawn on the case's voxel subsample, with the case-level clip level,
         mean and std of that rendering (what preprocessing's z-score of the whole case would use)."""
-        s = self._sample
-        m0, t1, t2 = (torch.from_numpy(np.ascontiguousarray(s[i]))[None] for i in range(3))
-        labels = torch.from_numpy(s[3]).to(torch.int16)[None] if self._use_labels else None
-        return self._renderer.draw(m0, t1, t2, self._rng, labels=labels)
+        if self._reference is None:
+            self._reference = reference_voxels(self._renderer, self._sample, self._use_labels)
+        return self._renderer.draw_on(self._reference, self._rng)
 
     def __getitem__(self, slices) -> np.ndarray:
         if not isinstance(slices, tuple):
@@ -72,7 +129,11 @@ class RenderOnCrop:
         region = slices[1:]
         # a writable copy of just the crop (the memmap is read-only; torch wants writable arrays)
         maps = np.array(self._maps[(slice(None),) + region], dtype=np.float32)
-        seg = torch.from_numpy(np.asarray(self._seg[(slice(0, 1),) + region])[0].astype(np.int16, copy=False))
+        # read the seg with the key nnU-Net's seg crop will use, so a SharedSegCrop can hand it on
+        seg_key = (slice(None),) + region
+        seg_np = self._seg.read_shared(seg_key) if isinstance(self._seg, SharedSegCrop) else np.asarray(
+            self._seg[seg_key])
+        seg = torch.from_numpy(seg_np[0].astype(np.int16, copy=False))
         valid = seg >= 0
         draw = self.draw_on_case() if self._stats == "case" else None
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),
@@ -121,7 +182,8 @@ class PhysAugTrainingDataset:
         self.use_mask_for_norm = bool(use_mask_for_norm)
         self.use_labels = bool(use_labels)
         self.stats = stats
-        self.renderer = ContrastRenderer(load_protocol(self.protocol))
+        # noise from a per-process pool: fresh Gaussian noise would be the costliest step of a render
+        self.renderer = ContrastRenderer(load_protocol(self.protocol), noise_pool=NormalPool())
         self.p_render = float(self.renderer.p_render if p_render is None else p_render)
         if not 0.0 <= self.p_render <= 1.0:
             raise ValueError(f"p_render must be in [0, 1], got {self.p_render}")
@@ -133,6 +195,8 @@ class PhysAugTrainingDataset:
         self._rng_pid: Optional[int] = None
         self._arrays: dict = {}
         self._arrays_pid: Optional[int] = None
+        self._segs: dict = {}
+        self._segs_pid: Optional[int] = None
 
     # nnU-Net's loader reads these
     @property
@@ -148,6 +212,8 @@ class PhysAugTrainingDataset:
         state["_rng_pid"] = None
         state["_arrays"] = {}  # memmaps are per process
         state["_arrays_pid"] = None
+        state["_segs"] = {}
+        state["_segs_pid"] = None
         return state
 
     @property
@@ -158,25 +224,63 @@ class PhysAugTrainingDataset:
             self._rng_pid = os.getpid()
         return self._rng
 
-    def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray]:
-        """(memory-mapped aligned maps, voxel sample) of a case, opened once per process."""
+    def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray, list[Optional[ReferenceVoxels]]]:
+        """(memory-mapped aligned maps, voxel sample, the sample's reference voxels per posterior
+        sample, prepared on first use) of a case, opened once per process."""
         if self._arrays_pid != os.getpid():
             self._arrays, self._arrays_pid = {}, os.getpid()
         if identifier not in self._arrays:
             folder = Path(self.aligned_folder)
-            self._arrays[identifier] = (
-                np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False),
-                np.load(folder / f"{identifier}_sample.npy", allow_pickle=False))
+            maps = np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False)
+            self._arrays[identifier] = (maps, np.load(folder / f"{identifier}_sample.npy", allow_pickle=False),
+                                        [None] * maps.shape[0])
         return self._arrays[identifier]
 
+    def _load_labels(self, identifier: str):
+        """(seg, seg_prev, properties) of a case, as ``base.load_case`` returns them.
+
+        A rendered load never reads the image, so for nnU-Net's blosc2 dataset this opens only the
+        seg (and previous-stage seg) and loads the properties, as ``nnUNetDatasetBlosc2.load_case``
+        does; the memory-mapped seg handles are kept per process like the maps (opening the image
+        and seg files costs ~0.1-0.2 ms each per load). Other dataset classes load the case.
+        """
+        from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+        base = self.base
+        if type(base) is not nnUNetDatasetBlosc2 or not base.mmap_kwargs:  # a subclass may load differently
+            _, seg, seg_prev, properties = base.load_case(identifier)
+            return seg, seg_prev, properties
+        import blosc2
+        from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+        if self._segs_pid != os.getpid():
+            self._segs, self._segs_pid = {}, os.getpid()
+        if identifier not in self._segs:
+            dparams = {"nthreads": 1}
+            seg = blosc2.open(urlpath=os.path.join(base.source_folder, identifier + "_seg.b2nd"), mode="r",
+                              dparams=dparams, **base.mmap_kwargs)
+            seg_prev = None
+            if base.folder_with_segs_from_previous_stage is not None:
+                seg_prev = blosc2.open(urlpath=os.path.join(base.folder_with_segs_from_previous_stage,
+                                                            identifier + ".b2nd"),
+                                       mode="r", dparams=dparams, **base.mmap_kwargs)
+            self._segs[identifier] = (seg, seg_prev)
+        seg, seg_prev = self._segs[identifier]
+        # properties are loaded per load as nnU-Net does (class locations can be large: not kept)
+        properties = load_pickle(os.path.join(base.source_folder, identifier + ".pkl"))
+        return seg, seg_prev, properties
+
     def load_case(self, identifier: str):
-        data, seg, seg_prev, properties = self.base.load_case(identifier)
         rng = self.rng
         if rng.random() >= self.p_render:
-            return data, seg, seg_prev, properties
-        maps, sample = self._case_arrays(identifier)
+            return self.base.load_case(identifier)
+        seg, seg_prev, properties = self._load_labels(identifier)
+        seg = SharedSegCrop(seg)
+        maps, sample, refs = self._case_arrays(identifier)
         k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
+        if refs[k] is None and self.stats == "case":
+            refs[k] = reference_voxels(self.renderer, sample[k], self.use_labels)
         view = RenderOnCrop(maps[k], seg, sample[k], self.renderer, rng, self.use_mask_for_norm,
-                            self.use_labels, self.stats)
+                            self.use_labels, self.stats, reference=refs[k])
         view.posterior_sample = k
         return view, seg, seg_prev, properties
