@@ -233,8 +233,8 @@ class _IRGre(_GdFamily):
         if not self.signed:
             mz = mz.abs()
         # FLASH readout of the (partly recovered) prepared Mz: sin(a) exp(-TE/T2*) (T2 for T2*).
-        read = torch.sin(flip * (math.pi / 180.0)) if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
-        return mz.mul_(read).mul_(ctx.t2.reciprocal().mul_(-p["te_ms"]).exp_())
+        read = fast.cos_sin(flip * (math.pi / 180.0))[1] if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
+        return mz.mul_(read).mul_(fast.exp_(ctx.t2.reciprocal().mul_(-p["te_ms"])))
 
 
 class LGE(_IRGre):
@@ -295,8 +295,8 @@ class SaturationRecoveryPerfusion(_GdFamily):
     def render(self, ctx, p):
         mz = signal.saturation_recovery(ctx.m0, self._t1_post(ctx, p), p["ts_ms"])
         flip = self._flip(ctx, p["flip_deg"])
-        read = torch.sin(flip * (math.pi / 180.0)) if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
-        return mz.mul_(read).mul_(ctx.t2.reciprocal().mul_(-p["te_ms"]).exp_())
+        read = fast.cos_sin(flip * (math.pi / 180.0))[1] if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
+        return mz.mul_(read).mul_(fast.exp_(ctx.t2.reciprocal().mul_(-p["te_ms"])))
 
 
 class T2PrepBSSFP(Family):
@@ -318,7 +318,7 @@ class T2PrepBSSFP(Family):
 
     def render(self, ctx, p):
         readout = fast.bssfp(ctx.m0, ctx.t1, ctx.t2, self._flip(ctx, p["flip_deg"]), p["tr_ms"])
-        return readout.mul_(ctx.t2.reciprocal().mul_(-p["te_prep_ms"]).exp_())  # signal.t2prep weight
+        return readout.mul_(fast.exp_(ctx.t2.reciprocal().mul_(-p["te_prep_ms"])))  # signal.t2prep weight
 
 
 class TSE(Family):

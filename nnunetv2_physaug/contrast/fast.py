@@ -8,30 +8,67 @@ against :mod:`~nnunetv2_physaug.physics.signal` and against hand-written numpy f
 
 ``flip_deg`` may be a float or a tensor broadcastable to the maps (a (Y, X) B1-scaled flip map).
 Times in ms, angles in degrees. The inputs are never modified.
+
+The transcendental functions (:func:`exp_`, :func:`sqrt_`, :func:`cos_sin`) run numpy's
+vectorised kernels on CPU tensors outside autograd (same values to float32 rounding): on the
+loader's CPUs they take a third to a half of torch's time for a 128² map (exp ~9 vs ~18 us, cos ~10
+vs ~27 us), and a render evaluates several of them.
 """
 from __future__ import annotations
 
 import math
 from typing import Union
 
+import numpy as np
 import torch
 
-__all__ = ["spoiled_gre", "bssfp", "look_locker"]
+__all__ = ["spoiled_gre", "bssfp", "look_locker", "exp_", "sqrt_", "cos_sin"]
 
 Flip = Union[float, torch.Tensor]
+
+
+def _numpy_ok(x: torch.Tensor) -> bool:
+    """Whether ``x`` can be updated through a numpy view (CPU float32, no autograd)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+
+
+def exp_(x: torch.Tensor) -> torch.Tensor:
+    """``x.exp_()`` (in place, returns ``x``)."""
+    if not _numpy_ok(x):
+        return x.exp_()
+    v = x.numpy()
+    np.exp(v, out=v)
+    return x
+
+
+def sqrt_(x: torch.Tensor) -> torch.Tensor:
+    """``x.sqrt_()`` (in place, returns ``x``)."""
+    if not _numpy_ok(x):
+        return x.sqrt_()
+    v = x.numpy()
+    np.sqrt(v, out=v)
+    return x
+
+
+def cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New tensors ``cos(a)``, ``sin(a)`` (a in radians)."""
+    if not _numpy_ok(a):
+        return torch.cos(a), torch.sin(a)
+    v = a.numpy()
+    return torch.from_numpy(np.cos(v)), torch.from_numpy(np.sin(v))
 
 
 def _trig(flip_deg: Flip):
     if isinstance(flip_deg, torch.Tensor):
         a = flip_deg * (math.pi / 180.0)
-        return torch.cos(a), torch.sin(a), a
+        return (*cos_sin(a), a)
     a = math.radians(flip_deg)
     return math.cos(a), math.sin(a), a
 
 
 def _decay(t: torch.Tensor, time_ms: float) -> torch.Tensor:
     """A new tensor ``exp(-time_ms / t)``."""
-    return torch.reciprocal(t).mul_(-time_ms).exp_()
+    return exp_(torch.reciprocal(t).mul_(-time_ms))
 
 
 def spoiled_gre(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, tr_ms: float,
@@ -42,7 +79,7 @@ def spoiled_gre(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: 
     s = _decay(t1, tr_ms)                       # E1
     den = torch.mul(s, ca).neg_().add_(1.0)     # 1 - cos(a) E1
     s.neg_().add_(1.0).div_(den)                # (1 - E1) / (1 - cos(a) E1)
-    torch.reciprocal(t2, out=den).mul_(-te_ms).exp_()
+    exp_(torch.reciprocal(t2, out=den).mul_(-te_ms))
     return s.mul_(den).mul_(m0).mul_(sa)
 
 
@@ -53,7 +90,7 @@ def bssfp(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, 
     e1 = _decay(t1, tr_ms)
     e2 = _decay(t2, tr_ms)
     den = torch.sub(e1, e2).mul_(ca).neg_().add_(1.0).addcmul_(e1, e2, value=-1.0)
-    return e1.neg_().add_(1.0).mul_(e2.sqrt_()).div_(den).mul_(m0).mul_(sa)
+    return e1.neg_().add_(1.0).mul_(sqrt_(e2)).div_(den).mul_(m0).mul_(sa)
 
 
 def look_locker(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: Flip, ti_ms: float) -> torch.Tensor:
@@ -62,12 +99,12 @@ def look_locker(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: 
     INV = 1 + sin(a/2)/sin(a) D, 1/T1* = cos²(a/2)/T1 + sin²(a/2)/T2."""
     ca, sa, a = _trig(flip_deg)
     if isinstance(a, torch.Tensor):
-        sh, ch = torch.sin(a / 2.0), torch.cos(a / 2.0)
+        ch, sh = cos_sin(a / 2.0)
     else:
         sh, ch = math.sin(a / 2.0), math.cos(a / 2.0)
     den = torch.div(t1, t2).mul_(1.0 - ca).add_(1.0 + ca)          # D
     inv = torch.mul(den, sh / sa).add_(1.0)                          # INV
     rate = torch.reciprocal(t2).mul_(sh * sh)
     rate.add_(torch.reciprocal(t1).mul_(ch * ch))                    # 1/T1*
-    inv.mul_(rate.mul_(-ti_ms).exp_()).neg_().add_(1.0)              # 1 - INV exp(-TI/T1*)
+    inv.mul_(exp_(rate.mul_(-ti_ms))).neg_().add_(1.0)               # 1 - INV exp(-TI/T1*)
     return inv.mul_(m0).mul_(sa).div_(den).abs_()

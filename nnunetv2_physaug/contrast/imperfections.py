@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .families import ParamSpec
+from .fast import sqrt_
 
 __all__ = ["IMPERFECTIONS", "smooth_field", "add_rician_noise", "NormalPool"]
 
@@ -139,4 +140,4 @@ def add_rician_noise(image: torch.Tensor, sigma: float, rng: np.random.Generator
     real, imag = n[0], n[1]
     real.mul_(sigma).add_(image).square_()
     imag.mul_(sigma).square_()
-    return real.add_(imag).sqrt_()
+    return sqrt_(real.add_(imag))
