@@ -385,6 +385,38 @@ def test_fast_forms_equal_physics_module(name, flip_map):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["inversion_recovery", "inversion_recovery_signed", "saturation_recovery",
+                                  "spin_echo", "gd_t1"])
+def test_fast_relaxation_forms_equal_physics_module(name):
+    """The in-place forms of the Gd families and TSE agree with physics.signal (float64), inputs untouched."""
+    from nnunetv2_physaug.contrast import fast
+    from nnunetv2_physaug.physics import signal
+    rng = np.random.default_rng(1)
+    shape = (2, 20, 24)
+    m0 = torch.from_numpy(rng.uniform(0.1, 1.0, shape).astype(np.float32))
+    t1 = torch.from_numpy(rng.uniform(200, 2000, shape).astype(np.float32))
+    t2 = torch.from_numpy(rng.uniform(20, 300, shape).astype(np.float32))
+    conc = torch.from_numpy(rng.uniform(0.0, 6.0, shape).astype(np.float32))
+    before = [x.clone() for x in (m0, t1, t2, conc)]
+    d = lambda x: x.double()  # noqa: E731
+    got, ref = {
+        "inversion_recovery": lambda: (fast.inversion_recovery(m0, t1, 350.0, 1800.0, signed=False),
+                                       signal.inversion_recovery(d(m0), d(t1), 350.0, 1800.0, signed=False)),
+        "inversion_recovery_signed": lambda: (fast.inversion_recovery(m0, t1, 350.0, 1800.0, signed=True),
+                                              signal.inversion_recovery(d(m0), d(t1), 350.0, 1800.0, signed=True)),
+        "saturation_recovery": lambda: (fast.saturation_recovery(m0, t1, 90.0),
+                                        signal.saturation_recovery(d(m0), d(t1), 90.0)),
+        "spin_echo": lambda: (fast.spin_echo(m0, t1, t2, 2000.0, 60.0), signal.spin_echo(d(m0), d(t1), d(t2), 2000.0, 60.0)),
+        "gd_t1": lambda: (fast.gd_t1(t1, conc, 4.5), signal.gd_t1(d(t1), d(conc), 4.5)),
+    }[name]()
+    assert got.dtype == torch.float32 and got.shape == shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=3e-5, atol=1e-6)
+    if name == "inversion_recovery_signed":
+        assert (got < 0).any() and (got > 0).any()
+    for a, b in zip((m0, t1, t2, conc), before):
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------- tissue contrast
 
 def test_bssfp_blood_brighter_than_myocardium():

@@ -3,9 +3,10 @@
 Each family is a small stateless class (TorchIO style): :meth:`Family.sample` draws one set of
 sequence parameters from the protocol's ranges with a ``numpy.random.Generator``;
 :meth:`Family.render` evaluates the signal equation of :mod:`nnunetv2_physaug.physics.signal`
-on the tissue maps held by a :class:`RenderContext` (for GRE, bSSFP and Look-Locker through the
-equivalent in-place forms of :mod:`.fast`, which the tests check against the physics module). Ranges and probabilities are data (the
-protocol files in ``presets/``); the classes only know the physics and which parameters exist.
+on the tissue maps held by a :class:`RenderContext`, through the equivalent in-place forms of
+:mod:`.fast` wherever the loader's render has one (the tests check them against the physics module).
+Ranges and probabilities are data (the protocol files in ``presets/``); the classes only know the
+physics and which parameters exist.
 
 Units: times in ms, flip angles in degrees, Gd concentrations in mmol/L. Parameters whose name
 ends in ``_factor``/``_fraction`` are unitless.
@@ -193,7 +194,7 @@ class _GdFamily(Family):
     def _t1_post(ctx: "RenderContext", p: dict) -> torch.Tensor:
         """Post-contrast T1 (ms) from :func:`~nnunetv2_physaug.physics.signal.gd_t1` per region."""
         conc = ctx.gd_concentration(p["conc_blood_mmol"], p["conc_myocardium_mmol"], p["conc_other_mmol"], p)
-        return signal.gd_t1(ctx.t1, conc, r1=ctx.r1)
+        return fast.gd_t1(ctx.t1, conc, r1=ctx.r1)
 
 
 class _IRGre(_GdFamily):
@@ -225,7 +226,7 @@ class _IRGre(_GdFamily):
         t1_post = ctx.cache.pop("t1_post", None)
         if t1_post is None:
             t1_post = self._t1_post(ctx, p)
-        mz = signal.inversion_recovery(ctx.m0, t1_post, p["ti_ms"], p["tr_inv_ms"], signed=True)
+        mz = fast.inversion_recovery(ctx.m0, t1_post, p["ti_ms"], p["tr_inv_ms"], signed=True)
         flip = self._flip(ctx, p["flip_deg"])
         n = round(p["readout_pulses"])
         if n > 0:  # the readout train before the k-space centre drives Mz towards the FLASH steady state
@@ -293,7 +294,7 @@ class SaturationRecoveryPerfusion(_GdFamily):
     uses_flip = True
 
     def render(self, ctx, p):
-        mz = signal.saturation_recovery(ctx.m0, self._t1_post(ctx, p), p["ts_ms"])
+        mz = fast.saturation_recovery(ctx.m0, self._t1_post(ctx, p), p["ts_ms"])
         flip = self._flip(ctx, p["flip_deg"])
         read = fast.cos_sin(flip * (math.pi / 180.0))[1] if isinstance(flip, torch.Tensor) else math.sin(math.radians(flip))
         return mz.mul_(read).mul_(fast.exp_(ctx.t2.reciprocal().mul_(-p["te_ms"])))
@@ -354,7 +355,7 @@ class TSE(Family):
               "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0)}
 
     def render(self, ctx, p):
-        s = signal.spin_echo(ctx.m0, ctx.t1, ctx.t2, p["tr_ms"], p["te_ms"])
+        s = fast.spin_echo(ctx.m0, ctx.t1, ctx.t2, p["tr_ms"], p["te_ms"])
         if p["blood_factor"] == 1.0:
             return s
         blood = ctx.blood_mask()

@@ -22,7 +22,8 @@ from typing import Union
 import numpy as np
 import torch
 
-__all__ = ["spoiled_gre", "bssfp", "look_locker", "exp_", "sqrt_", "cos_sin"]
+__all__ = ["spoiled_gre", "bssfp", "look_locker", "inversion_recovery", "saturation_recovery", "spin_echo", "gd_t1",
+           "exp_", "sqrt_", "cos_sin"]
 
 Flip = Union[float, torch.Tensor]
 
@@ -108,3 +109,28 @@ def look_locker(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, flip_deg: 
     rate.add_(torch.reciprocal(t1).mul_(ch * ch))                    # 1/T1*
     inv.mul_(exp_(rate.mul_(-ti_ms))).neg_().add_(1.0)               # 1 - INV exp(-TI/T1*)
     return inv.mul_(m0).mul_(sa).div_(den).abs_()
+
+
+def inversion_recovery(m0: torch.Tensor, t1: torch.Tensor, ti_ms: float, tr_ms: float, signed: bool) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.inversion_recovery` with an inversion repetition:
+    ``M0 (1 - 2 exp(-TI/T1) + exp(-TR/T1))``, its magnitude unless ``signed``."""
+    rate = torch.reciprocal(t1)
+    mz = exp_(torch.mul(rate, -ti_ms)).mul_(-2.0).add_(1.0).add_(exp_(rate.mul_(-tr_ms)))
+    mz.mul_(m0)
+    return mz if signed else mz.abs_()
+
+
+def saturation_recovery(m0: torch.Tensor, t1: torch.Tensor, ts_ms: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.saturation_recovery`: ``M0 (1 - exp(-TS/T1))``."""
+    return _decay(t1, ts_ms).neg_().add_(1.0).mul_(m0)
+
+
+def spin_echo(m0: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, tr_ms: float, te_ms: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.spin_echo`: ``M0 (1 - exp(-TR/T1)) exp(-TE/T2)``."""
+    return _decay(t1, tr_ms).neg_().add_(1.0).mul_(_decay(t2, te_ms)).mul_(m0)
+
+
+def gd_t1(t1: torch.Tensor, conc_mmol: torch.Tensor, r1: float) -> torch.Tensor:
+    """Same as :func:`nnunetv2_physaug.physics.signal.gd_t1`: T1 (ms) after Gd uptake,
+    ``1 / (1/T1 + r1 [Gd] / 1000)`` (r1 in L/(mmol s), [Gd] in mmol/L)."""
+    return torch.mul(conc_mmol, r1 / 1000.0).add_(torch.reciprocal(t1)).reciprocal_()

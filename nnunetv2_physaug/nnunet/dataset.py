@@ -133,8 +133,9 @@ class RenderOnCrop:
         seg_key = (slice(None),) + region
         seg_np = self._seg.read_shared(seg_key) if isinstance(self._seg, SharedSegCrop) else np.asarray(
             self._seg[seg_key])
-        seg = torch.from_numpy(seg_np[0].astype(np.int16, copy=False))
-        valid = seg >= 0
+        seg_np = seg_np[0].astype(np.int16, copy=False)
+        seg = torch.from_numpy(seg_np)
+        valid = torch.from_numpy(seg_np >= 0)  # numpy: ~4x faster than torch's int16 compare
         draw = self.draw_on_case() if self._stats == "case" else None
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),
                                                  torch.from_numpy(maps[2]), self._rng,
