@@ -75,13 +75,16 @@ class NormalPool:
     """Standard-normal float32 values for noise, served as windows of a pool drawn from the caller's rng.
 
     :meth:`take` returns ``n`` consecutive values of the pool from an offset drawn uniformly from the
-    caller's ``numpy.random.Generator``, times a random sign: every window is exactly i.i.d. N(0, 1),
-    and the render that uses it stays reproducible from its rng. The pool (``size`` values, 4 bytes
-    each) is redrawn from the caller's rng once it has served ``reuse`` times its size, so a value
-    recurs in about ``reuse`` windows, at other pixels of other samples (independent of their
-    images, labels and sigma). Redrawing costs ~3.5 ns a value, so a 128² Rician sample (2 x 16384
-    values) costs 1 / ``reuse`` of a fresh draw. Requests larger than a quarter of the pool are drawn
-    fresh. Not shared between processes: the owner creates one per process.
+    caller's ``numpy.random.Generator``, times a random sign: every window is exactly i.i.d. N(0, 1).
+    The pool (``size`` values, 4 bytes each) is redrawn from the caller's rng once it has served
+    ``reuse`` times its size, so a value recurs in about ``reuse`` windows, at other pixels of other
+    samples (independent of their images, labels and sigma). Redrawing costs ~3.5 ns a value, so a
+    128² Rician sample (2 x 16384 values) costs 1 / ``reuse`` of a fresh draw. Requests larger than a
+    quarter of the pool are drawn fresh. A render's noise is a function of its rng *and* of the
+    pool's state (the renders since the last redraw): the same sequence of rng streams gives the
+    same noise, which suits the loader's one stream per process; one-off renders that must follow
+    from their own seed alone use no pool (:class:`~.renderer.ContrastRenderer`'s default). Not shared
+    between processes: a forked or unpickled copy draws its own pool.
     """
 
     def __init__(self, size: int = 1 << 21, reuse: float = 8.0):
