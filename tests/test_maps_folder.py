@@ -154,3 +154,20 @@ def test_two_unsharded_runs_into_one_folder_never_compute_a_case_twice(tmp_path)
     assert done[0] | done[1] == {f"case{i:02d}" for i in range(8)}
     assert TissueMapFolder(out).complete_cases() == [f"case{i:02d}" for i in range(8)]
     assert set(read_manifest(out)["cases"]) == {f"case{i:02d}" for i in range(8)}
+
+
+def test_a_folder_of_the_previous_format_is_a_clear_error_and_overwrite_redoes_it(tmp_path, references):
+    from nnunetv2_physaug.maps import TissueMapError
+
+    images, _, seed1 = references
+    out = tmp_path / "maps"
+    shutil.copytree(seed1, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 1  # as written before commit records named the map bytes
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TissueMapError, match=r"manifest.json has format version 1.*--overwrite"):
+        run_reverse(images, out, seed=1, progress=False)
+    with pytest.raises(TissueMapError, match="format version 1"):  # what the trainer's check meets
+        TissueMapFolder(out).missing(CASES)
+    s = run_reverse(images, out, seed=1, overwrite=True, progress=False)
+    assert sorted(s.done) == CASES and TissueMapFolder(out).complete_cases() == CASES
