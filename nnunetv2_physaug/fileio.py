@@ -9,6 +9,7 @@ lab group stay readable to it, as nnU-Net's own files are.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -100,20 +101,14 @@ def recover_staged(target: Path) -> None:
     staging_prefix, old_prefix = _staging_names(target)
     if not target.parent.is_dir():
         return
-    olds = sorted(target.parent.glob(glob_escape(old_prefix) + "*"))
+    olds = sorted(target.parent.glob(glob.escape(old_prefix) + "*"))
     if not target.exists():
         for old in olds:
             if (old / "old").is_dir():
                 os.replace(old / "old", target)
                 break
-    for leftover in olds + sorted(target.parent.glob(glob_escape(staging_prefix) + "*")):
+    for leftover in olds + sorted(target.parent.glob(glob.escape(staging_prefix) + "*")):
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with glob metacharacters escaped (for Path.glob)."""
-    import glob
-    return glob.escape(text)
 
 
 @contextlib.contextmanager

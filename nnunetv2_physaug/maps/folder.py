@@ -40,7 +40,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, TextIO
+from typing import Iterable, Optional, TextIO
 
 import numpy as np
 
@@ -69,6 +69,10 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _identity_of(manifest: dict) -> dict:
+    return {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}
+
+
 def _file_digest(path: Path) -> dict:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,18 +98,33 @@ def _describe_difference(old: dict, new: dict) -> str:
     return "; ".join(parts)
 
 
-class CaseLock:
-    """An exclusive lock on one case of a maps folder; released by :meth:`release` or when the process ends."""
+class FileLock:
+    """An exclusive ``fcntl`` lock on a lock file; released by :meth:`release` or when the process ends."""
 
     def __init__(self, handle: TextIO) -> None:
         self._handle: Optional[TextIO] = handle
+
+    @classmethod
+    def acquire(cls, path: Path, blocking: bool) -> Optional["FileLock"]:
+        """Lock ``path`` (created if missing); None when another process holds it and not ``blocking``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return None
+        except BaseException:
+            handle.close()
+            raise
+        return cls(handle)
 
     def release(self) -> None:
         if self._handle is not None:
             self._handle.close()  # closing the descriptor drops the flock
             self._handle = None
 
-    def __enter__(self) -> "CaseLock":
+    def __enter__(self) -> "FileLock":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -172,9 +191,7 @@ class TissueMapFolder:
     def identity(self) -> Optional[dict]:
         """``{estimator, prior_hash, parameters}`` recorded by the manifest, None without one."""
         manifest = self.manifest()
-        if not manifest:
-            return None
-        return {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}
+        return _identity_of(manifest) if manifest else None
 
     def identity_hash(self) -> Optional[str]:
         """Hash of :meth:`identity` (what commit records carry), None without a manifest."""
@@ -192,16 +209,9 @@ class TissueMapFolder:
             "cases": cases,
         })
 
-    @contextlib.contextmanager
-    def manifest_lock(self) -> Iterator[None]:
-        """Exclusive inter-process lock on the manifest (blocking)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK_NAME, "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def manifest_lock(self) -> FileLock:
+        """Exclusive inter-process lock on the manifest (blocking; use as ``with folder.manifest_lock():``)."""
+        return FileLock.acquire(self.path / LOCK_NAME, blocking=True)
 
     def establish(self, identity: dict, overwrite: bool) -> str:
         """Check or set the folder's identity before any map is written.
@@ -219,7 +229,12 @@ class TissueMapFolder:
         ident = identity_hash(identity)
         with self.manifest_lock():
             self._remove_stale_manifest_temps()
-            manifest = {} if (overwrite and not self._manifest_readable()) else self.manifest()
+            try:
+                manifest = self.manifest()
+            except TissueMapError:  # unreadable or of another format: --overwrite replaces it
+                if not overwrite:
+                    raise
+                manifest = {}
             if not manifest:
                 existing = self.cases_with_files()
                 if existing and not overwrite:
@@ -229,7 +244,7 @@ class TissueMapFolder:
                         "another output folder (-o) or pass --overwrite to replace them")
                 self._write_manifest(identity, {})
                 return ident
-            old = {k: manifest.get(k) for k in ("estimator", "prior_hash", "parameters")}
+            old = _identity_of(manifest)
             if _canonical(old) != identity:
                 if not overwrite:
                     raise CacheMismatchError(
@@ -242,13 +257,6 @@ class TissueMapFolder:
                 warnings.warn(f"maps folder {self.path} was made by nnunetv2-physaug {manifest.get('package_version')},"
                               f" this is {_package_version()}; estimator and parameters match, continuing")
         return ident
-
-    def _manifest_readable(self) -> bool:
-        try:
-            self.manifest()
-            return True
-        except TissueMapError:
-            return False
 
     def _remove_stale_manifest_temps(self) -> None:
         # called under the manifest lock: every manifest writer holds it, so any temp manifest is a leftover
@@ -295,27 +303,18 @@ class TissueMapFolder:
 
     def complete_cases(self, ident_hash: Optional[str] = None) -> list[str]:
         """Sorted cases that are complete."""
+        ident_hash = ident_hash or self.identity_hash()  # the manifest is read once, not once per case
         return [c for c in self.cases_with_files() if self.is_complete(c, ident_hash)]
 
     def missing(self, cases: Iterable[str], ident_hash: Optional[str] = None) -> list[str]:
         """The cases of ``cases`` that are not complete (in the given order)."""
+        ident_hash = ident_hash or self.identity_hash()
         return [c for c in cases if not self.is_complete(c, ident_hash)]
 
     # --- writing -------------------------------------------------------------------------------
-    def try_lock_case(self, case: str, blocking: bool = False) -> Optional[CaseLock]:
+    def try_lock_case(self, case: str, blocking: bool = False) -> Optional[FileLock]:
         """Take the lock of ``case``; None when another process holds it (and ``blocking`` is False)."""
-        lock_dir = self.path / CASE_LOCK_DIRNAME
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_dir / f"{case}.lock", "a")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.close()
-            return None
-        except BaseException:
-            handle.close()
-            raise
-        return CaseLock(handle)
+        return FileLock.acquire(self.path / CASE_LOCK_DIRNAME / f"{case}.lock", blocking)
 
     def write_case(self, case: str, m0: np.ndarray, t1: np.ndarray, t2: np.ndarray, affine: np.ndarray,
                    ident_hash: str, qc: dict) -> None:

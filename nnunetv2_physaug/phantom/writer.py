@@ -13,6 +13,7 @@ complete, so an interrupted run leaves no half-written dataset.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import time
@@ -24,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes, atomic_write_json, glob_escape, recover_staged, staged_folder
+from ..fileio import atomic_write_bytes, atomic_write_json, recover_staged, staged_folder
 from ..maps.folder import TissueMapFolder
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
@@ -157,7 +158,7 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
     plan = _plan(out_dir, domains, first_id)
     for p in plan:  # undo what a killed earlier run left: restore a dataset caught mid-swap, drop staging folders
         recover_staged(out_dir / p["name"])
-        for legacy in out_dir.glob(glob_escape(f".tmp-{p['name']}-") + "*"):  # staging folders of earlier versions
+        for legacy in out_dir.glob(glob.escape(f".tmp-{p['name']}-") + "*"):  # staging folders of earlier versions
             shutil.rmtree(legacy, ignore_errors=True)
     _check_targets(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)

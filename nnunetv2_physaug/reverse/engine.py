@@ -29,7 +29,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..maps.folder import CaseLock, TissueMapFolder
+from ..maps.folder import FileLock, TissueMapFolder
 from ..maps.store import TissueMapError
 from . import shard as sharding
 from .base import SliceEstimator
@@ -305,7 +305,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                desc=f"reverse ({estimator.name})")
 
     pending: dict[str, _CaseWork] = {}
-    locks: dict[str, CaseLock] = {}
+    locks: dict[str, FileLock] = {}
     queue: list[tuple[str, int]] = []
 
     def release(c: str) -> None:
