@@ -19,21 +19,10 @@ import pytest
 
 from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps, read_manifest
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
-from test_reverse_engine import PY, _subprocess_env, make_dataset
+from test_reverse_engine import _SLOW_WRITER, PY, _subprocess_env, make_dataset
 
 N_CASES = 5
 CASES = [f"case{i:02d}" for i in range(N_CASES)]
-
-_SLOW_WRITER = """
-import sys, time, nibabel
-_save = nibabel.save
-def slow_save(img, path):  # keep each temp file on disk for a while so the kill lands mid-case
-    _save(img, path)
-    time.sleep(0.15)
-nibabel.save = slow_save
-from nnunetv2_physaug.cli.reverse import main
-main(sys.argv[1:])
-"""
 
 
 def _same_maps(a: Path, b: Path, case: str) -> bool:

@@ -33,22 +33,23 @@ def _numpy_ok(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
 
 
+def _in_place(x: torch.Tensor, numpy_ufunc, torch_method) -> torch.Tensor:
+    """``numpy_ufunc`` on ``x``'s memory when :func:`_numpy_ok`, else ``torch_method(x)``; returns ``x``."""
+    if not _numpy_ok(x):
+        return torch_method(x)
+    v = x.numpy()
+    numpy_ufunc(v, out=v)
+    return x
+
+
 def exp_(x: torch.Tensor) -> torch.Tensor:
     """``x.exp_()`` (in place, returns ``x``)."""
-    if not _numpy_ok(x):
-        return x.exp_()
-    v = x.numpy()
-    np.exp(v, out=v)
-    return x
+    return _in_place(x, np.exp, torch.Tensor.exp_)
 
 
 def sqrt_(x: torch.Tensor) -> torch.Tensor:
     """``x.sqrt_()`` (in place, returns ``x``)."""
-    if not _numpy_ok(x):
-        return x.sqrt_()
-    v = x.numpy()
-    np.sqrt(v, out=v)
-    return x
+    return _in_place(x, np.sqrt, torch.Tensor.sqrt_)
 
 
 def cos_sin(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
