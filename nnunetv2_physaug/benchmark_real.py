@@ -171,17 +171,44 @@ def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str
     return out
 
 
+def predict_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], plans: str, device: str,
+                env: dict, logs: Path, inputs: Path, out: Path, jobs: int = 1) -> None:
+    """``nnUNetv2_predict`` of every (trainer, fold) model on its fold's test inputs into
+    ``out/<trainer>/fold_<fold>`` (no test-time mirroring), ``jobs`` at a time (one folder per model, so
+    parallel runs never share files)."""
+    todo = [(t, fold) for t in trainers for fold in folds]
+
+    def one(item):
+        t, fold = item
+        dest = out / t / f"fold_{fold}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        n_proc = "1" if jobs > 1 else str(max(1, int(env.get("nnUNet_def_n_proc", "1"))))
+        return run_step(f"predict {t} fold {fold}",
+                        ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
+                         "-d", str(dataset_id), "-c", "2d", "-tr", t, "-p", plans, "-f", fold, "--disable_tta",
+                         "-device", device, "-npp", n_proc, "-nps", n_proc, "--disable_progress_bar"],
+                        env, logs)
+    if jobs <= 1:
+        for item in todo:
+            one(item)
+    else:
+        with cf.ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(one, item) for item in todo]:
+                f.result()
+
+
 def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], plans: str, device: str,
-                 work: Path) -> list[dict]:
-    """Predict each model's test patients (all three sequences in one predictor call per model and
+                 work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
+    """Predict each model's test patients (all three sequences in one ``nnUNetv2_predict`` per model and
     fold), pool them per (trainer, sequence), score with nnU-Net's metrics and the pathology breakdown."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from .evaluate import predict_folder, score_folder
+    from .evaluate import score_folder
 
     register_ext_trainers()
     pre = Path(os.environ["nnUNet_preprocessed"]) / ds.name
     splits = json.loads((pre / "splits_final.json").read_text())
-    folds = list(range(len(splits))) if mode == "cv" else ["all"]
+    folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
     for d in [root / "_labels" / s for s in SEQUENCES] + [root / t / s for t in trainers for s in SEQUENCES]:
@@ -190,25 +217,22 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
         d.mkdir(parents=True)
     fold_cases = {}
     for fold in folds:  # the test patients' links and labels are shared by every model
-        cases = fold_cases[fold] = patients_under_test(ds, mode, fold if mode == "cv" else None, splits)
+        cases = fold_cases[fold] = patients_under_test(ds, mode, int(fold) if mode == "cv" else None, splits)
         linked_test_folder(ds, mode, cases, root / "_inputs" / f"fold_{fold}")
         for case in cases:
             for s in SEQUENCES:
                 shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
+    print(f"[bench_real] predict {len(trainers)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
+    predict_all(dataset_id, folds, trainers, plans, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
     rows = []
     for t in trainers:
         model = Path(get_output_folder(dataset_id, t, plans, "2d"))
         for fold in folds:
-            cases = fold_cases[fold]
-            tmp = root / "_fold_tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            print(f"[bench_real] predict {t} fold {fold}: {len(cases)} patients x {len(SEQUENCES)} sequences", flush=True)
-            predict_folder(model, root / "_inputs" / f"fold_{fold}", tmp, [fold], device, tta=False)
-            for case in cases:
+            for case in fold_cases[fold]:
                 for s in SEQUENCES:
-                    shutil.move(str(tmp / f"{case}__{s}.nii.gz"), root / t / s / f"{case}.nii.gz")
-            shutil.rmtree(tmp)
+                    shutil.move(str(root / "_by_fold" / t / f"fold_{fold}" / f"{case}__{s}.nii.gz"),
+                                root / t / s / f"{case}.nii.gz")
+        shutil.rmtree(root / "_by_fold" / t)
         for s in SEQUENCES:
             pooled = root / t / s
             scores = score_folder(root / "_labels" / s, pooled, model)
@@ -218,6 +242,24 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
             print(f"[bench_real] {t} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
                   f"({scores['n_cases']} patients)", flush=True)
     return rows
+
+
+def earlier_rows(results_json: Path, trainer: str, settings: dict) -> list[dict]:
+    """``trainer``'s rows of an earlier report (``--baseline-from``), refused unless that run had the same
+    mode, budget, width, plans, crop, spacing and folds (its patients are then this run's)."""
+    try:
+        earlier = json.loads(Path(results_json).read_text())
+        old, rows = earlier["settings"], [r for r in earlier["rows"] if r["model"] == trainer]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BenchmarkError(f"--baseline-from {results_json}: not a bench_real results.json ({e})") from None
+    keys = ("mode", "budget_epochs", "width", "plans", "crop_mm", "spacing_mm", "folds")
+    differ = [f"{k} {old.get(k)!r} (now {settings[k]!r})" for k in keys if old.get(k) != settings[k]]
+    if differ:
+        raise BenchmarkError(f"--baseline-from {results_json}: that run had other settings: {', '.join(differ)}; "
+                             f"rerun the baseline instead")
+    if sorted(r["sequence"] for r in rows) != sorted(SEQUENCES):
+        raise BenchmarkError(f"--baseline-from {results_json}: no rows of {trainer} for {', '.join(SEQUENCES)}")
+    return [{**r, "from": str(results_json)} for r in rows]
 
 
 # ----------------------------------------------------------------------------- report
@@ -242,6 +284,10 @@ def markdown_report(rows: list[dict]) -> str:
         cells = [f"{by[(m, s)]['pathology'][p]['as_myocardium']:.1%} ({by[(m, s)]['pathology'][p]['as_LV']:.1%})"
                  for m in models]
         lines.append(f"| {p} on {s} | " + " | ".join(cells) + " |")
+    for m in models:
+        if by[(m, SEQUENCES[0])].get("from"):
+            lines += ["", f"{m}: scores taken from {by[(m, SEQUENCES[0])]['from']} (--baseline-from), "
+                      f"not trained in this run."]
     return "\n".join(lines) + "\n"
 
 
@@ -298,9 +344,12 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
                   dataset_id: int = myops.DEFAULT_ID, variants: Sequence[str] = (), jobs: int = 1,
                   figure_case: Optional[str] = None, baseline: Optional[str] = None,
                   physaug: Optional[str] = None, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
-                  test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES) -> dict:
+                  test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES,
+                  baseline_from: Optional[Path] = None) -> dict:
     """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
-    default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``."""
+    default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``.
+    ``baseline_from``: take the baseline's rows from an earlier ``results.json`` of the same settings instead
+    of training it again (for ablations of PhysAug variants; the report marks them)."""
     t_start = time.time()
     work = work.resolve()
     env = pipeline_env(work)
@@ -315,17 +364,22 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases)
     splits = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / "splits_final.json").read_text())
     folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
-    train_all(dataset_id, folds, trainers, plans, device, env, logs, jobs)
-    rows = evaluate_all(ds, mode, dataset_id, trainers, plans, device, work)
+    settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
+                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds}
+    reused = earlier_rows(baseline_from, baseline, settings) if baseline_from else []
+    if reused:
+        settings["baseline_from"] = str(baseline_from)
+        print(f"[bench_real] {baseline}: rows from {baseline_from}, not trained again", flush=True)
+    run = [t for t in trainers if not (reused and t == baseline)]
+    train_all(dataset_id, folds, run, plans, device, env, logs, jobs)
+    rows = reused + evaluate_all(ds, mode, dataset_id, run, plans, device, work, env, logs, jobs)
 
     report_dir = work / f"report_{mode}"
     report_dir.mkdir(parents=True, exist_ok=True)
     if figure_case is None:  # the first test patient (of fold 0 in cv)
         figure_case = sorted(patients_under_test(ds, mode, 0 if mode == "cv" else None, splits))[0]
-    contour_figure(ds, mode, work, [baseline, physaug, *variants], figure_case, report_dir / "contours.png")
+    contour_figure(ds, mode, work, run, figure_case, report_dir / "contours.png")
     seconds = time.time() - t_start
-    settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
-                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds}
     atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows})
     md = markdown_report(rows)
     atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
@@ -358,7 +412,11 @@ def main(argv=None) -> None:
                    help="more trainers to compare under the same budget (e.g. ablations)")
     p.add_argument("--baseline", default=None, help="baseline trainer (default nnUNetTrainer_<budget>epochs)")
     p.add_argument("--physaug", default=None, help="PhysAug trainer (default nnUNetTrainerPhysAug_<budget>epochs)")
-    p.add_argument("--jobs", type=int, default=1, help="trainings at a time (1 on a 2-core CPU; more on a GPU)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings and predictions at a time (1 on a 2-core CPU; "
+                   "more on a GPU)")
+    p.add_argument("--baseline-from", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="take the baseline's scores from an earlier report_<mode>/results.json of the same settings "
+                   "instead of training it again (ablations of PhysAug variants; the report says so)")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
     try:
@@ -366,7 +424,7 @@ def main(argv=None) -> None:
                           args.spacing, args.device, variants=args.variants, jobs=args.jobs,
                           figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                           train_cases=myops.parse_case_range(args.train_cases),
-                          test_cases=myops.parse_case_range(args.test_cases))
+                          test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from)
     except (StepError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)

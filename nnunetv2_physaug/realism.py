@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .contrast import ContrastRenderer, load_protocol
+from .contrast import ContrastRenderer, load_protocol, protocol_with_settings
 from .conversion.myops import image_folder
 from .maps.store import read_case_maps
 
@@ -138,33 +138,12 @@ def summarise(values: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(x) if x < 1e12 else float("inf") for x in np.percentile(finite, (50, 10, 90)))  # type: ignore
 
 
-def protocol_with(protocol: str, settings: Sequence[str]):
-    """``protocol`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied (a number or [low, high])."""
-    from .contrast.protocol import ProtocolError, protocol_from_dict
-
-    d = load_protocol(protocol).to_dict()
-    for item in settings:
-        key, _, value = item.partition("=")
-        family, _, param = key.partition(".")
-        fams = [f for f in d["families"] if f["family"] == family]
-        if not fams or not param or not value:
-            raise ProtocolError(f"--set {item!r}: write FAMILY.PARAM=VALUE with a family of {protocol!r}")
-        v = json.loads(value) if value.strip().startswith("[") else float(value)
-        for f in fams:
-            if param not in f["params"]:
-                raise ProtocolError(f"--set {item!r}: family {family} has no parameter {param!r}")
-            f["params"][param] = v
-    if settings:
-        d["name"] = d["name"] + "+" + ",".join(settings)
-    return protocol_from_dict(d, f"{protocol} with --set")
-
-
 def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,
                   families: Sequence[str] = ("lge", "psir", "tse", "bssfp"), settings: Sequence[str] = ()) -> dict:
     """Real ratios per sequence and render ratios per family, with coverage; a JSON-ready dict."""
     maps_dir = dataset / "tissueMapsTr"
     real = {s: real_ratios(dataset, s, cases) for s in sorted(set(FAMILY_TO_REAL[f] for f in families))}
-    proto = protocol_with(protocol, settings)
+    proto = protocol_with_settings(protocol, settings)
     out = {"protocol": proto.name, "cases": list(cases), "n_renders": n, "seed": seed, "real": {}, "renders": {}}
     for s, r in real.items():
         med, p10, p90 = summarise(r["blood"])

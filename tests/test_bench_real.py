@@ -20,6 +20,7 @@ from fake_datasets import MYOPS_INTENSITY, make_fake_myops
 from nnunet_helpers import nnunet_env
 from nnunetv2_physaug import benchmark_real as br
 from nnunetv2_physaug import realism
+from nnunetv2_physaug.contrast import ProtocolError, protocol_with_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_TRAINERS = Path(__file__).parent / "smoke_trainers"
@@ -117,10 +118,38 @@ def test_bench_real_final_end_to_end(tmp_path):
     # a rerun reuses the trained models and the converted data
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
+    # an ablation run takes the baseline from that report; predictions two at a time give the same scores
+    earlier = work / "report_final" / "results_first.json"
+    earlier.write_text((work / "report_final" / "results.json").read_text())
+    proc = subprocess.run(cmd + ["--baseline-from", str(earlier), "--jobs", "2"], env=env, capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "predict nnUNetTrainer_smoke" not in proc.stdout and "nnUNetTrainer_smoke: rows from" in proc.stdout
+    again = json.loads((work / "report_final" / "results.json").read_text())
+    assert again["settings"]["baseline_from"] == str(earlier)
+    first = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    assert {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in again["rows"]} == first
+    assert "not trained in this run" in (work / "report_final" / "results.md").read_text()
+
+
+def test_baseline_from_a_run_with_other_settings_is_refused(tmp_path):
+    settings = {"mode": "cv", "budget_epochs": 5, "width": 0.5, "plans": "nnUNetPlans_w50", "crop_mm": 160.0,
+                "spacing_mm": 1.5, "folds": ["0", "1", "2", "3", "4"]}
+    rows = [{"model": "B", "sequence": s, "mean_fg_dice": 0.5} for s in ("C0", "LGE", "T2")]
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps({"settings": {**settings, "budget_epochs": 10}, "rows": rows}))
+    with pytest.raises(br.BenchmarkError, match="budget_epochs 10 .now 5."):
+        br.earlier_rows(f, "B", settings)
+    f.write_text(json.dumps({"settings": settings, "rows": rows}))
+    assert [r["from"] for r in br.earlier_rows(f, "B", settings)] == [str(f)] * 3
+    with pytest.raises(br.BenchmarkError, match="no rows of A"):
+        br.earlier_rows(f, "A", settings)
+    f.write_text("{")
+    with pytest.raises(br.BenchmarkError, match="not a bench_real results.json"):
+        br.earlier_rows(f, "B", settings)
 
 
 def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypatch):
-    from nnunetv2_physaug.contrast import ProtocolError
     from nnunetv2_physaug.reverse import run_reverse
     res = _converted(tmp_path, monkeypatch, ())
     run_reverse(res.dataset_dir / "imagesTr", progress=False)
@@ -133,4 +162,4 @@ def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypa
         assert r["n"] == 6 and 0.0 <= r["coverage"] <= 1.0
     assert "| `lge` renders" in realism.format_report(out)
     with pytest.raises(ProtocolError, match="no parameter"):
-        realism.protocol_with("wide", ["tse.flip_deg=3"])
+        protocol_with_settings("wide", ["tse.flip_deg=3"])

@@ -360,3 +360,36 @@ def test_run_identity_recorded_and_a_continued_run_with_other_settings_stops(toy
     tr3.current_epoch = 0  # a new run (no --c) starts a new record
     tr3.get_tr_and_val_datasets()
     assert json.loads((Path(tr3.output_folder) / RUN_FILE).read_text())["protocol"] == str(custom)
+
+
+def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(toy):
+    """Each ablation trainer's loader (and a pickled copy, as a worker gets it) renders with the preset's
+    option switched; the readout-train settings are the ones ``wide_pathology.yaml`` itself holds."""
+    from nnunetv2_physaug.contrast import load_protocol
+
+    env, folder = toy
+
+    def params(protocol, family):
+        return [f.params for f in protocol.families if f.family == family][0]
+
+    pathology = load_protocol("wide_pathology")
+    wide = load_protocol("wide")
+    seen = {}
+    for name in ("nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerPhysAugReadout_5epochs",
+                 "nnUNetTrainerPhysAugPathologyCentric_5epochs", "nnUNetTrainerPhysAugBloodPV_5epochs"):
+        tr = _trainer(env, folder, name)
+        wrapped, _ = tr.get_tr_and_val_datasets()
+        proto = pickle.loads(pickle.dumps(wrapped)).renderer.protocol
+        seen[name] = proto
+    base, readout, centric, bpv = seen.values()
+    for fam in ("lge", "psir"):
+        assert params(base, fam)["readout_pulses"] == params(wide, fam)["readout_pulses"]
+        for key in ("readout_pulses", "readout_tr_ms"):
+            assert params(readout, fam)[key] == params(pathology, fam)[key]
+        assert params(readout, fam)["readout_pulses"] != params(wide, fam)["readout_pulses"]
+        assert params(centric, fam)["readout_pulses"] == params(wide, fam)["readout_pulses"]
+    assert centric.pathology == pathology.pathology and not readout.pathology
+    assert params(bpv, "tse")["blood_partial_volume"] != params(wide, "tse")["blood_partial_volume"]
+    # everything not set is the preset's: only the named family changed
+    assert [f for f in bpv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
+    assert len({p.name for p in seen.values()}) == 4

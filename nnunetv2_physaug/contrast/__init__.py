@@ -9,10 +9,10 @@ Public API::
 from .families import FAMILIES, Family, ParamSpec
 from .imperfections import IMPERFECTIONS, add_rician_noise, smooth_field
 from .protocol import (PRESETS, FamilySpec, ImperfectionSpec, LabelSpec, PostprocessSpec, Protocol, ProtocolError,
-                       load_protocol, protocol_from_dict, save_protocol)
+                       load_protocol, protocol_from_dict, protocol_with_settings, save_protocol)
 from .renderer import ContrastRenderer, RenderContext
 
-__all__ = ["load_protocol", "save_protocol", "protocol_from_dict", "Protocol", "ProtocolError", "PRESETS",
+__all__ = ["load_protocol", "protocol_with_settings", "save_protocol", "protocol_from_dict", "Protocol", "ProtocolError", "PRESETS",
            "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "ContrastRenderer",
            "RenderContext", "FAMILIES", "Family", "ParamSpec", "IMPERFECTIONS", "smooth_field",
            "add_rician_noise"]

@@ -41,7 +41,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -330,6 +330,38 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{path}: not a text file ({e}); a protocol is a YAML or JSON file") from None
     return protocol_from_dict(_parse_text(text, path.suffix.lower(), path.name), path.name)
+
+
+def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[str] = ()) -> Protocol:
+    """``name_or_path`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied.
+
+    VALUE is a number (a fixed value) or ``[low, high]`` (a range); every family entry named FAMILY gets
+    it. The name of the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and
+    run records tell the variants apart. Used by ``check_realism --set`` and by trainer variants
+    (``physaug_protocol_settings``), e.g. ablations of one preset option.
+    """
+    protocol = load_protocol(name_or_path)
+    if not settings:
+        return protocol
+    d = protocol.to_dict()
+    for item in settings:
+        key, _, value = str(item).partition("=")
+        family, _, param = key.strip().partition(".")
+        fams = [f for f in d["families"] if f["family"] == family]
+        if not fams or not param or not value.strip():
+            raise ProtocolError(f"setting {item!r}: write FAMILY.PARAM=VALUE with a family of {name_or_path!r} "
+                                f"({', '.join(sorted({f['family'] for f in d['families']}))})")
+        try:
+            v = json.loads(value) if value.strip().startswith("[") else float(value)
+        except ValueError as e:
+            raise ProtocolError(f"setting {item!r}: VALUE must be a number or [low, high] ({e})") from None
+        for f in fams:
+            if param not in f["params"]:
+                raise ProtocolError(f"setting {item!r}: family {family} has no parameter {param!r} "
+                                    f"(it has {', '.join(sorted(f['params']))})")
+            f["params"][param] = v
+    d["name"] = d["name"] + "+" + ",".join(str(s).replace(" ", "") for s in settings)
+    return protocol_from_dict(d, f"{name_or_path} with settings {list(settings)}")
 
 
 def save_protocol(protocol: Protocol, path: str | os.PathLike, overwrite: bool = False) -> Path:

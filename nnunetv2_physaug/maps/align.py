@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..fileio import atomic_write_bytes, atomic_write_json
-from .folder import TissueMapFolder
+from .folder import FileLock, TissueMapFolder
 from .store import MAP_NAMES, TissueMapError, check_map_values, map_path
 
 ALIGNED_SUFFIX = "__physaug_maps"
@@ -170,46 +170,49 @@ def align_dataset_maps(raw_maps_dir: os.PathLike | str, preprocessed_dataset_fol
                                 f"nnUNetv2_plan_and_preprocess (or nnUNetv2_preprocess) first")
     out = aligned_maps_folder(preprocessed_dataset_folder, configuration_manager.data_identifier)
     out.mkdir(parents=True, exist_ok=True)
-    index = load_index(out)
-    reader = plans_manager.image_reader_writer_class()
-    use_mask = bool(configuration_manager.use_mask_for_norm[0])
-    dataset_class = infer_dataset_class(str(data_folder))
-    cases = list(cases)
-    stale = []
-    for case in cases:
-        pkl = data_folder / f"{case}.pkl"
-        if not pkl.is_file():
-            raise FileNotFoundError(f"{pkl} missing: case {case!r} is not preprocessed for configuration "
-                                    f"{configuration_manager.data_identifier}")
-        fp = _fingerprint(raw_maps_dir, case, pkl)
-        entry = index.get(case)
-        if (entry is None or entry.get("fingerprint") != fp or entry.get("use_mask_for_norm") != use_mask
-                or not (out / f"{case}.npy").is_file() or not (out / f"{case}_sample.npy").is_file()):
-            stale.append((case, pkl, fp))
-    if not stale:
+    # one process aligns at a time (parallel trainings of one dataset, DDP ranks): the others then find
+    # the cases fresh, and no process writes an index that drops another's entries
+    with FileLock.acquire(out / ".align.lock", blocking=True):
+        index = load_index(out)
+        reader = plans_manager.image_reader_writer_class()
+        use_mask = bool(configuration_manager.use_mask_for_norm[0])
+        dataset_class = infer_dataset_class(str(data_folder))
+        cases = list(cases)
+        stale = []
+        for case in cases:
+            pkl = data_folder / f"{case}.pkl"
+            if not pkl.is_file():
+                raise FileNotFoundError(f"{pkl} missing: case {case!r} is not preprocessed for configuration "
+                                        f"{configuration_manager.data_identifier}")
+            fp = _fingerprint(raw_maps_dir, case, pkl)
+            entry = index.get(case)
+            if (entry is None or entry.get("fingerprint") != fp or entry.get("use_mask_for_norm") != use_mask
+                    or not (out / f"{case}.npy").is_file() or not (out / f"{case}_sample.npy").is_file()):
+                stale.append((case, pkl, fp))
+        if not stale:
+            return out
+        iterator = stale
+        if verbose:
+            from tqdm import tqdm
+            iterator = tqdm(stale, desc=f"aligning tissue maps to {configuration_manager.data_identifier}", unit="case")
+        folder = TissueMapFolder(raw_maps_dir)
+        for case, pkl, fp in iterator:
+            if not folder.is_complete(case):
+                raise TissueMapError(f"tissue maps of case {case!r} in {raw_maps_dir} are incomplete (missing, left "
+                                     f"unfinished by an interrupted run, or changed since they were written); finish or "
+                                     f"redo them with physaug-reverse")
+            if raw_images is not None and case in raw_images:
+                read_case_maps(raw_maps_dir, case, reference_image=raw_images[case])  # shape/affine/value checks
+            maps = read_raw_maps_like_nnunet(raw_maps_dir, case, reader)
+            check_map_values(maps[:, 0], maps[:, 1], maps[:, 2], where=f"tissue maps of case {case!r} in {raw_maps_dir}")
+            properties = load_pickle(str(pkl))
+            aligned = align_case_maps(maps, properties, plans_manager, configuration_manager)
+            _, seg, _, _ = dataset_class(str(data_folder), [case]).load_case(case)
+            if tuple(aligned.shape[2:]) != tuple(seg.shape[1:]):
+                raise TissueMapError(f"aligned maps of case {case!r} have shape {aligned.shape[2:]} but the preprocessed "
+                                     f"case has {tuple(seg.shape[1:])}")
+            _save_npy_atomic(out / f"{case}.npy", aligned)
+            _save_npy_atomic(out / f"{case}_sample.npy", stats_sample(aligned, np.asarray(seg[:]), use_mask, case))
+            index[case] = {"fingerprint": fp, "use_mask_for_norm": use_mask, "shape": list(aligned.shape)}
+        atomic_write_json(out / INDEX_NAME, index)
         return out
-    iterator = stale
-    if verbose:
-        from tqdm import tqdm
-        iterator = tqdm(stale, desc=f"aligning tissue maps to {configuration_manager.data_identifier}", unit="case")
-    folder = TissueMapFolder(raw_maps_dir)
-    for case, pkl, fp in iterator:
-        if not folder.is_complete(case):
-            raise TissueMapError(f"tissue maps of case {case!r} in {raw_maps_dir} are incomplete (missing, left "
-                                 f"unfinished by an interrupted run, or changed since they were written); finish or "
-                                 f"redo them with physaug-reverse")
-        if raw_images is not None and case in raw_images:
-            read_case_maps(raw_maps_dir, case, reference_image=raw_images[case])  # shape/affine/value checks
-        maps = read_raw_maps_like_nnunet(raw_maps_dir, case, reader)
-        check_map_values(maps[:, 0], maps[:, 1], maps[:, 2], where=f"tissue maps of case {case!r} in {raw_maps_dir}")
-        properties = load_pickle(str(pkl))
-        aligned = align_case_maps(maps, properties, plans_manager, configuration_manager)
-        _, seg, _, _ = dataset_class(str(data_folder), [case]).load_case(case)
-        if tuple(aligned.shape[2:]) != tuple(seg.shape[1:]):
-            raise TissueMapError(f"aligned maps of case {case!r} have shape {aligned.shape[2:]} but the preprocessed "
-                                 f"case has {tuple(seg.shape[1:])}")
-        _save_npy_atomic(out / f"{case}.npy", aligned)
-        _save_npy_atomic(out / f"{case}_sample.npy", stats_sample(aligned, np.asarray(seg[:]), use_mask, case))
-        index[case] = {"fingerprint": fp, "use_mask_for_norm": use_mask, "shape": list(aligned.shape)}
-    atomic_write_json(out / INDEX_NAME, index)
-    return out

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..contrast import ContrastRenderer, load_protocol
+from ..contrast import ContrastRenderer, protocol_with_settings
 from ..contrast.imperfections import NormalPool
 from ..contrast.renderer import ReferenceVoxels
 
@@ -167,6 +167,8 @@ class PhysAugTrainingDataset:
         base: nnU-Net's dataset (``nnUNetDatasetBlosc2``/``nnUNetDatasetNumpy``) of the training keys.
         aligned_folder: folder written by :func:`nnunetv2_physaug.maps.align.align_dataset_maps`.
         protocol: preset name or protocol file for :func:`nnunetv2_physaug.contrast.load_protocol`.
+        protocol_settings: ``FAMILY.PARAM=VALUE`` settings applied on top of ``protocol``
+            (:func:`nnunetv2_physaug.contrast.protocol_with_settings`; trainer variants and ablations).
         p_render: probability that a load is rendered (None: the protocol's ``p_render``).
         use_mask_for_norm: the configuration's ``use_mask_for_norm[0]``.
         use_labels: pass the case's labels (ACDC convention) to the renderer for label-aware Gd.
@@ -174,17 +176,20 @@ class PhysAugTrainingDataset:
     """
 
     def __init__(self, base, aligned_folder: os.PathLike | str, protocol: str, p_render: Optional[float],
-                 use_mask_for_norm: bool, use_labels: bool = True, stats: str = "case"):
+                 use_mask_for_norm: bool, use_labels: bool = True, stats: str = "case",
+                 protocol_settings: Sequence[str] = ()):
         if stats not in STATS_MODES:
             raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
         self.base = base
         self.aligned_folder = str(aligned_folder)
         self.protocol = str(protocol)
+        self.protocol_settings = tuple(str(x) for x in protocol_settings)
         self.use_mask_for_norm = bool(use_mask_for_norm)
         self.use_labels = bool(use_labels)
         self.stats = stats
         # noise from a per-process pool: fresh Gaussian noise would be the costliest step of a render
-        self.renderer = ContrastRenderer(load_protocol(self.protocol), noise_pool=NormalPool())
+        self.renderer = ContrastRenderer(protocol_with_settings(self.protocol, self.protocol_settings),
+                                         noise_pool=NormalPool())
         self.p_render = float(self.renderer.p_render if p_render is None else p_render)
         if not 0.0 <= self.p_render <= 1.0:
             raise ValueError(f"p_render must be in [0, 1], got {self.p_render}")

@@ -11,6 +11,8 @@ plans, preprocessed data, splits, validation and inference are exactly a baselin
 Class attributes configure the variants (nnU-Net style), environment variables override them:
 
 - ``physaug_protocol``: preset name or protocol file (env ``PHYSAUG_PROTOCOL``).
+- ``physaug_protocol_settings``: ``FAMILY.PARAM=VALUE`` settings on top of the protocol (ablations of
+  one preset option; :func:`nnunetv2_physaug.contrast.protocol_with_settings`).
 - ``physaug_p_render``: probability that a training load is rendered (None: the protocol's value).
 - ``physaug_stats``: "case" or "patch" normalisation statistics.
 - ``physaug_compute_missing``: compute missing tissue maps at training start, on the training
@@ -48,6 +50,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
     """nnU-Net's default trainer plus a random physics-rendered contrast per training load (``wide`` preset)."""
 
     physaug_protocol: str = "wide"
+    physaug_protocol_settings: tuple[str, ...] = ()
     physaug_p_render: Optional[float] = None
     physaug_stats: str = "case"
     physaug_use_labels: bool = True
@@ -136,8 +139,9 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
             folder = self.physaug_prepare_maps(cases)  # all up to date now: only checks
         wrapped = PhysAugTrainingDataset(dataset_tr, folder, self.physaug_protocol_spec(), self.physaug_p_render,
                                          use_mask_for_norm=self.configuration_manager.use_mask_for_norm[0],
-                                         use_labels=self.physaug_use_labels, stats=self.physaug_stats)
-        self.print_to_log_file(f"PhysAug: protocol {self.physaug_protocol_spec()!r}, p_render {wrapped.p_render}, "
+                                         use_labels=self.physaug_use_labels, stats=self.physaug_stats,
+                                         protocol_settings=self.physaug_protocol_settings)
+        self.print_to_log_file(f"PhysAug: protocol {wrapped.renderer.protocol.name!r}, p_render {wrapped.p_render}, "
                                f"stats {self.physaug_stats!r}, maps {folder}")
         if self.local_rank == 0 and self.output_folder is not None:
             self.physaug_record_run(wrapped)
@@ -151,6 +155,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
         protocol = wrapped.renderer.protocol
         maps_dir = self.physaug_maps_dir()
         identity = {"trainer": type(self).__name__, "protocol": self.physaug_protocol_spec(),
+                    "protocol_settings": list(self.physaug_protocol_settings),
                     "protocol_name": protocol.name, "protocol_sha256": run_identity.protocol_sha256(protocol),
                     "maps_dir": str(maps_dir), "maps_identity": run_identity.maps_identity(maps_dir),
                     "p_render": wrapped.p_render, "stats": self.physaug_stats, "use_labels": self.physaug_use_labels}
@@ -259,6 +264,38 @@ class nnUNetTrainerPhysAugPathology_50epochs(nnUNetTrainerPhysAugPathology, _sto
 
 class nnUNetTrainerPhysAugPathology_100epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_100epochs):
     """``nnUNetTrainer_100epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+
+
+# ----------------------------------------------------------------------------- ablations
+# One option of a preset switched on or off, as FAMILY.PARAM=VALUE settings (scripts/bench_real.py --variants):
+# which realism change moves which real-data Dice.
+
+#: the LGE/PSIR readout train of ``wide_pathology`` (linear k-space ordering: 8-32 pulses of TR 4-8 ms
+#: before the k-space centre); ``wide`` reads out centrically (Mz at TI). tests/test_trainer_dataset.py
+#: checks these equal the preset's values.
+READOUT_TRAIN = ("lge.readout_pulses=[8, 32]", "lge.readout_tr_ms=[4.0, 8.0]",
+                 "psir.readout_pulses=[8, 32]", "psir.readout_tr_ms=[4.0, 8.0]")
+#: centric LGE/PSIR readout (no readout train), as in ``wide``
+CENTRIC_READOUT = ("lge.readout_pulses=0", "psir.readout_pulses=0")
+
+
+class nnUNetTrainerPhysAugReadout_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` plus the LGE/PSIR readout train of ``wide_pathology`` (no simulated pathology)."""
+
+    physaug_protocol_settings = READOUT_TRAIN
+
+
+class nnUNetTrainerPhysAugPathologyCentric_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
+    """Ablation: ``wide_pathology`` without its readout train (simulated pathology and uptake only)."""
+
+    physaug_protocol_settings = CENTRIC_READOUT
+
+
+class nnUNetTrainerPhysAugBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` with two-compartment black-blood TSE (``tse.blood_partial_volume=1``: only the
+    blood share of a blood-mixed myocardium pixel is suppressed, no bright endocardial rim)."""
+
+    physaug_protocol_settings = ("tse.blood_partial_volume=1",)
 
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
