@@ -101,3 +101,26 @@ def test_maps_of_wrong_shape_are_refused_naming_the_case(preprocessed, tmp_path)
     finally:
         arr = np.asarray(img.dataobj, np.float32)
         write_case_maps(folder / "tissueMapsTr", case, arr, arr + 100.0, arr + 5.0, img.affine, overwrite=True)
+
+
+def test_alignment_waits_for_another_process_aligning_the_same_folder(preprocessed):
+    """Parallel trainings of one dataset align one at a time: while the lock is held elsewhere (here by
+    the test) an aligner writes nothing, and once released it finishes with every case indexed."""
+    import threading
+
+    from nnunetv2_physaug.maps.align import INDEX_NAME
+    from nnunetv2_physaug.maps.folder import FileLock
+
+    env, folder = preprocessed
+    out, _, _, cases = _align(env, folder, "2d")
+    (out / INDEX_NAME).unlink()  # every case stale again
+    holder = FileLock.acquire(out / ".align.lock", blocking=True)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (_align(env, folder, "2d"), done.set()))
+    worker.start()
+    time.sleep(1.5)
+    waited = not done.is_set() and not (out / INDEX_NAME).exists()
+    holder.release()
+    worker.join(timeout=60)
+    assert waited, "the aligner must wait for the lock held by another process"
+    assert done.is_set() and set(load_json(out / INDEX_NAME)) == set(cases)
