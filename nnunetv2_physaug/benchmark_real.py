@@ -264,7 +264,16 @@ def earlier_rows(results_json: Path, trainer: str, settings: dict) -> list[dict]
 
 # ----------------------------------------------------------------------------- report
 
-def markdown_report(rows: list[dict]) -> str:
+def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> float:
+    """Share of the baseline's C0 -> ``sequence`` drop that ``model`` recovers:
+    (model on sequence - baseline on sequence) / (baseline on C0 - baseline on sequence); nan when the
+    baseline has no drop."""
+    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    drop = by[(baseline, "C0")] - by[(baseline, sequence)]
+    return (by[(model, sequence)] - by[(baseline, sequence)]) / drop if drop > 0 else float("nan")
+
+
+def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     by = {(r["model"], r["sequence"]): r for r in rows}
     lines = ["| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
@@ -284,6 +293,16 @@ def markdown_report(rows: list[dict]) -> str:
         cells = [f"{by[(m, s)]['pathology'][p]['as_myocardium']:.1%} ({by[(m, s)]['pathology'][p]['as_LV']:.1%})"
                  for m in models]
         lines.append(f"| {p} on {s} | " + " | ".join(cells) + " |")
+    if baseline is not None:
+        others = [m for m in models if m != baseline]
+        lines += ["", f"Gap closed: share of {baseline}'s drop from C0 that each model recovers, "
+                  "(model - baseline) / (baseline on C0 - baseline):", "",
+                  "| | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for s in SEQUENCES[1:]:
+            lines.append(f"| C0 -> {s} | " + " | ".join(f"{gap_closed(rows, baseline, m, s):.0%}" for m in others)
+                         + " |")
+        lines.append("| C0 vs baseline | " + " | ".join(
+            f"{by[(m, 'C0')]['mean_fg_dice'] - by[(baseline, 'C0')]['mean_fg_dice']:+.3f}" for m in others) + " |")
     for m in models:
         if by[(m, SEQUENCES[0])].get("from"):
             lines += ["", f"{m}: scores taken from {by[(m, SEQUENCES[0])]['from']} (--baseline-from), "
@@ -381,7 +400,7 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     contour_figure(ds, mode, work, run, figure_case, report_dir / "contours.png")
     seconds = time.time() - t_start
     atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows})
-    md = markdown_report(rows)
+    md = markdown_report(rows, baseline)
     atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     print(f"\nMyoPS ({mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
     print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case})")

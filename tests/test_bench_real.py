@@ -56,7 +56,14 @@ def test_summary_line_and_tables():
     assert line == ("real_c0_physaug=0.700 real_c0_baseline=0.500 real_lge_physaug=0.600 real_lge_baseline=0.400 "
                     "real_t2_physaug=0.500 real_t2_baseline=0.300 seconds=12")
     md = br.markdown_report(rows)
-    assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md
+    assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md and "Gap closed" not in md
+    # baseline C0 0.5, LGE 0.4, T2 0.3; P: LGE 0.6 (200 % of the 0.1 drop), T2 0.5 (100 % of 0.2)
+    md = br.markdown_report(rows, "B")
+    assert "| C0 -> LGE | 200% |" in md and "| C0 -> T2 | 100% |" in md and "| C0 vs baseline | +0.200 |" in md
+    # the README's figure: (0.800 - 0.641) / (0.874 - 0.641) = 68 %
+    real = [{"model": m, "sequence": s, "mean_fg_dice": d} for m, ds in (("B", (0.874, 0.641)), ("P", (0.864, 0.800)))
+            for s, d in zip(("C0", "LGE"), ds)]
+    assert round(100 * br.gap_closed(real, "B", "P", "LGE")) == 68
 
 
 def _converted(tmp_path, monkeypatch, test_cases):
