@@ -7,8 +7,12 @@ Steps (stock nnU-Net commands and ours, as a user would run them):
 3. ``nnUNetv2_plan_and_preprocess -c 2d`` and ``physaug-narrow-plans --width``;
 4. ``nnUNetv2_train`` with the stock ``nnUNetTrainer_<B>epochs`` and ``nnUNetTrainerPhysAug_<B>epochs``
    (plus any ``--variants``), same plans, same split, same budget;
-5. prediction with nnU-Net's predictor and scoring with nnU-Net's metrics (the code of ``physaug-evaluate``),
-   plus the pathology breakdown: which label the network gives scar and edema pixels.
+5. ``nnUNetv2_predict`` (no test-time mirroring; ``--jobs`` models at a time) and scoring with nnU-Net's
+   metrics (the code of ``physaug-evaluate``), plus the pathology breakdown (which label the network gives
+   scar and edema pixels) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers.
+
+``--baseline-from`` reuses the baseline's scores of an earlier report with the same settings (ablations:
+only the PhysAug variants are trained).
 
 Modes: ``cv`` trains the 5 folds of the patient-level split inside the training patients and tests each
 fold's model on the C0/LGE/T2 of its own 5 validation patients (never seen in training, in any
