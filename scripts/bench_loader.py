@@ -5,8 +5,9 @@ Makes and preprocesses its own phantom dataset in a temporary folder (or uses --
 training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` twice: at the trainer's
 default render probability p (the ``wide`` preset renders 70 % of loads and hands nnU-Net the real
 image otherwise) and at p = 1 (every load rendered: the cost of a rendered sample). Single-threaded
-(nnUNet_n_proc_DA=0, one torch thread); the same number of batches of each, interleaved in rounds so
-that machine noise hits all alike. Prints the throughput of each and, as its last line,
+(nnUNet_n_proc_DA=0, one torch thread); the same number of batches of each, interleaved in short rounds
+(the order rotating) so that machine noise hits all alike; the spread of the per-round ratios is printed
+beside the totals. Prints the throughput of each and, as its last line,
 ``loader_ratio=<PhysAug at default p / stock, batches per s> loader_ratio_p1=<PhysAug at p = 1 / stock>
 p_default=<p>``.
 
@@ -16,7 +17,7 @@ rest of batch assembly) and PhysAug's (the case-level parameter draw, the crop r
 signal equation and normalisation, the B1 / bias fields and the noise). Timers wrap the functions
 by name, so the profile adds a few microseconds per call; the ratio lines come from an unwrapped run.
 
-Run: .venv/bin/python scripts/bench_loader.py [--batches 40] [--rounds 3] [--trainer nnUNetTrainerPhysAug]
+Run: .venv/bin/python scripts/bench_loader.py [--batches 10] [--rounds 30] [--trainer nnUNetTrainerPhysAug]
      [--profile]
 """
 from __future__ import annotations
@@ -66,6 +67,21 @@ def _loader(trainer_name: str, dataset: str, p_render=None):
     trainer.initialize()
     dl_train, _ = trainer.get_dataloaders()
     return dl_train
+
+
+def _seed_global_streams(seed: int) -> None:
+    """Seed the streams nnU-Net's loader and transforms draw from (case choice, crop position, spatial
+    and intensity augmentation: numpy's and torch's global RNGs), so that every loader of a round gets
+    the same cases, crops and augmentations and the comparison is paired: what differs is PhysAug's
+    rendering (which draws from its own per-process generator), not the luck of the draw (a batch with
+    a rotation costs ~2x one without)."""
+    import random
+
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _time_batches(loader, n: int) -> float:
@@ -171,8 +187,9 @@ def _profile(loaders: dict, batches: int, rounds: int) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary folder)")
-    parser.add_argument("--batches", type=int, default=40, help="batches per loader per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--batches", type=int, default=10, help="batches per loader per round")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (short rounds, the loaders' "
+                        "order rotating, so that drifts of a shared machine hit all loaders alike)")
     parser.add_argument("--size", type=int, default=128, help="phantom in-plane size (pixels)")
     parser.add_argument("--n-train", type=int, default=10, help="phantom training cases")
     parser.add_argument("--trainer", default="nnUNetTrainerPhysAug", help="PhysAug trainer to compare")
@@ -203,9 +220,14 @@ def main(argv=None) -> None:
         if args.profile:
             _profile(loaders, args.batches, args.rounds)
         t = dict.fromkeys(loaders, 0.0)
-        for _ in range(args.rounds):
-            for k, dl in loaders.items():
-                t[k] += _time_batches(dl, args.batches)
+        per_round = {k: [] for k in loaders}
+        order = list(loaders)
+        for r in range(args.rounds):
+            for k in order[r % len(order):] + order[:r % len(order)]:
+                _seed_global_streams(1000 + r)
+                dt = _time_batches(loaders[k], args.batches)
+                t[k] += dt
+                per_round[k].append(dt)
         n = args.batches * args.rounds
         stock = loaders["stock"]
         inner = getattr(stock, "data_loader", None) or getattr(stock, "generator", None)
@@ -214,6 +236,12 @@ def main(argv=None) -> None:
         for k, label in (("stock", "stock nnUNetTrainer"), ("default", f"{args.trainer}, p = {p_default:g}"),
                          ("p1", f"{args.trainer}, p = 1")):
             print(f"{label:<38}: {n / t[k]:8.2f} batches/s ({1000 * t[k] / n:7.1f} ms/batch)")
+        import numpy as np
+        for k, label in (("default", f"p = {p_default:g}"), ("p1", "p = 1")):
+            ratios = np.array(per_round["stock"]) / np.array(per_round[k])
+            lo, med, hi = np.percentile(ratios, (10, 50, 90))
+            print(f"ratio per round at {label:<8}: median {med:.3f}, 10-90 % {lo:.3f}-{hi:.3f} ({args.rounds} rounds "
+                  f"of {args.batches} batches)")
         print(f"loader_ratio={t['stock'] / t['default']:.3f} loader_ratio_p1={t['stock'] / t['p1']:.3f} "
               f"p_default={p_default:g}")
 
