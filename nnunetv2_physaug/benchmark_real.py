@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -47,6 +47,30 @@ SEQUENCES = myops.SEQUENCES
 STRUCTURES = {"1": "RV", "2": "MYO", "3": "LV"}
 #: predicted label names for the pathology breakdown
 PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
+
+
+class Run(NamedTuple):
+    """One trained model family: ``trainer`` under ``plans``; ``name`` labels its predictions and rows
+    (the trainer's name, plus ``_r<k>`` for the k-th repeat)."""
+    name: str
+    trainer: str
+    plans: str
+    repeat: int = 0
+
+
+def repeat_plans(preprocessed_dataset: Path, plans: str, repeat: int) -> str:
+    """Plans identifier of repeat ``repeat`` (0: ``plans`` itself): a copy of the plans under another name,
+    so that nnU-Net trains an independent model into its own results folder on the same preprocessed
+    data (the data identifier is unchanged)."""
+    if repeat == 0:
+        return plans
+    name = f"{plans}_r{repeat}"
+    d = json.loads((preprocessed_dataset / f"{plans}.json").read_text())
+    d["plans_name"] = name
+    target = preprocessed_dataset / f"{name}.json"
+    if not target.is_file() or json.loads(target.read_text()) != d:
+        atomic_write_json(target, d)
+    return name
 
 
 class BenchmarkError(StepError):
@@ -93,31 +117,35 @@ def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optio
     return ds, plans
 
 
-def train_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], plans: str, device: str, env: dict,
+def _in_parallel(fn, items, jobs: int) -> None:
+    if jobs <= 1:
+        for item in items:
+            fn(item)
+    else:
+        with cf.ThreadPoolExecutor(jobs) as pool:
+            for f in [pool.submit(fn, item) for item in items]:
+                f.result()
+
+
+def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device: str, env: dict,
               logs: Path, jobs: int = 1) -> None:
-    """Train every (fold, trainer); a finished one (checkpoint_final.pth) is kept, so a run can resume."""
+    """Train every (fold, run); a finished one (checkpoint_final.pth) is kept, so a run can resume."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     todo = []
     for fold in folds:
-        for t in trainers:
-            out = Path(get_output_folder(dataset_id, t, plans, "2d", fold))
+        for r in runs:
+            out = Path(get_output_folder(dataset_id, r.trainer, r.plans, "2d", fold))
             if (out / "checkpoint_final.pth").is_file():
-                print(f"[bench_real] train {t} fold {fold}: finished earlier, kept", flush=True)
+                print(f"[bench_real] train {r.name} fold {fold}: finished earlier, kept", flush=True)
                 continue
-            todo.append((t, fold))
+            todo.append((r, fold))
 
     def one(item):
-        t, fold = item
-        return run_step(f"train {t} fold {fold}", ["nnUNetv2_train", str(dataset_id), "2d", fold, "-tr", t, "-p", plans,
-                                                    "-device", device], env, logs)
-    if jobs <= 1:
-        for item in todo:
-            one(item)
-    else:
-        with cf.ThreadPoolExecutor(jobs) as pool:
-            for f in [pool.submit(one, item) for item in todo]:
-                f.result()
+        r, fold = item
+        return run_step(f"train {r.name} fold {fold}", ["nnUNetv2_train", str(dataset_id), "2d", fold, "-tr",
+                                                         r.trainer, "-p", r.plans, "-device", device], env, logs)
+    _in_parallel(one, todo, jobs)
 
 
 # ----------------------------------------------------------------------------- test sets
@@ -175,37 +203,30 @@ def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str
     return out
 
 
-def predict_all(dataset_id: int, folds: Sequence[str], trainers: Sequence[str], plans: str, device: str,
+def predict_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device: str,
                 env: dict, logs: Path, inputs: Path, out: Path, jobs: int = 1) -> None:
-    """``nnUNetv2_predict`` of every (trainer, fold) model on its fold's test inputs into
-    ``out/<trainer>/fold_<fold>`` (no test-time mirroring), ``jobs`` at a time (one folder per model, so
+    """``nnUNetv2_predict`` of every (run, fold) model on its fold's test inputs into
+    ``out/<run name>/fold_<fold>`` (no test-time mirroring), ``jobs`` at a time (one folder per model, so
     parallel runs never share files)."""
-    todo = [(t, fold) for t in trainers for fold in folds]
-
     def one(item):
-        t, fold = item
-        dest = out / t / f"fold_{fold}"
+        r, fold = item
+        dest = out / r.name / f"fold_{fold}"
         if dest.exists():
             shutil.rmtree(dest)
         n_proc = "1" if jobs > 1 else str(max(1, int(env.get("nnUNet_def_n_proc", "1"))))
-        return run_step(f"predict {t} fold {fold}",
+        return run_step(f"predict {r.name} fold {fold}",
                         ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
-                         "-d", str(dataset_id), "-c", "2d", "-tr", t, "-p", plans, "-f", fold, "--disable_tta",
-                         "-device", device, "-npp", n_proc, "-nps", n_proc, "--disable_progress_bar"],
-                        env, logs)
-    if jobs <= 1:
-        for item in todo:
-            one(item)
-    else:
-        with cf.ThreadPoolExecutor(jobs) as pool:
-            for f in [pool.submit(one, item) for item in todo]:
-                f.result()
+                         "-d", str(dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
+                         "--disable_tta", "-device", device, "-npp", n_proc, "-nps", n_proc,
+                         "--disable_progress_bar"], env, logs)
+    _in_parallel(one, [(r, fold) for r in runs for fold in folds], jobs)
 
 
-def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], plans: str, device: str,
+def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], device: str,
                  work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
     """Predict each model's test patients (all three sequences in one ``nnUNetv2_predict`` per model and
-    fold), pool them per (trainer, sequence), score with nnU-Net's metrics and the pathology breakdown."""
+    fold), pool them per (run, sequence), score with nnU-Net's metrics and the pathology breakdown.
+    Rows carry ``model`` (the trainer), ``run`` (its name) and ``repeat``."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from .evaluate import score_folder
 
@@ -215,7 +236,7 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
     folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
-    for d in [root / "_labels" / s for s in SEQUENCES] + [root / t / s for t in trainers for s in SEQUENCES]:
+    for d in [root / "_labels" / s for s in SEQUENCES] + [root / r.name / s for r in runs for s in SEQUENCES]:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
@@ -226,11 +247,12 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
         for case in cases:
             for s in SEQUENCES:
                 shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
-    print(f"[bench_real] predict {len(trainers)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
-    predict_all(dataset_id, folds, trainers, plans, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
+    print(f"[bench_real] predict {len(runs)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
+    predict_all(dataset_id, folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
     rows = []
-    for t in trainers:
-        model = Path(get_output_folder(dataset_id, t, plans, "2d"))
+    for r in runs:
+        t = r.name
+        model = Path(get_output_folder(dataset_id, r.trainer, r.plans, "2d"))
         for fold in folds:
             for case in fold_cases[fold]:
                 for s in SEQUENCES:
@@ -241,7 +263,7 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, trainers: Sequence[str], 
             pooled = root / t / s
             scores = score_folder(root / "_labels" / s, pooled, model)
             cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
-            rows.append({"model": t, "sequence": s, **scores,
+            rows.append({"model": r.trainer, "run": r.name, "repeat": r.repeat, "sequence": s, **scores,
                          "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
             print(f"[bench_real] {t} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
                   f"({scores['n_cases']} patients)", flush=True)
@@ -266,6 +288,30 @@ def earlier_rows(results_json: Path, trainer: str, settings: dict) -> list[dict]
     return [{**r, "from": str(results_json)} for r in rows]
 
 
+def pool_repeats(rows: list[dict]) -> list[dict]:
+    """One row per (model, sequence): the mean over the model's repeats of every score (Dice, per-label
+    Dice, pathology fractions), with ``per_repeat`` (each repeat's mean foreground Dice). A model trained
+    once keeps its row as it is (plus ``per_repeat`` of one)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["sequence"]), []).append(r)
+    out = []
+    for (model, seq), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("repeat", 0))
+        if len(rs) == 1:
+            out.append({**rs[0], "per_repeat": [rs[0]["mean_fg_dice"]]})
+            continue
+        labels = rs[0]["dice_per_label"]
+        pooled = {"model": model, "sequence": seq, "n_cases": rs[0]["n_cases"], "repeats": len(rs),
+                  "mean_fg_dice": float(np.mean([r["mean_fg_dice"] for r in rs])),
+                  "dice_per_label": {k: float(np.mean([r["dice_per_label"][k] for r in rs])) for k in labels},
+                  "pathology": {p: {k: (int(v) if k == "voxels" else float(np.mean([r["pathology"][p][k] for r in rs])))
+                                    for k, v in rs[0]["pathology"][p].items()} for p in rs[0]["pathology"]},
+                  "per_repeat": [r["mean_fg_dice"] for r in rs]}
+        out.append(pooled)
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> float:
@@ -280,9 +326,17 @@ def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> fl
 def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     by = {(r["model"], r["sequence"]): r for r in rows}
+    def dice(m, s):
+        r = by[(m, s)]
+        rep = r.get("per_repeat", [])
+        spread = f" ({min(rep):.3f}-{max(rep):.3f})" if len(rep) > 1 else ""
+        return f"{r['mean_fg_dice']:.3f}{spread}"
+
     lines = ["| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for s in SEQUENCES:
-        lines.append(f"| {s} | " + " | ".join(f"{by[(m, s)]['mean_fg_dice']:.3f}" for m in models) + " |")
+        lines.append(f"| {s} | " + " | ".join(dice(m, s) for m in models) + " |")
+    if any(len(r.get("per_repeat", [])) > 1 for r in rows):
+        lines += ["", "With repeats: the mean of independently trained models, their range in brackets."]
     lines += ["", "Per structure (RV / MYO / LV Dice):", "",
               "| sequence | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for s in SEQUENCES:
@@ -368,11 +422,15 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
                   figure_case: Optional[str] = None, baseline: Optional[str] = None,
                   physaug: Optional[str] = None, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
                   test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES,
-                  baseline_from: Optional[Path] = None) -> dict:
+                  baseline_from: Optional[Path] = None, repeats: int = 1) -> dict:
     """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
     default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``.
     ``baseline_from``: take the baseline's rows from an earlier ``results.json`` of the same settings instead
-    of training it again (for ablations of PhysAug variants; the report marks them)."""
+    of training it again (for ablations of PhysAug variants; the report marks them). ``repeats``: train
+    every model that many times (independent nnU-Net runs on the same data, split and plans); the report
+    gives their mean and range, so a difference can be told from run-to-run spread."""
+    if repeats < 1:
+        raise BenchmarkError(f"--repeats must be at least 1, got {repeats}")
     t_start = time.time()
     work = work.resolve()
     env = pipeline_env(work)
@@ -388,22 +446,27 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     splits = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / "splits_final.json").read_text())
     folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
-                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds}
+                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds, "repeats": repeats}
     reused = earlier_rows(baseline_from, baseline, settings) if baseline_from else []
     if reused:
         settings["baseline_from"] = str(baseline_from)
         print(f"[bench_real] {baseline}: rows from {baseline_from}, not trained again", flush=True)
-    run = [t for t in trainers if not (reused and t == baseline)]
-    train_all(dataset_id, folds, run, plans, device, env, logs, jobs)
-    rows = reused + evaluate_all(ds, mode, dataset_id, run, plans, device, work, env, logs, jobs)
+    pre = Path(env["nnUNet_preprocessed"]) / ds.name
+    runs = [Run(t if k == 0 else f"{t}_r{k}", t, repeat_plans(pre, plans, k), k)
+            for k in range(repeats) for t in trainers if not (reused and t == baseline)]
+    train_all(dataset_id, folds, runs, device, env, logs, jobs)
+    per_repeat = evaluate_all(ds, mode, dataset_id, runs, device, work, env, logs, jobs)
+    rows = reused + pool_repeats(per_repeat)
 
     report_dir = work / f"report_{mode}"
     report_dir.mkdir(parents=True, exist_ok=True)
     if figure_case is None:  # the first test patient (of fold 0 in cv)
         figure_case = sorted(patients_under_test(ds, mode, 0 if mode == "cv" else None, splits))[0]
-    contour_figure(ds, mode, work, run, figure_case, report_dir / "contours.png")
+    contour_figure(ds, mode, work, [r.name for r in runs if r.repeat == 0], figure_case,
+                   report_dir / "contours.png")
     seconds = time.time() - t_start
-    atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows})
+    atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows,
+                                                    "rows_per_repeat": per_repeat})
     md = markdown_report(rows, baseline)
     atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     print(f"\nMyoPS ({mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
@@ -440,6 +503,8 @@ def main(argv=None) -> None:
     p.add_argument("--baseline-from", type=Path, default=None, metavar="RESULTS_JSON",
                    help="take the baseline's scores from an earlier report_<mode>/results.json of the same settings "
                    "instead of training it again (ablations of PhysAug variants; the report says so)")
+    p.add_argument("--repeats", type=int, default=1, help="train every model this many times (independent "
+                   "runs; the report gives mean and range: run-to-run spread of 5-epoch runs is ~0.01-0.03 Dice)")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
     try:
@@ -447,7 +512,8 @@ def main(argv=None) -> None:
                           args.spacing, args.device, variants=args.variants, jobs=args.jobs,
                           figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                           train_cases=myops.parse_case_range(args.train_cases),
-                          test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from)
+                          test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
+                          repeats=args.repeats)
     except (StepError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)

@@ -125,18 +125,47 @@ def test_bench_real_final_end_to_end(tmp_path):
     # a rerun reuses the trained models and the converted data
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
-    # an ablation run takes the baseline from that report; predictions two at a time give the same scores
+    # an ablation run takes the baseline from that report and trains PhysAug a second time (--repeats 2);
+    # predictions two at a time give the first model the same scores as before
     earlier = work / "report_final" / "results_first.json"
     earlier.write_text((work / "report_final" / "results.json").read_text())
-    proc = subprocess.run(cmd + ["--baseline-from", str(earlier), "--jobs", "2"], env=env, capture_output=True,
-                          text=True, timeout=1500)
+    proc = subprocess.run(cmd + ["--baseline-from", str(earlier), "--jobs", "2", "--repeats", "2"], env=env,
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "predict nnUNetTrainer_smoke" not in proc.stdout and "nnUNetTrainer_smoke: rows from" in proc.stdout
+    assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
+    assert "train nnUNetTrainerPhysAug_smoke_r1 fold all: nnUNetv2_train" in proc.stdout
     again = json.loads((work / "report_final" / "results.json").read_text())
-    assert again["settings"]["baseline_from"] == str(earlier)
+    assert again["settings"]["baseline_from"] == str(earlier) and again["settings"]["repeats"] == 2
     first = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
-    assert {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in again["rows"]} == first
-    assert "not trained in this run" in (work / "report_final" / "results.md").read_text()
+    per_repeat = {(r["run"], r["sequence"]): r["mean_fg_dice"] for r in again["rows_per_repeat"]}
+    for (m, s), d in first.items():
+        pooled = [r for r in again["rows"] if (r["model"], r["sequence"]) == (m, s)][0]
+        if m == "nnUNetTrainer_smoke":
+            assert pooled["mean_fg_dice"] == d
+        else:
+            assert per_repeat[(m, s)] == d  # the first repeat is the model trained before
+            assert pooled["per_repeat"] == [d, per_repeat[(m + "_r1", s)]]
+            assert pooled["mean_fg_dice"] == pytest.approx((d + per_repeat[(m + "_r1", s)]) / 2)
+    md = (work / "report_final" / "results.md").read_text()
+    assert "not trained in this run" in md and "With repeats" in md
+    assert (work / "nnUNet_results" / "Dataset913_MyoPS" / "nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50_r1__2d"
+            / "fold_all" / "checkpoint_final.pth").is_file()
+
+
+def test_repeats_pool_to_their_mean_and_keep_each_value():
+    def row(repeat, d, scar):
+        return {"model": "P", "run": "P" if repeat == 0 else f"P_r{repeat}", "repeat": repeat, "sequence": "LGE",
+                "mean_fg_dice": d, "n_cases": 5, "dice_per_label": {"1": d, "2": d / 2, "3": 1.0},
+                "pathology": {"scar": {"voxels": 40, "as_myocardium": scar, "as_LV": 0.1}}}
+    pooled = br.pool_repeats([row(1, 0.6, 0.5), row(0, 0.8, 0.9), row(2, 0.7, 0.7)])
+    assert len(pooled) == 1
+    p = pooled[0]
+    assert p["per_repeat"] == [0.8, 0.6, 0.7] and p["repeats"] == 3  # in repeat order
+    assert p["mean_fg_dice"] == pytest.approx(0.7) and p["dice_per_label"]["2"] == pytest.approx(0.35)
+    assert p["pathology"]["scar"] == {"voxels": 40, "as_myocardium": pytest.approx(0.7), "as_LV": pytest.approx(0.1)}
+    single = br.pool_repeats([row(0, 0.8, 0.7)])[0]
+    assert single["per_repeat"] == [0.8] and single["mean_fg_dice"] == 0.8
 
 
 def test_baseline_from_a_run_with_other_settings_is_refused(tmp_path):
