@@ -222,8 +222,8 @@ def predict_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], devi
     _in_parallel(one, [(r, fold) for r in runs for fold in folds], jobs)
 
 
-def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], device: str,
-                 work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
+def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], folds: Sequence[str],
+                 splits: list[dict], device: str, work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
     """Predict each model's test patients (all three sequences in one ``nnUNetv2_predict`` per model and
     fold), pool them per (run, sequence), score with nnU-Net's metrics and the pathology breakdown.
     Rows carry ``model`` (the trainer), ``run`` (its name) and ``repeat``."""
@@ -231,9 +231,6 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], devi
     from .evaluate import score_folder
 
     register_ext_trainers()
-    pre = Path(os.environ["nnUNet_preprocessed"]) / ds.name
-    splits = json.loads((pre / "splits_final.json").read_text())
-    folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
     for d in [root / "_labels" / s for s in SEQUENCES] + [root / r.name / s for r in runs for s in SEQUENCES]:
@@ -251,21 +248,20 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], devi
     predict_all(dataset_id, folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
     rows = []
     for r in runs:
-        t = r.name
         model = Path(get_output_folder(dataset_id, r.trainer, r.plans, "2d"))
         for fold in folds:
             for case in fold_cases[fold]:
                 for s in SEQUENCES:
-                    shutil.move(str(root / "_by_fold" / t / f"fold_{fold}" / f"{case}__{s}.nii.gz"),
-                                root / t / s / f"{case}.nii.gz")
-        shutil.rmtree(root / "_by_fold" / t)
+                    shutil.move(str(root / "_by_fold" / r.name / f"fold_{fold}" / f"{case}__{s}.nii.gz"),
+                                root / r.name / s / f"{case}.nii.gz")
+        shutil.rmtree(root / "_by_fold" / r.name)
         for s in SEQUENCES:
-            pooled = root / t / s
+            pooled = root / r.name / s
             scores = score_folder(root / "_labels" / s, pooled, model)
             cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
             rows.append({"model": r.trainer, "run": r.name, "repeat": r.repeat, "sequence": s, **scores,
                          "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
-            print(f"[bench_real] {t} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
+            print(f"[bench_real] {r.name} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
                   f"({scores['n_cases']} patients)", flush=True)
     return rows
 
@@ -443,7 +439,8 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     trainers = [baseline, physaug, *variants]
 
     ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases)
-    splits = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / "splits_final.json").read_text())
+    pre = Path(env["nnUNet_preprocessed"]) / ds.name
+    splits = json.loads((pre / "splits_final.json").read_text())
     folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
                 "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds, "repeats": repeats}
@@ -451,11 +448,10 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     if reused:
         settings["baseline_from"] = str(baseline_from)
         print(f"[bench_real] {baseline}: rows from {baseline_from}, not trained again", flush=True)
-    pre = Path(env["nnUNet_preprocessed"]) / ds.name
     runs = [Run(t if k == 0 else f"{t}_r{k}", t, repeat_plans(pre, plans, k), k)
             for k in range(repeats) for t in trainers if not (reused and t == baseline)]
     train_all(dataset_id, folds, runs, device, env, logs, jobs)
-    per_repeat = evaluate_all(ds, mode, dataset_id, runs, device, work, env, logs, jobs)
+    per_repeat = evaluate_all(ds, mode, dataset_id, runs, folds, splits, device, work, env, logs, jobs)
     rows = reused + pool_repeats(per_repeat)
 
     report_dir = work / f"report_{mode}"

@@ -12,7 +12,8 @@ from .protocol import (PRESETS, FamilySpec, ImperfectionSpec, LabelSpec, Postpro
                        load_protocol, protocol_from_dict, protocol_with_settings, save_protocol)
 from .renderer import ContrastRenderer, RenderContext
 
-__all__ = ["load_protocol", "protocol_with_settings", "save_protocol", "protocol_from_dict", "Protocol", "ProtocolError", "PRESETS",
+__all__ = ["load_protocol", "protocol_with_settings", "save_protocol", "protocol_from_dict", "Protocol",
+           "ProtocolError", "PRESETS",
            "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "ContrastRenderer",
            "RenderContext", "FAMILIES", "Family", "ParamSpec", "IMPERFECTIONS", "smooth_field",
            "add_rician_noise"]
