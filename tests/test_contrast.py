@@ -17,7 +17,7 @@ import yaml
 from scipy.special import i0e, i1e
 
 from nnunetv2_physaug.contrast import (FAMILIES, PRESETS, ContrastRenderer, ProtocolError, load_protocol,
-                                       protocol_from_dict, save_protocol, smooth_field)
+                                       protocol_from_dict, protocol_with_settings, save_protocol, smooth_field)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -287,6 +287,28 @@ def test_preset_family_frequencies_and_ranges(preset):
         assert abs(frac - p) < 4.5 * math.sqrt(p * (1 - p) / len(eligible)), kind
     for d in draws:
         json.dumps(d)  # JSON-serialisable
+
+
+def test_family_probability_setting_gives_that_share_and_keeps_the_others_proportions():
+    """``tse.probability=0.4`` on ``wide`` (tse 0.15, spoiled_gre 0.15, bssfp 0.10 of the YAML): tse is
+    drawn 40 % of the time, every other family ``p * 0.6 / 0.85`` (by hand: 0.1059, 0.0706), counted in
+    draws of the renderer, not read back from the protocol."""
+    protocol = protocol_with_settings("wide", ["tse.probability=0.4"])
+    assert protocol.name == "wide+tse.probability=0.4"
+    renderer = ContrastRenderer(protocol)
+    rng = np.random.default_rng(5)
+    n = 20000
+    counts: dict = {}
+    for _ in range(n):
+        name = protocol.families[renderer.choose_family(rng)].family
+        counts[name] = counts.get(name, 0) + 1
+    expected = {"tse": 0.4, "spoiled_gre": 0.15 * 0.6 / 0.85, "bssfp": 0.10 * 0.6 / 0.85, "lge": 0.15 * 0.6 / 0.85}
+    for name, p in expected.items():
+        assert abs(counts[name] / n - p) < 4.5 * math.sqrt(p * (1 - p) / n), (name, counts[name] / n, p)
+    assert protocol_with_settings("wide", ["tse.probability=0"]).families[-1].probability == 0.0
+    for bad in ("tse.probability=1.5", "tse.probability=[0.1, 0.2]"):
+        with pytest.raises(ProtocolError, match="probability"):
+            protocol_with_settings("wide", [bad])
 
 
 # ----------------------------------------------------------------------------- renderings vs equations

@@ -372,16 +372,20 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     def params(protocol, family):
         return [f.params for f in protocol.families if f.family == family][0]
 
+    def params_share(protocol, family):
+        return [f.probability for f in protocol.families if f.family == family][0]
+
     pathology = load_protocol("wide_pathology")
     wide = load_protocol("wide")
     seen = {}
     for name in ("nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerPhysAugReadout_5epochs",
-                 "nnUNetTrainerPhysAugPathologyCentric_5epochs", "nnUNetTrainerPhysAugBloodPV_5epochs"):
+                 "nnUNetTrainerPhysAugPathologyCentric_5epochs", "nnUNetTrainerPhysAugBloodPV_5epochs",
+                 "nnUNetTrainerPhysAugBlackBlood_5epochs"):
         tr = _trainer(env, folder, name)
         wrapped, _ = tr.get_tr_and_val_datasets()
         proto = pickle.loads(pickle.dumps(wrapped)).renderer.protocol
         seen[name] = proto
-    base, readout, centric, bpv = seen.values()
+    base, readout, centric, bpv, black = seen.values()
     for fam in ("lge", "psir"):
         assert params(base, fam)["readout_pulses"] == params(wide, fam)["readout_pulses"]
         for key in ("readout_pulses", "readout_tr_ms"):
@@ -392,4 +396,8 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert params(bpv, "tse")["blood_partial_volume"] != params(wide, "tse")["blood_partial_volume"]
     # everything not set is the preset's: only the named family changed
     assert [f for f in bpv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
-    assert len({p.name for p in seen.values()}) == 4
+    shares = {f.family: f.probability for f in black.families}
+    assert shares["tse"] == pytest.approx(0.45)
+    assert shares["lge"] / shares["psir"] == pytest.approx(params_share(wide, "lge") / params_share(wide, "psir"))
+    assert [f.params for f in black.families] == [f.params for f in wide.families]
+    assert len({p.name for p in seen.values()}) == 5

@@ -332,12 +332,29 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
     return protocol_from_dict(_parse_text(text, path.suffix.lower(), path.name), path.name)
 
 
+def _set_family_share(families: list[dict], family: str, share: Any, item: str) -> None:
+    """Give the entries named ``family`` the total probability ``share`` (their proportions kept), the
+    others ``1 - share`` in their proportions (the protocol's check then sees a sum of 1)."""
+    if not _is_number(share) or not 0.0 <= share <= 1.0:
+        raise ProtocolError(f"setting {item!r}: a family's probability is one number in [0, 1]")
+    mine = math.fsum(f["probability"] for f in families if f["family"] == family)
+    rest = math.fsum(f["probability"] for f in families if f["family"] != family)
+    if (rest == 0.0 and share < 1.0) or (mine == 0.0 and share > 0.0):
+        raise ProtocolError(f"setting {item!r}: cannot rescale families whose probabilities are all 0")
+    scale_mine = share / mine if mine > 0 else 0.0
+    scale_rest = (1.0 - share) / rest if rest > 0 else 0.0
+    for f in families:
+        f["probability"] *= scale_mine if f["family"] == family else scale_rest
+
+
 def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[str] = ()) -> Protocol:
     """``name_or_path`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied.
 
     VALUE is a number (a fixed value) or ``[low, high]`` (a range); every family entry named FAMILY gets
-    it. The name of the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and
-    run records tell the variants apart. Used by ``check_realism --set`` and by trainer variants
+    it. ``FAMILY.probability=P`` sets the share of renders of FAMILY (all its entries together) to P and
+    rescales the other families so that they keep their proportions and the total stays 1. The name of
+    the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and run records
+    tell the variants apart. Used by ``check_realism --set`` and by trainer variants
     (``physaug_protocol_settings``), e.g. ablations of one preset option.
     """
     protocol = load_protocol(name_or_path)
@@ -355,6 +372,9 @@ def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[s
             v = json.loads(value) if value.strip().startswith("[") else float(value)
         except ValueError as e:
             raise ProtocolError(f"setting {item!r}: VALUE must be a number or [low, high] ({e})") from None
+        if param == "probability":
+            _set_family_share(d["families"], family, v, item)
+            continue
         for f in fams:
             if param not in f["params"]:
                 raise ProtocolError(f"setting {item!r}: family {family} has no parameter {param!r} "
