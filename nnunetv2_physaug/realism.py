@@ -17,6 +17,7 @@ partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.9
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -162,6 +163,44 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
     return out
 
 
+def polarity(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,
+             settings: Sequence[str] = ()) -> dict:
+    """How often blood is darker than normal myocardium (blood / normal-myo ratio < 1, "dark blood"):
+    per family of the protocol (``n`` renders each), weighted by the families' probabilities (share of
+    renders) and by ``p_render`` (share of training loads; the unrendered loads are the bright-blood
+    bSSFP); beside the share of dark-blood slices of real LGE, T2 and bSSFP. A JSON-ready dict."""
+    proto = protocol_with_settings(protocol, settings)
+    out: dict = {"protocol": proto.name, "n_renders": n, "seed": seed, "families": {}, "real": {}}
+    for s in ("C0", "LGE", "T2"):
+        vals = np.asarray(real_ratios(dataset, s, cases)["blood"])
+        out["real"][s] = float((vals < 1.0).mean()) if vals.size else float("nan")
+    maps_dir = dataset / "tissueMapsTr"
+    share = 0.0
+    for i, spec in enumerate(proto.families):
+        if spec.family in out["families"] or spec.probability == 0.0:
+            continue
+        prob = math.fsum(f.probability for f in proto.families if f.family == spec.family)
+        vals = np.asarray(render_ratios(dataset, maps_dir, list(cases), spec.family, proto, n, seed + i)["blood"])
+        dark = float((vals < 1.0).mean()) if vals.size else float("nan")
+        out["families"][spec.family] = {"probability": prob, "n": int(vals.size), "dark_blood": dark}
+        share += prob * dark
+    out["dark_blood_renders"] = share
+    out["dark_blood_loads"] = share * proto.p_render
+    return out
+
+
+def format_polarity(result: dict) -> str:
+    lines = [f"dark blood (LV blood / normal myocardium < 1) per slice; protocol {result['protocol']!r}", "",
+             "| images | probability | dark-blood slices |", "|---|---|---|"]
+    for s, v in result["real"].items():
+        lines.append(f"| real {s} | | {v:.0%} |")
+    for fam, r in result["families"].items():
+        lines.append(f"| `{fam}` renders | {r['probability']:.3f} | {r['dark_blood']:.0%} |")
+    lines.append(f"| all renders (weighted) | 1 | {result['dark_blood_renders']:.0%} |")
+    lines.append(f"| training loads (p_render) | | {result['dark_blood_loads']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_report(result: dict) -> str:
     lines = [f"blood (LV) / normal-myocardium mean-intensity ratio per slice; protocol {result['protocol']!r}, "
              f"{len(result['cases'])} patients", "",
@@ -199,10 +238,21 @@ def main(argv=None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FAMILY.PARAM=VALUE",
                    help="change one protocol parameter (repeatable), e.g. tse.blood_partial_volume=1 or "
                         "lge.readout_pulses=[0,0]")
+    p.add_argument("--polarity", action="store_true",
+                   help="instead: how often blood is darker than myocardium, per family of the protocol "
+                        "(weighted by their probabilities and p_render) and on real C0, LGE and T2")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
     from .conversion.myops import parse_case_range
     cases = [f"Case{n}" for n in parse_case_range(args.cases)]
+    if args.polarity:
+        result = polarity(args.dataset, cases, args.protocol, args.n, args.seed, args.set)
+        print(format_polarity(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        print(f"dark_blood_renders={result['dark_blood_renders']:.3f} dark_blood_loads={result['dark_blood_loads']:.3f} "
+              f"real_t2_dark={result['real']['T2']:.3f}")
+        return
     result = check_realism(args.dataset, cases, args.protocol, args.n, args.seed, args.families, args.set)
     print(format_report(result))
     if args.json:

@@ -185,6 +185,28 @@ def test_baseline_from_a_run_with_other_settings_is_refused(tmp_path):
         br.earlier_rows(f, "B", settings)
 
 
+def test_polarity_counts_dark_blood_slices_of_real_images_and_renders(tmp_path, monkeypatch):
+    """Fake tree: T2 blood 20 < myocardium 110 on every slice, C0 and LGE bright blood (tests/fake_datasets);
+    renders: bSSFP blood is brighter than myocardium at every flip angle (T2/T1 of blood >> myocardium's),
+    fully suppressed black-blood TSE at short TE is dark-blood (noise floor aside)."""
+    from nnunetv2_physaug.reverse import run_reverse
+    res = _converted(tmp_path, monkeypatch, ())
+    run_reverse(res.dataset_dir / "imagesTr", progress=False)
+    cases = [f"Case{n}" for n in range(3001, 3006)]
+    others = ("spoiled_gre", "look_locker", "lge", "psir", "saturation_recovery", "t2prep_bssfp")
+    out = realism.polarity(res.dataset_dir, cases, "wide", n=12,
+                           settings=[f"{f}.probability=0" for f in others] + [
+                               "bssfp.probability=0.25", "tse.blood_factor=0", "tse.te_ms=[10, 20]"])
+    assert out["real"] == {"C0": 0.0, "LGE": 0.0, "T2": 1.0}
+    fams = out["families"]
+    assert set(fams) == {"bssfp", "tse"}, "families of probability 0 are not rendered"
+    assert fams["bssfp"]["dark_blood"] == 0.0 and fams["tse"]["dark_blood"] >= 0.9
+    assert fams["tse"]["probability"] == pytest.approx(0.75)
+    assert out["dark_blood_renders"] == pytest.approx(0.75 * fams["tse"]["dark_blood"])
+    assert out["dark_blood_loads"] == pytest.approx(0.7 * out["dark_blood_renders"])  # wide: p_render 0.7
+    assert "| real T2 | | 100% |" in realism.format_polarity(out)
+
+
 def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypatch):
     from nnunetv2_physaug.reverse import run_reverse
     res = _converted(tmp_path, monkeypatch, ())

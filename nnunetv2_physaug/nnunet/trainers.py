@@ -300,10 +300,11 @@ class nnUNetTrainerPhysAugBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
 
 class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: ``wide`` with black-blood TSE drawn for 45 % of renders instead of 15 % (the other
-    families keep their proportions). In ``wide`` blood is darker than myocardium in ~28 % of renders
-    of real MyoPS maps (tse 90 %, look_locker 63 %, spoiled_gre 32 % of theirs, the others ~0 %) and the
-    unrendered 30 % of loads are bright-blood bSSFP; with 45 % TSE about half the renders are dark-blood,
-    like the T2-weighted images a cine-trained model fails on most."""
+    families keep their proportions). In ``wide`` blood is darker than myocardium in 28 % of renders of
+    real MyoPS maps (tse 91 %, look_locker 58 %, spoiled_gre 35 % of theirs, the others 0-3 %) and the
+    unrendered 30 % of loads are bright-blood bSSFP: 20 % of training loads are dark-blood, against 89 %
+    of real T2-weighted slices. With 45 % TSE, 50 % of renders (35 % of loads) are dark-blood
+    (``scripts/check_realism.py -d DATASET --polarity [--set tse.probability=0.45]``)."""
 
     physaug_protocol_settings = ("tse.probability=0.45",)
 
