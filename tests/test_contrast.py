@@ -224,7 +224,8 @@ def test_paper_preset_matches_design():
 def test_wide_preset_has_every_family_and_imperfection():
     p = load_protocol("wide")
     assert {f.family for f in p.families} == set(FAMILIES)
-    assert set(p.imperfections) == {"b1", "bias", "noise"}
+    assert set(p.imperfections) == {"b1", "bias", "noise", "relaxation_scaling"}
+    assert p.imperfections["relaxation_scaling"].probability == 0.0  # off by default (an ablation switches it on)
 
 
 # ----------------------------------------------------------------------------- parameter statistics
@@ -280,11 +281,12 @@ def test_preset_family_frequencies_and_ranges(preset):
             vals = [d[key] for d in mine]
             assert min(vals) >= lo and max(vals) <= hi, (spec.family, key)
     for kind, spec in protocol.imperfections.items():
-        key = {"b1": "b1_scale_grid", "bias": "bias_gain_grid", "noise": "noise_snr"}[kind]
+        key = {"b1": "b1_scale_grid", "bias": "bias_gain_grid", "noise": "noise_snr",
+               "relaxation_scaling": "relaxation_scaling_grid"}[kind]
         eligible = [d for d in draws if kind != "b1" or FAMILIES[d["family"]].uses_flip]
         frac = sum(key in d for d in eligible) / len(eligible)
         p = spec.probability
-        assert abs(frac - p) < 4.5 * math.sqrt(p * (1 - p) / len(eligible)), kind
+        assert abs(frac - p) <= 4.5 * math.sqrt(p * (1 - p) / len(eligible)), kind
     for d in draws:
         json.dumps(d)  # JSON-serialisable
 
@@ -309,6 +311,74 @@ def test_family_probability_setting_gives_that_share_and_keeps_the_others_propor
     for bad in ("tse.probability=1.5", "tse.probability=[0.1, 0.2]"):
         with pytest.raises(ProtocolError, match="probability"):
             protocol_with_settings("wide", [bad])
+
+
+def _scaling_protocol(family: str, factor: float, params: dict) -> "object":
+    d = no_imperfections().to_dict()
+    d["families"] = [dict(f, probability=1.0) for f in d["families"] if f["family"] == family]
+    d["families"][0]["params"].update(params)
+    d["imperfections"] = {"relaxation_scaling": {"probability": 1.0, "factor": [factor, factor], "grid": [2, 2]}}
+    return protocol_from_dict(d, "test")
+
+
+@pytest.mark.parametrize("family,params", [
+    ("tse", {"tr_ms": 2000.0, "te_ms": 80.0, "blood_factor": 1.0}),
+    ("spoiled_gre", {"flip_deg": 20.0, "tr_ms": 30.0, "te_fraction": 0.2, "te_min_ms": 2.0}),
+    ("bssfp", {"flip_deg": 60.0, "tr_ms": 2.5}),
+])
+def test_relaxation_scaling_renders_non_cardiac_tissue_with_k_times_t1_and_t2(family, params):
+    """Factor fixed at 4: outside the blood and myocardium labels the image is the signal equation (numpy,
+    written here) of 4·T1 and 4·T2, blood and myocardium are untouched; the short-TR bSSFP image of the
+    scaled tissue stays within 1 % of the unscaled one (its signal depends on T1/T2 only), while the
+    T2-weighted TSE image of that tissue changes by far more."""
+    m0, t1, t2, labels = region_maps()
+    renderer = ContrastRenderer(_scaling_protocol(family, 4.0, params))
+    img, p = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=labels, valid=labels >= 0)
+    assert p["relaxation_scaling_min"] == pytest.approx(4.0, rel=1e-5) == p["relaxation_scaling_max"]
+    blood, myo = np.isin(labels, (1, 3)), labels == 2
+    tissue = ~(blood | myo)
+    k = np.where(tissue, 4.0, 1.0)
+    want = expected_image(family, p, m0, t1 * k, t2 * k, blood, myo)
+    unscaled = expected_image(family, p, m0, t1, t2, blood, myo)
+    got = img.numpy().astype(np.float64)
+    below = want < p["clip_level"] * (1 - 1e-5)
+    assert below[tissue].mean() > 0.5, "the scaled tissue must mostly lie below the clip level to be compared"
+    # float32 rendering: 1 - exp(-TR/T1) at TR 2.5 ms and T1 3440 ms cancels to ~1e-4 relative
+    np.testing.assert_allclose(got[below], want[below], rtol=5e-4, atol=1e-7)
+    change = np.abs(want[tissue] / unscaled[tissue] - 1.0).max()
+    if family == "bssfp":
+        assert change < 0.01
+    if family == "tse":
+        assert change > 0.5
+
+
+def test_relaxation_scaling_probability_setting_and_no_scaling_without_labels():
+    renderer = ContrastRenderer(protocol_with_settings("wide", ["relaxation_scaling.probability=0.5"]))
+    m0, t1, t2, labels = region_maps((12, 12))
+    rng = np.random.default_rng(4)
+    n = 600
+    hits = sum("relaxation_scaling_grid" in renderer.render(m0, t1, t2, rng, labels=labels)[1] for _ in range(n))
+    assert abs(hits / n - 0.5) < 4.5 * math.sqrt(0.25 / n)
+    # without labels the renderer cannot tell cardiac from other tissue: nothing is scaled
+    assert not any("relaxation_scaling_grid" in renderer.render(m0, t1, t2, rng)[1] for _ in range(50))
+    with pytest.raises(ProtocolError, match="no parameter"):
+        protocol_with_settings("wide", ["relaxation_scaling.scale=[1, 2]"])
+
+
+def test_scale_relaxation_keeps_the_t1_t2_ratio_and_the_cardiac_labels():
+    from nnunetv2_physaug.contrast.imperfections import scale_relaxation
+
+    m0, t1, t2, labels = region_maps((48, 40))
+    t1, t2 = torch.from_numpy(t1), torch.from_numpy(t2)
+    t1s, t2s = t1.clone(), t2.clone()
+    tissue = torch.from_numpy(~np.isin(labels, (1, 2, 3)))
+    lo, hi = scale_relaxation(t1s, t2s, tissue, np.random.default_rng(3), 3, (0.5, 6.0))
+    k1, k2 = (t1s / t1).numpy(), (t2s / t2).numpy()
+    np.testing.assert_allclose(k1, k2, rtol=1e-6)                    # T1/T2 unchanged everywhere
+    assert (k1[~tissue.numpy()] == 1.0).all()                          # blood and myocardium untouched
+    k = k1[tissue.numpy()]
+    assert 0.5 * (1 - 1e-6) <= k.min() and k.max() <= 6.0 * (1 + 1e-6) and k.max() / k.min() > 1.5
+    assert lo <= k.min() * (1 + 1e-6) and hi >= k.max() * (1 - 1e-6)  # the field's range covers the tissue's
 
 
 # ----------------------------------------------------------------------------- renderings vs equations

@@ -1,4 +1,5 @@
-"""Physical imperfections of a rendering: smooth B1 (flip-angle) field, receive bias field, Rician noise.
+"""Physical imperfections of a rendering: smooth B1 (flip-angle) field, receive bias field, Rician noise,
+and the ambiguity of the tissue maps it starts from (``relaxation_scaling``).
 
 All randomness comes from a ``numpy.random.Generator``. Smooth fields vary over the last two
 (in-plane) axes only and broadcast over leading axes (slices).
@@ -13,6 +14,7 @@ redrawn after serving :attr:`NormalPool.reuse` times its size.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Optional
 
@@ -22,7 +24,7 @@ import torch
 from .families import ParamSpec
 from .fast import sqrt_
 
-__all__ = ["IMPERFECTIONS", "smooth_field", "add_rician_noise", "NormalPool"]
+__all__ = ["IMPERFECTIONS", "smooth_field", "add_rician_noise", "NormalPool", "scale_relaxation"]
 
 # Protocol schema of each imperfection: parameter -> spec (every entry also has `probability`).
 # `grid` is the size of the coarse control grid (an integer range, >= 2 control points per axis).
@@ -32,6 +34,10 @@ IMPERFECTIONS: dict[str, dict[str, ParamSpec]] = {
     "bias": {"gain": ParamSpec("multiplicative receive-sensitivity gain", 0.0, exclusive_min=True),
              "grid": ParamSpec("control points per in-plane axis", 2.0, 64.0)},
     "noise": {"snr": ParamSpec("mean valid signal / noise sigma", 0.0, exclusive_min=True)},
+    "relaxation_scaling": {
+        "factor": ParamSpec("common factor on T1 and T2 of tissue outside the blood and myocardium labels", 0.0,
+                            exclusive_min=True),
+        "grid": ParamSpec("control points per in-plane axis", 2.0, 64.0)},
 }
 INTEGER_PARAMS = frozenset({"grid"})
 
@@ -144,3 +150,27 @@ def add_rician_noise(image: torch.Tensor, sigma: float, rng: np.random.Generator
     real.mul_(sigma).add_(image).square_()
     imag.mul_(sigma).square_()
     return sqrt_(real.add_(imag))
+
+
+def scale_relaxation(t1: torch.Tensor, t2: torch.Tensor, tissue: torch.Tensor, rng: np.random.Generator, grid: int,
+                     factor_range: tuple[float, float]) -> tuple[float, float]:
+    """Multiply T1 and T2 (ms, shape (..., Y, X), in place) of the ``tissue`` pixels by one smooth factor field.
+
+    Why: a bSSFP image fixes a pixel's M0 and T1/T2 ratio but hardly the scale of T1 and T2: at short TR
+    the bSSFP signal ``M0 sin(a) / ((1 + cos a) + (1 - cos a) T1/T2)`` depends on T1 and T2 only through
+    their ratio (:func:`~nnunetv2_physaug.physics.signal.bssfp` with ``short_tr``). Fat (343/58 ms), stomach
+    fluid (~3000/~1000 ms) and blood (1550/270 ms) look alike in cine, and outside the heart the maps
+    hold what the estimator assumed (intensity classes), while T2- or T1-weighted images of the same
+    tissues differ (a stomach is bright in T2-weighted images). Drawing the scale ``k`` along this
+    null direction of the bSSFP signal renders the other sequences of every tissue the cine image is
+    compatible with, and leaves the blood and myocardium labels (where the maps are well determined)
+    alone. ``log k`` is a smooth field (``grid`` × ``grid`` control values uniform in ``[log low, log
+    high]``, bilinear), so different organs get different factors. Returns the field's (min, max) factor.
+    """
+    lo, hi = (math.log(v) for v in factor_range)
+    field = smooth_field(rng, tuple(t1.shape[-2:]), grid, (lo, hi), device=t1.device).exp_()
+    kmin, kmax = torch.aminmax(field)
+    k = torch.where(tissue, field, torch.ones((), dtype=field.dtype, device=field.device))
+    t1.mul_(k)
+    t2.mul_(k)
+    return float(kmin), float(kmax)

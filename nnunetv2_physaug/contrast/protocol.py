@@ -332,6 +332,16 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
     return protocol_from_dict(_parse_text(text, path.suffix.lower(), path.name), path.name)
 
 
+def _set_effect_param(effect: dict, name: str, param: str, value: str, item: str) -> None:
+    """Set ``param`` (``probability`` or one of its ranges) of an imperfection or pathology entry."""
+    if param not in effect:
+        raise ProtocolError(f"setting {item!r}: {name} has no parameter {param!r} (it has {', '.join(sorted(effect))})")
+    try:
+        effect[param] = json.loads(value) if value.strip().startswith("[") else float(value)
+    except ValueError as e:
+        raise ProtocolError(f"setting {item!r}: VALUE must be a number or [low, high] ({e})") from None
+
+
 def _set_family_share(families: list[dict], family: str, share: Any, item: str) -> None:
     """Give the entries named ``family`` the total probability ``share`` (their proportions kept), the
     others ``1 - share`` in their proportions (the protocol's check then sees a sum of 1)."""
@@ -351,7 +361,8 @@ def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[s
     """``name_or_path`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied.
 
     VALUE is a number (a fixed value) or ``[low, high]`` (a range); every family entry named FAMILY gets
-    it. ``FAMILY.probability=P`` sets the share of renders of FAMILY (all its entries together) to P and
+    it. ``EFFECT.PARAM=VALUE`` sets the probability or a range of an imperfection or pathology entry the
+    protocol has (``relaxation_scaling.probability=0.5``). ``FAMILY.probability=P`` sets the share of renders of FAMILY (all its entries together) to P and
     rescales the other families so that they keep their proportions and the total stays 1. The name of
     the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and run records
     tell the variants apart. Used by ``check_realism --set`` and by trainer variants
@@ -365,9 +376,15 @@ def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[s
         key, _, value = str(item).partition("=")
         family, _, param = key.strip().partition(".")
         fams = [f for f in d["families"] if f["family"] == family]
+        effect = d["imperfections"].get(family) or d["pathology"].get(family)
+        if effect is not None and not fams and param and value.strip():
+            _set_effect_param(effect, family, param, value, item)
+            continue
         if not fams or not param or not value.strip():
             raise ProtocolError(f"setting {item!r}: write FAMILY.PARAM=VALUE with a family of {name_or_path!r} "
-                                f"({', '.join(sorted({f['family'] for f in d['families']}))})")
+                                f"({', '.join(sorted({f['family'] for f in d['families']}))}) or EFFECT.PARAM=VALUE "
+                                f"with one of its imperfections or pathology entries "
+                                f"({', '.join([*d['imperfections'], *d['pathology']]) or 'none'})")
         try:
             v = json.loads(value) if value.strip().startswith("[") else float(value)
         except ValueError as e:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .families import FAMILIES
-from .imperfections import NormalPool, add_rician_noise, smooth_field
+from .imperfections import NormalPool, add_rician_noise, scale_relaxation, smooth_field
 from .pathology import PathologyMasks, apply_edema, draw_pathology, soften_concentration
 from .protocol import Protocol
 
@@ -348,11 +348,18 @@ class ContrastRenderer:
             ctx.pathology = self.last_pathology = masks
             if "uptake" in path and rng.random() < path["uptake"].probability:
                 ctx.uptake = path["uptake"].params
+        imp = self.protocol.imperfections
+        scaling = imp.get("relaxation_scaling")
+        # probability 0 draws nothing, so a preset that lists the option switched off renders as before
+        if scaling is not None and labels is not None and scaling.probability > 0 and rng.random() < scaling.probability:
+            grid = int(rng.integers(int(scaling.params["grid"][0]), int(scaling.params["grid"][1]) + 1))
+            tissue = ~(ctx.blood_mask() | ctx.myocardium_mask())
+            lo, hi = scale_relaxation(t1, t2, tissue, rng, grid, scaling.params["factor"])  # this render's own copies
+            params.update(relaxation_scaling_grid=grid, relaxation_scaling_min=lo, relaxation_scaling_max=hi)
         ctx.rng = rng
         if need_sample:
             params.update(fam.sample(rng, spec.params, ctx))
 
-        imp = self.protocol.imperfections
         shape_yx = tuple(t1.shape[-2:])
         if fam.uses_flip and "b1" in imp and rng.random() < imp["b1"].probability:
             ctx.b1 = self._field(rng, shape_yx, imp["b1"].params["grid"], imp["b1"].params["scale"], params, "b1_scale")

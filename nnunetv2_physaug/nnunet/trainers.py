@@ -309,5 +309,14 @@ class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
     physaug_protocol_settings = ("tse.probability=0.45",)
 
 
+
+class nnUNetTrainerPhysAugTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` with half the renders drawing the scale of T1 and T2 outside the blood and
+    myocardium labels (``relaxation_scaling``: a smooth factor 0.5-6 on both, T1/T2 and so the cine image
+    unchanged), so that non-cardiac tissue (a stomach, fat, liver) varies between the contrasts the cine
+    image is compatible with instead of keeping the estimator's intensity classes."""
+
+    physaug_protocol_settings = ("relaxation_scaling.probability=0.5",)
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
