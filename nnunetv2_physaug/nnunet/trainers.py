@@ -318,5 +318,12 @@ class nnUNetTrainerPhysAugTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
 
     physaug_protocol_settings = ("relaxation_scaling.probability=0.5",)
 
+
+class nnUNetTrainerPhysAugBlackBloodTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: both of the above (45 % black-blood TSE and ``relaxation_scaling`` on half the renders)."""
+
+    physaug_protocol_settings = (*nnUNetTrainerPhysAugBlackBlood_5epochs.physaug_protocol_settings,
+                                 *nnUNetTrainerPhysAugTissueScaling_5epochs.physaug_protocol_settings)
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
