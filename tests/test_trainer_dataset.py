@@ -380,12 +380,13 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     seen = {}
     for name in ("nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerPhysAugReadout_5epochs",
                  "nnUNetTrainerPhysAugPathologyCentric_5epochs", "nnUNetTrainerPhysAugBloodPV_5epochs",
-                 "nnUNetTrainerPhysAugBlackBlood_5epochs", "nnUNetTrainerPhysAugTissueScaling_5epochs"):
+                 "nnUNetTrainerPhysAugBlackBlood_5epochs", "nnUNetTrainerPhysAugTissueScaling_5epochs",
+                 "nnUNetTrainerPhysAugBlackBloodTissueScaling_5epochs"):
         tr = _trainer(env, folder, name)
         wrapped, _ = tr.get_tr_and_val_datasets()
         proto = pickle.loads(pickle.dumps(wrapped)).renderer.protocol
         seen[name] = proto
-    base, readout, centric, bpv, black, scaling = seen.values()
+    base, readout, centric, bpv, black, scaling, both = seen.values()
     for fam in ("lge", "psir"):
         assert params(base, fam)["readout_pulses"] == params(wide, fam)["readout_pulses"]
         for key in ("readout_pulses", "readout_tr_ms"):
@@ -403,4 +404,5 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert base.imperfections["relaxation_scaling"].probability == 0.0
     assert scaling.imperfections["relaxation_scaling"].probability == 0.5
     assert scaling.families == wide.families
-    assert len({p.name for p in seen.values()}) == 6
+    assert both.families == black.families and both.imperfections == scaling.imperfections
+    assert len({p.name for p in seen.values()}) == 7
