@@ -14,6 +14,14 @@ Steps (stock nnU-Net commands and ours, as a user would run them):
 ``--baseline-from`` reuses the baseline's scores of an earlier report with the same settings (ablations:
 only the PhysAug variants are trained).
 
+``--oracle`` adds the reference a cross-sequence result is read against: the stock baseline trainer trained on
+the *real* LGE (and T2) images of the same training patients (same labels, split, plans and budget), a
+separate nnU-Net dataset per sequence (``Dataset<id+1>_MyoPSLGE``, ``Dataset<id+2>_MyoPST2`` in the work
+folder, made with nnU-Net's own commands: fingerprint with the integrity check, the bSSFP dataset's plans
+moved over, preprocessing). It says how much of the C0 -> LGE / C0 -> T2 drop a model trained on the
+sequence itself keeps at this budget, and the report gives the share of the drop to that reference that each
+model recovers.
+
 Modes: ``cv`` trains the 5 folds of the patient-level split inside the training patients and tests each
 fold's model on the C0/LGE/T2 of its own 5 validation patients (never seen in training, in any
 sequence); scores pool all validation patients. ``final`` trains on all training patients
@@ -51,11 +59,19 @@ PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
 
 class Run(NamedTuple):
     """One trained model family: ``trainer`` under ``plans``; ``name`` labels its predictions and rows
-    (the trainer's name, plus ``_r<k>`` for the k-th repeat)."""
+    (the trainer's name, plus ``_r<k>`` for the k-th repeat). ``trained_on``: the sequence of its training
+    images (C0 unless it is an ``--oracle`` reference, trained on dataset ``dataset_id``)."""
     name: str
     trainer: str
     plans: str
     repeat: int = 0
+    trained_on: str = myops.TRAINING_SEQUENCE
+    dataset_id: Optional[int] = None
+
+    @property
+    def model(self) -> str:
+        """The row label of the model: the trainer, or ``<trainer> on <SEQ>`` for an oracle."""
+        return self.trainer if self.trained_on == myops.TRAINING_SEQUENCE else f"{self.trainer} on {self.trained_on}"
 
 
 def repeat_plans(preprocessed_dataset: Path, plans: str, repeat: int) -> str:
@@ -117,6 +133,59 @@ def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optio
     return ds, plans
 
 
+def oracle_dataset_id(dataset_id: int, sequence: str) -> int:
+    """nnU-Net ID of the ``--oracle`` dataset of ``sequence`` (LGE: ``dataset_id + 1``, T2: ``+ 2``)."""
+    return dataset_id + SEQUENCES.index(sequence)
+
+
+def prepare_oracle(ds: Path, sequence: str, dataset_id: int, plans: str, env: dict, logs: Path) -> int:
+    """The ``--oracle`` dataset of ``sequence``: the training patients' real ``sequence`` images with their
+    labels (links into the converted dataset ``ds``), its fingerprint (with nnU-Net's integrity check), the
+    bSSFP dataset's ``plans`` moved over (same network, patch and spacing) and its preprocessed data, and
+    the bSSFP dataset's ``splits_final.json`` (same folds). Reused when its plans and split are already
+    there. Returns its nnU-Net ID."""
+    oid = oracle_dataset_id(dataset_id, sequence)
+    name = dataset_name(oid, f"{myops.NAME}{sequence}")
+    raw = Path(env["nnUNet_raw"]) / name
+    pre_source = Path(env["nnUNet_preprocessed"]) / ds.name
+    pre = Path(env["nnUNet_preprocessed"]) / name
+    splits = pre_source / "splits_final.json"
+    meta = {"oracle_of": ds.name, "sequence": sequence, "images": myops.image_folder("train", sequence)}
+    done = (pre / f"{plans}.json").is_file() and (pre / "splits_final.json").is_file() and (raw / "dataset.json").is_file()
+    if done and json.loads((raw / "dataset.json").read_text()).get("physaug_metadata") == meta \
+            and (pre / "splits_final.json").read_text() == splits.read_text():
+        return oid
+    source = json.loads((ds / "dataset.json").read_text())
+    images = ds / meta["images"]
+    cases = sorted(f.name[:-len(".nii.gz")] for f in (ds / "labelsTr").glob("*.nii.gz"))
+    missing = [c for c in cases if not (images / f"{c}_0000.nii.gz").is_file()]
+    if not cases or missing:
+        raise BenchmarkError(f"--oracle {sequence}: {images} lacks the images of {', '.join(missing) or 'every patient'}; "
+                             f"convert the dataset again")
+    for d in (raw, pre):
+        if d.exists():
+            shutil.rmtree(d)
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    for c in cases:
+        os.symlink(images / f"{c}_0000.nii.gz", raw / "imagesTr" / f"{c}_0000.nii.gz")
+        os.symlink(ds / "labelsTr" / f"{c}.nii.gz", raw / "labelsTr" / f"{c}.nii.gz")
+    atomic_write_json(raw / "dataset.json", {
+        "channel_names": {"0": sequence}, "labels": source["labels"], "numTraining": len(cases),
+        "file_ending": source["file_ending"], "name": name, "physaug_metadata": meta})
+    np_env = {**env, "nnUNet_n_proc_DA": "1"}
+    run_step(f"oracle {sequence}: fingerprint", ["nnUNetv2_extract_fingerprint", "-d", str(oid), "-np", "1",
+                                                 "--verify_dataset_integrity"], np_env, logs)
+    run_step(f"oracle {sequence}: plans", ["nnUNetv2_move_plans_between_datasets", "-s", str(dataset_id), "-t",
+                                           str(oid), "-sp", plans, "-tp", plans], np_env, logs)
+    # nnU-Net's planner copies dataset.json there; moved plans skip the planner and the preprocessor reads it
+    shutil.copyfile(raw / "dataset.json", pre / "dataset.json")
+    run_step(f"oracle {sequence}: preprocess", ["nnUNetv2_preprocess", "-d", str(oid), "-plans_name", plans,
+                                                "-c", "2d", "-np", "1"], np_env, logs)
+    shutil.copyfile(splits, pre / "splits_final.json")
+    return oid
+
+
 def _in_parallel(fn, items, jobs: int) -> None:
     if jobs <= 1:
         for item in items:
@@ -135,7 +204,7 @@ def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device
     todo = []
     for fold in folds:
         for r in runs:
-            out = Path(get_output_folder(dataset_id, r.trainer, r.plans, "2d", fold))
+            out = Path(get_output_folder(r.dataset_id or dataset_id, r.trainer, r.plans, "2d", fold))
             if (out / "checkpoint_final.pth").is_file():
                 print(f"[bench_real] train {r.name} fold {fold}: finished earlier, kept", flush=True)
                 continue
@@ -143,7 +212,7 @@ def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device
 
     def one(item):
         r, fold = item
-        return run_step(f"train {r.name} fold {fold}", ["nnUNetv2_train", str(dataset_id), "2d", fold, "-tr",
+        return run_step(f"train {r.name} fold {fold}", ["nnUNetv2_train", str(r.dataset_id or dataset_id), "2d", fold, "-tr",
                                                          r.trainer, "-p", r.plans, "-device", device], env, logs)
     _in_parallel(one, todo, jobs)
 
@@ -216,7 +285,7 @@ def predict_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], devi
         n_proc = "1" if jobs > 1 else str(max(1, int(env.get("nnUNet_def_n_proc", "1"))))
         return run_step(f"predict {r.name} fold {fold}",
                         ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
-                         "-d", str(dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
+                         "-d", str(r.dataset_id or dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
                          "--disable_tta", "-device", device, "-npp", n_proc, "-nps", n_proc,
                          "--disable_progress_bar"], env, logs)
     _in_parallel(one, [(r, fold) for r in runs for fold in folds], jobs)
@@ -248,7 +317,7 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], fold
     predict_all(dataset_id, folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
     rows = []
     for r in runs:
-        model = Path(get_output_folder(dataset_id, r.trainer, r.plans, "2d"))
+        model = Path(get_output_folder(r.dataset_id or dataset_id, r.trainer, r.plans, "2d"))
         for fold in folds:
             for case in fold_cases[fold]:
                 for s in SEQUENCES:
@@ -259,7 +328,8 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], fold
             pooled = root / r.name / s
             scores = score_folder(root / "_labels" / s, pooled, model)
             cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
-            rows.append({"model": r.trainer, "run": r.name, "repeat": r.repeat, "sequence": s, **scores,
+            rows.append({"model": r.model, "run": r.name, "repeat": r.repeat, "trained_on": r.trained_on,
+                         "sequence": s, **scores,
                          "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
             print(f"[bench_real] {r.name} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
                   f"({scores['n_cases']} patients)", flush=True)
@@ -298,7 +368,8 @@ def pool_repeats(rows: list[dict]) -> list[dict]:
             out.append({**rs[0], "per_repeat": [rs[0]["mean_fg_dice"]]})
             continue
         labels = rs[0]["dice_per_label"]
-        pooled = {"model": model, "sequence": seq, "n_cases": rs[0]["n_cases"], "repeats": len(rs),
+        pooled = {"model": model, "sequence": seq, "trained_on": rs[0].get("trained_on", myops.TRAINING_SEQUENCE),
+                  "n_cases": rs[0]["n_cases"], "repeats": len(rs),
                   "mean_fg_dice": float(np.mean([r["mean_fg_dice"] for r in rs])),
                   "dice_per_label": {k: float(np.mean([r["dice_per_label"][k] for r in rs])) for k in labels},
                   "pathology": {p: {k: (int(v) if k == "voxels" else float(np.mean([r["pathology"][p][k] for r in rs])))
@@ -317,6 +388,27 @@ def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> fl
     by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
     drop = by[(baseline, "C0")] - by[(baseline, sequence)]
     return (by[(model, sequence)] - by[(baseline, sequence)]) / drop if drop > 0 else float("nan")
+
+
+def oracles(rows: list[dict]) -> dict[str, str]:
+    """``{sequence: model}`` of the ``--oracle`` references among ``rows`` (models trained on that sequence)."""
+    return {r["trained_on"]: r["model"] for r in rows
+            if r.get("trained_on", myops.TRAINING_SEQUENCE) != myops.TRAINING_SEQUENCE}
+
+
+def oracle_gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> float:
+    """Share of the drop from the ``--oracle`` reference that ``model`` recovers on ``sequence``:
+    (model - baseline) / (oracle - baseline), all on ``sequence``, where the oracle is the baseline trainer
+    trained on the real ``sequence`` images; nan when the oracle is no better than the baseline."""
+    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    drop = by[(oracles(rows)[sequence], sequence)] - by[(baseline, sequence)]
+    return (by[(model, sequence)] - by[(baseline, sequence)]) / drop if drop > 0 else float("nan")
+
+
+def oracle_line(rows: list[dict]) -> str:
+    """``real_<seq>_oracle=`` for each oracle reference, on its own sequence (mean foreground Dice)."""
+    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    return " ".join(f"real_{s.lower()}_oracle={by[(m, s)]:.3f}" for s, m in oracles(rows).items())
 
 
 def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
@@ -357,6 +449,16 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
                          + " |")
         lines.append("| C0 vs baseline | " + " | ".join(
             f"{by[(m, 'C0')]['mean_fg_dice'] - by[(baseline, 'C0')]['mean_fg_dice']:+.3f}" for m in others) + " |")
+    refs = oracles(rows)
+    if baseline is not None and refs:
+        others = [m for m in models if m != baseline and m not in refs.values()]
+        lines += ["", "Oracle references (--oracle): the baseline trainer trained on the real images of the sequence "
+                  "itself (same patients, labels, split, plans and budget). Share of the drop from the oracle that "
+                  "each model recovers, (model - baseline) / (oracle - baseline), on that sequence:", "",
+                  "| | oracle | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
+        for s, ref in refs.items():
+            lines.append(f"| {s} | {by[(ref, s)]['mean_fg_dice']:.3f} | "
+                         + " | ".join(f"{oracle_gap_closed(rows, baseline, m, s):.0%}" for m in others) + " |")
     for m in models:
         if by[(m, SEQUENCES[0])].get("from"):
             lines += ["", f"{m}: scores taken from {by[(m, SEQUENCES[0])]['from']} (--baseline-from), "
@@ -418,13 +520,15 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
                   figure_case: Optional[str] = None, baseline: Optional[str] = None,
                   physaug: Optional[str] = None, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
                   test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES,
-                  baseline_from: Optional[Path] = None, repeats: int = 1) -> dict:
+                  baseline_from: Optional[Path] = None, repeats: int = 1, oracle: bool = False) -> dict:
     """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
     default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``.
     ``baseline_from``: take the baseline's rows from an earlier ``results.json`` of the same settings instead
     of training it again (for ablations of PhysAug variants; the report marks them). ``repeats``: train
     every model that many times (independent nnU-Net runs on the same data, split and plans); the report
-    gives their mean and range, so a difference can be told from run-to-run spread."""
+    gives their mean and range, so a difference can be told from run-to-run spread. ``oracle``: also train
+    the baseline trainer on the real LGE and T2 images of the training patients (one dataset each,
+    :func:`prepare_oracle`) as the reference of what training on the sequence itself reaches."""
     if repeats < 1:
         raise BenchmarkError(f"--repeats must be at least 1, got {repeats}")
     t_start = time.time()
@@ -450,6 +554,13 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
         print(f"[bench_real] {baseline}: rows from {baseline_from}, not trained again", flush=True)
     runs = [Run(t if k == 0 else f"{t}_r{k}", t, repeat_plans(pre, plans, k), k)
             for k in range(repeats) for t in trainers if not (reused and t == baseline)]
+    if oracle:
+        settings["oracle"] = True
+        for s in SEQUENCES[1:]:
+            oid = prepare_oracle(ds, s, dataset_id, plans, env, logs)
+            opre = Path(env["nnUNet_preprocessed"]) / dataset_name(oid, f"{myops.NAME}{s}")
+            runs += [Run(f"{baseline}_on{s}" + (f"_r{k}" if k else ""), baseline, repeat_plans(opre, plans, k), k, s, oid)
+                     for k in range(repeats)]
     train_all(dataset_id, folds, runs, device, env, logs, jobs)
     per_repeat = evaluate_all(ds, mode, dataset_id, runs, folds, splits, device, work, env, logs, jobs)
     rows = reused + pool_repeats(per_repeat)
@@ -458,7 +569,7 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     report_dir.mkdir(parents=True, exist_ok=True)
     if figure_case is None:  # the first test patient (of fold 0 in cv)
         figure_case = sorted(patients_under_test(ds, mode, 0 if mode == "cv" else None, splits))[0]
-    contour_figure(ds, mode, work, [r.name for r in runs if r.repeat == 0], figure_case,
+    contour_figure(ds, mode, work, [r.name for r in runs if r.repeat == 0 and r.trained_on == myops.TRAINING_SEQUENCE], figure_case,
                    report_dir / "contours.png")
     seconds = time.time() - t_start
     atomic_write_json(report_dir / "results.json", {"settings": settings, "rows": rows,
@@ -467,6 +578,8 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     print(f"\nMyoPS ({mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
     print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case})")
+    if oracles(rows):
+        print(oracle_line(rows))
     return {"rows": rows, "line": summary_line(rows, baseline, physaug, seconds)}
 
 
@@ -501,6 +614,9 @@ def main(argv=None) -> None:
                    "instead of training it again (ablations of PhysAug variants; the report says so)")
     p.add_argument("--repeats", type=int, default=1, help="train every model this many times (independent "
                    "runs; the report gives mean and range: run-to-run spread of 5-epoch runs is ~0.01-0.03 Dice)")
+    p.add_argument("--oracle", action="store_true", help="also train the baseline trainer on the real LGE and on the "
+                   "real T2 images of the training patients (same split, plans, budget): the reference of what "
+                   "training on the sequence itself reaches; the report gives each model's share of that drop")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
     try:
@@ -509,7 +625,7 @@ def main(argv=None) -> None:
                           figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                           train_cases=myops.parse_case_range(args.train_cases),
                           test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
-                          repeats=args.repeats)
+                          repeats=args.repeats, oracle=args.oracle)
     except (StepError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)

@@ -8,6 +8,7 @@ commands for the end-to-end run.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,7 @@ def test_bench_real_final_end_to_end(tmp_path):
             / "fold_all" / "checkpoint_final.pth").is_file()
 
 
+
 def test_repeats_pool_to_their_mean_and_keep_each_value():
     def row(repeat, d, scar):
         return {"model": "P", "run": "P" if repeat == 0 else f"P_r{repeat}", "repeat": repeat, "sequence": "LGE",
@@ -221,3 +223,57 @@ def test_check_realism_runs_on_a_fake_tree_and_settings_apply(tmp_path, monkeypa
     assert "| `lge` renders" in realism.format_report(out)
     with pytest.raises(ProtocolError, match="no parameter"):
         protocol_with_settings("wide", ["tse.flip_deg=3"])
+
+
+def test_oracle_gap_closed_by_hand():
+    """Baseline LGE 0.4, oracle (baseline trainer on real LGE) 0.8, PhysAug 0.7: 75 % of the 0.4 drop."""
+    rows = [{"model": m, "sequence": s, "mean_fg_dice": d, "trained_on": on}
+            for m, on, ds in (("B", "C0", (0.9, 0.4)), ("P", "C0", (0.88, 0.7)), ("B on LGE", "LGE", (0.5, 0.8)))
+            for s, d in zip(("C0", "LGE"), ds)]
+    assert br.oracles(rows) == {"LGE": "B on LGE"}
+    assert br.oracle_gap_closed(rows, "B", "P", "LGE") == pytest.approx(0.75)
+    assert br.oracle_line(rows) == "real_lge_oracle=0.800"
+    # an oracle no better than the baseline has no drop to recover
+    rows[-1]["mean_fg_dice"] = 0.4
+    assert np.isnan(br.oracle_gap_closed(rows, "B", "P", "LGE"))
+
+
+def test_oracle_refuses_a_dataset_without_that_sequence(tmp_path, monkeypatch):
+    res = _converted(tmp_path, monkeypatch, ())
+    (res.dataset_dir / "imagesTr_T2" / "Case3002_0000.nii.gz").unlink()
+    env = nnunet_env(tmp_path)
+    with pytest.raises(br.BenchmarkError, match="imagesTr_T2 lacks the images of Case3002; convert"):
+        br.prepare_oracle(res.dataset_dir, "T2", 913, "nnUNetPlans", env, tmp_path / "logs")
+    assert not (Path(env["nnUNet_raw"]) / "Dataset915_MyoPST2").exists()
+
+
+def test_oracle_dataset_holds_the_real_sequence_with_the_bssfp_plans_and_split(tmp_path, monkeypatch):
+    """nnU-Net's own commands build the --oracle dataset; truth: the fake builder's LGE/T2 intensities behind
+    each image, the converter's labels and split, the bSSFP dataset's (narrowed) plans."""
+    res = _converted(tmp_path, monkeypatch, ())
+    env = {**nnunet_env(tmp_path), "nnUNet_n_proc_DA": "1"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ds, plans = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 0.5, range(3001, 3006), ())
+    for seq, oid in (("LGE", 914), ("T2", 915)):
+        assert br.prepare_oracle(ds, seq, 913, plans, env, logs) == oid
+        raw = Path(env["nnUNet_raw"]) / f"Dataset{oid}_MyoPS{seq}"
+        pre = Path(env["nnUNet_preprocessed"]) / raw.name
+        images = sorted((raw / "imagesTr").iterdir())
+        assert [f.name for f in images] == [f"Case{n}_0000.nii.gz" for n in range(3001, 3006)]
+        for f in images:
+            assert nib.load(str(f)).get_fdata()[20, 18, 1] == MYOPS_INTENSITY[seq][2]  # that sequence's LV blood
+            case = f.name.replace("_0000", "")
+            assert np.array_equal(nib.load(str(raw / "labelsTr" / case)).get_fdata(),
+                                  nib.load(str(res.dataset_dir / "labelsTr" / case)).get_fdata())
+        source = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / f"{plans}.json").read_text())
+        moved = json.loads((pre / f"{plans}.json").read_text())
+        assert moved["dataset_name"] == raw.name
+        assert moved["configurations"]["2d"]["architecture"] == source["configurations"]["2d"]["architecture"]
+        assert (pre / "splits_final.json").read_text() == res.splits_file.read_text()
+        data_dir = pre / moved["configurations"]["2d"]["data_identifier"]
+        assert len([f for f in data_dir.iterdir() if f.name.startswith("Case")]) >= 5
+    # a second call reuses it
+    stamp = (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns
+    assert br.prepare_oracle(ds, "LGE", 913, plans, env, logs) == 914
+    assert (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns == stamp
