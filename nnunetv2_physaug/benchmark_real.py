@@ -386,7 +386,12 @@ def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> fl
     (model on sequence - baseline on sequence) / (baseline on C0 - baseline on sequence); nan when the
     baseline has no drop."""
     by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
-    drop = by[(baseline, "C0")] - by[(baseline, sequence)]
+    return _share_recovered(by, baseline, model, sequence, by[(baseline, "C0")])
+
+
+def _share_recovered(by: dict, baseline: str, model: str, sequence: str, reference: float) -> float:
+    """(model - baseline) / (reference - baseline) on ``sequence``; nan when the reference is no better."""
+    drop = reference - by[(baseline, sequence)]
     return (by[(model, sequence)] - by[(baseline, sequence)]) / drop if drop > 0 else float("nan")
 
 
@@ -401,8 +406,7 @@ def oracle_gap_closed(rows: list[dict], baseline: str, model: str, sequence: str
     (model - baseline) / (oracle - baseline), all on ``sequence``, where the oracle is the baseline trainer
     trained on the real ``sequence`` images; nan when the oracle is no better than the baseline."""
     by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
-    drop = by[(oracles(rows)[sequence], sequence)] - by[(baseline, sequence)]
-    return (by[(model, sequence)] - by[(baseline, sequence)]) / drop if drop > 0 else float("nan")
+    return _share_recovered(by, baseline, model, sequence, by[(oracles(rows)[sequence], sequence)])
 
 
 def oracle_line(rows: list[dict]) -> str:
