@@ -58,15 +58,16 @@ PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
 
 
 class Run(NamedTuple):
-    """One trained model family: ``trainer`` under ``plans``; ``name`` labels its predictions and rows
-    (the trainer's name, plus ``_r<k>`` for the k-th repeat). ``trained_on``: the sequence of its training
-    images (C0 unless it is an ``--oracle`` reference, trained on dataset ``dataset_id``)."""
+    """One trained model family: ``trainer`` under ``plans`` on nnU-Net dataset ``dataset_id``; ``name``
+    labels its predictions and rows (the trainer's name, plus ``_r<k>`` for the k-th repeat).
+    ``trained_on``: the sequence of its training images (C0 unless it is an ``--oracle`` reference, whose
+    dataset holds the real images of that sequence)."""
     name: str
     trainer: str
     plans: str
+    dataset_id: int
     repeat: int = 0
     trained_on: str = myops.TRAINING_SEQUENCE
-    dataset_id: Optional[int] = None
 
     @property
     def model(self) -> str:
@@ -196,7 +197,7 @@ def _in_parallel(fn, items, jobs: int) -> None:
                 f.result()
 
 
-def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device: str, env: dict,
+def train_all(folds: Sequence[str], runs: Sequence[Run], device: str, env: dict,
               logs: Path, jobs: int = 1) -> None:
     """Train every (fold, run); a finished one (checkpoint_final.pth) is kept, so a run can resume."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
@@ -204,7 +205,7 @@ def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device
     todo = []
     for fold in folds:
         for r in runs:
-            out = Path(get_output_folder(r.dataset_id or dataset_id, r.trainer, r.plans, "2d", fold))
+            out = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d", fold))
             if (out / "checkpoint_final.pth").is_file():
                 print(f"[bench_real] train {r.name} fold {fold}: finished earlier, kept", flush=True)
                 continue
@@ -212,7 +213,7 @@ def train_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device
 
     def one(item):
         r, fold = item
-        return run_step(f"train {r.name} fold {fold}", ["nnUNetv2_train", str(r.dataset_id or dataset_id), "2d", fold, "-tr",
+        return run_step(f"train {r.name} fold {fold}", ["nnUNetv2_train", str(r.dataset_id), "2d", fold, "-tr",
                                                          r.trainer, "-p", r.plans, "-device", device], env, logs)
     _in_parallel(one, todo, jobs)
 
@@ -272,7 +273,7 @@ def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str
     return out
 
 
-def predict_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], device: str,
+def predict_all(folds: Sequence[str], runs: Sequence[Run], device: str,
                 env: dict, logs: Path, inputs: Path, out: Path, jobs: int = 1) -> None:
     """``nnUNetv2_predict`` of every (run, fold) model on its fold's test inputs into
     ``out/<run name>/fold_<fold>`` (no test-time mirroring), ``jobs`` at a time (one folder per model, so
@@ -285,13 +286,13 @@ def predict_all(dataset_id: int, folds: Sequence[str], runs: Sequence[Run], devi
         n_proc = "1" if jobs > 1 else str(max(1, int(env.get("nnUNet_def_n_proc", "1"))))
         return run_step(f"predict {r.name} fold {fold}",
                         ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
-                         "-d", str(r.dataset_id or dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
+                         "-d", str(r.dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
                          "--disable_tta", "-device", device, "-npp", n_proc, "-nps", n_proc,
                          "--disable_progress_bar"], env, logs)
     _in_parallel(one, [(r, fold) for r in runs for fold in folds], jobs)
 
 
-def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], folds: Sequence[str],
+def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
                  splits: list[dict], device: str, work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
     """Predict each model's test patients (all three sequences in one ``nnUNetv2_predict`` per model and
     fold), pool them per (run, sequence), score with nnU-Net's metrics and the pathology breakdown.
@@ -314,10 +315,10 @@ def evaluate_all(ds: Path, mode: str, dataset_id: int, runs: Sequence[Run], fold
             for s in SEQUENCES:
                 shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
     print(f"[bench_real] predict {len(runs)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
-    predict_all(dataset_id, folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
+    predict_all(folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
     rows = []
     for r in runs:
-        model = Path(get_output_folder(r.dataset_id or dataset_id, r.trainer, r.plans, "2d"))
+        model = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d"))
         for fold in folds:
             for case in fold_cases[fold]:
                 for s in SEQUENCES:
@@ -556,17 +557,17 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     if reused:
         settings["baseline_from"] = str(baseline_from)
         print(f"[bench_real] {baseline}: rows from {baseline_from}, not trained again", flush=True)
-    runs = [Run(t if k == 0 else f"{t}_r{k}", t, repeat_plans(pre, plans, k), k)
+    runs = [Run(t if k == 0 else f"{t}_r{k}", t, repeat_plans(pre, plans, k), dataset_id, k)
             for k in range(repeats) for t in trainers if not (reused and t == baseline)]
     if oracle:
         settings["oracle"] = True
         for s in SEQUENCES[1:]:
             oid = prepare_oracle(ds, s, dataset_id, plans, env, logs)
             opre = Path(env["nnUNet_preprocessed"]) / dataset_name(oid, f"{myops.NAME}{s}")
-            runs += [Run(f"{baseline}_on{s}" + (f"_r{k}" if k else ""), baseline, repeat_plans(opre, plans, k), k, s, oid)
+            runs += [Run(f"{baseline}_on{s}" + (f"_r{k}" if k else ""), baseline, repeat_plans(opre, plans, k), oid, k, s)
                      for k in range(repeats)]
-    train_all(dataset_id, folds, runs, device, env, logs, jobs)
-    per_repeat = evaluate_all(ds, mode, dataset_id, runs, folds, splits, device, work, env, logs, jobs)
+    train_all(folds, runs, device, env, logs, jobs)
+    per_repeat = evaluate_all(ds, mode, runs, folds, splits, device, work, env, logs, jobs)
     rows = reused + pool_repeats(per_repeat)
 
     report_dir = work / f"report_{mode}"

@@ -153,6 +153,35 @@ def test_bench_real_final_end_to_end(tmp_path):
     assert (work / "nnUNet_results" / "Dataset913_MyoPS" / "nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50_r1__2d"
             / "fold_all" / "checkpoint_final.pth").is_file()
 
+    # --oracle: the two bSSFP models are kept; the baseline trainer trains on the real LGE and on the real T2
+    # (datasets 914/915) and is scored on all three sequences like the others
+    proc = subprocess.run(cmd + ["--oracle"], env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out_lines = proc.stdout.strip().splitlines()
+    for s, oid in (("LGE", 914), ("T2", 915)):
+        assert f"train nnUNetTrainer_smoke_on{s} fold all: nnUNetv2_train {oid} 2d all" in proc.stdout
+        assert (work / "nnUNet_results" / f"Dataset{oid}_MyoPS{s}" / "nnUNetTrainer_smoke__nnUNetPlans_w50__2d"
+                / "fold_all" / "checkpoint_final.pth").is_file()
+        # the oracle trained on that sequence's images (truth: the fake builder's LV blood of that sequence)
+        raw = work / "nnUNet_raw" / f"Dataset{oid}_MyoPS{s}"
+        for f in sorted((raw / "imagesTr").iterdir()):
+            lab = nib.load(str(raw / "labelsTr" / f.name.replace("_0000", ""))).get_fdata()
+            lv = np.median(nib.load(str(f)).get_fdata()[lab == 3])
+            assert lv == pytest.approx(MYOPS_INTENSITY[s][2], rel=0.1), (f, lv)
+    assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
+    oracle = json.loads((work / "report_final" / "results.json").read_text())
+    assert oracle["settings"]["oracle"] is True
+    by = {(r["model"], r["sequence"]): r for r in oracle["rows"]}
+    for s in ("LGE", "T2"):
+        assert {by[(f"nnUNetTrainer_smoke on {s}", q)]["trained_on"] for q in ("C0", "LGE", "T2")} == {s}
+    # the models kept from before score as they did
+    for (m, s), d in first.items():
+        assert by[(m, s)]["mean_fg_dice"] == d
+    refs = dict(kv.split("=") for kv in out_lines[-2].split())
+    assert refs == {f"real_{s.lower()}_oracle": f"{by[(f'nnUNetTrainer_smoke on {s}', s)]['mean_fg_dice']:.3f}"
+                    for s in ("LGE", "T2")}
+    assert "Oracle references (--oracle)" in (work / "report_final" / "results.md").read_text()
+
 
 
 def test_repeats_pool_to_their_mean_and_keep_each_value():
