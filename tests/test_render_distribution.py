@@ -89,6 +89,24 @@ def test_draw_on_a_reused_reference_equals_a_fresh_draw():
     assert families == {f.family for f in renderer.protocol.families}
 
 
+def test_draw_bank_hands_out_one_fresh_draw_per_load():
+    """The loader makes a case's draws several in a row (DrawBank): what it hands out is, in order, what
+    one draw_on per load from the same generator gives (so exactly as random), every load its own."""
+    from nnunetv2_physaug.nnunet.dataset import DrawBank
+
+    renderer = ContrastRenderer(load_protocol("wide"))
+    _, _, _, (m0, t1, t2, lab) = phantom_maps()
+    ref = renderer.reference(m0, t1, t2, labels=lab)
+    for size in (1, 5, 16):
+        bank = DrawBank(renderer, ref, size)
+        rng, rng_one_per_load = np.random.default_rng(7), np.random.default_rng(7)
+        banked = [bank.next(rng) for _ in range(2 * size + 3)]
+        assert banked == [renderer.draw_on(ref, rng_one_per_load) for _ in range(len(banked))]
+        assert len({repr(sorted(d.items())) for d in banked}) == len(banked)
+    with pytest.raises(ValueError, match="at least 1"):
+        DrawBank(renderer, ref, 0)
+
+
 def test_pool_windows_are_independent_standard_normals():
     """Windows of the pool (a small pool, redrawn many times here) are N(0, 1), and two consecutive
     windows are uncorrelated at the same positions."""

@@ -157,12 +157,13 @@ def test_consecutive_loads_and_batch_members_get_different_contrasts_at_rate_p(t
     env, folder = toy
     tr, wrapped, _ = _wrapped(env, folder, p_render=1.0, protocol="wide")
     key = wrapped.identifiers[0]
-    drawn = []
+    drawn, case_level = [], []
     for _ in range(6):
         view = wrapped.load_case(key)[0]
         view[(slice(None),) * 4]
         drawn.append(repr(sorted(view.params.items())))
-    assert len(set(drawn)) == 6
+        case_level.append(view.params["reference_mean"])  # a statistic of the case-level draw alone
+    assert len(set(drawn)) == 6 and len(set(case_level)) == 6
     # one batch from nnU-Net's own 2D loader over the wrapped dataset: every member rendered with its own draw
     seen = []
     render = wrapped.renderer.render

@@ -41,6 +41,37 @@ def reference_voxels(renderer: ContrastRenderer, sample: np.ndarray, use_labels:
     return renderer.reference(m0, t1, t2, labels=labels)
 
 
+#: case-level draws made in a row per case (:class:`DrawBank`)
+DRAW_BANK_SIZE = 16
+
+
+class DrawBank:
+    """Case-level parameter draws (:meth:`ContrastRenderer.draw_on`) on one case's reference voxels,
+    made :attr:`size` in a row and handed out one per load.
+
+    Why: a draw is a few dozen small tensor operations on the case's 2048 reference voxels. In the
+    loader, one draw per load runs between nnU-Net's transforms, with its code and data out of the CPU
+    caches, and costs 2-4x what the same draw costs in a loop (``scripts/bench_loader.py --profile``,
+    "parameter draw"). Every load still gets its own draw, made by the same function from the same
+    generator, so each load's contrast is as random as with one draw per load; only the order in which
+    the generator's numbers are used changes. A bank belongs to one process (the dataset keeps them per
+    process, like the memory-mapped maps).
+    """
+
+    def __init__(self, renderer: ContrastRenderer, reference: ReferenceVoxels, size: int = DRAW_BANK_SIZE):
+        if size < 1:
+            raise ValueError(f"DrawBank size must be at least 1, got {size}")
+        self.renderer, self.reference, self.size = renderer, reference, int(size)
+        self._pending: list[dict] = []
+
+    def next(self, rng: np.random.Generator) -> dict:
+        """The next draw (a fresh dict); draws :attr:`size` new ones from ``rng`` when none is left."""
+        if not self._pending:
+            drawn = [self.renderer.draw_on(self.reference, rng) for _ in range(self.size)]
+            self._pending = drawn[::-1]  # pop() hands them out in the order drawn
+        return self._pending.pop()
+
+
 def _same_key(a: tuple, b: tuple) -> bool:
     """Whether two basic-slicing keys (tuples of slices/ints) select the same region."""
     return len(a) == len(b) and all(x == y for x, y in zip(a, b))
@@ -98,11 +129,11 @@ class RenderOnCrop:
 
     def __init__(self, maps: np.ndarray, seg, sample: np.ndarray, renderer: ContrastRenderer,
                  rng: np.random.Generator, use_mask_for_norm: bool, use_labels: bool, stats: str,
-                 reference: Optional[ReferenceVoxels] = None):
+                 draws: Optional[DrawBank] = None):
         self._maps = maps            # (3, z, y, x), possibly a read-only memmap
         self._seg = seg              # (1, z, y, x) nnU-Net seg (blosc2/numpy/SharedSegCrop), -1 outside the crop mask
         self._sample = sample        # (4, N): M0, T1, T2, label at voxels of the normalisation mask
-        self._reference = reference  # ``sample`` prepared by renderer.reference (None: prepared here)
+        self._draws = draws          # the case's draws on ``sample`` (None: one draw here per indexing)
         self._renderer = renderer
         self._rng = rng
         self._use_mask = use_mask_for_norm
@@ -118,9 +149,10 @@ class RenderOnCrop:
     def draw_on_case(self) -> dict:
         """Sequence parameters drawn on the case's voxel subsample, with the case-level clip level,
         mean and std of that rendering (what preprocessing's z-score of the whole case would use)."""
-        if self._reference is None:
-            self._reference = reference_voxels(self._renderer, self._sample, self._use_labels)
-        return self._renderer.draw_on(self._reference, self._rng)
+        if self._draws is None:
+            self._draws = DrawBank(self._renderer, reference_voxels(self._renderer, self._sample, self._use_labels),
+                                   size=1)
+        return self._draws.next(self._rng)
 
     def __getitem__(self, slices) -> np.ndarray:
         if not isinstance(slices, tuple):
@@ -173,11 +205,13 @@ class PhysAugTrainingDataset:
         use_mask_for_norm: the configuration's ``use_mask_for_norm[0]``.
         use_labels: pass the case's labels (ACDC convention) to the renderer for label-aware Gd.
         stats: "case" or "patch" normalisation statistics (see module docstring).
+        draw_bank_size: case-level draws made in a row per case and posterior sample (``stats="case"``;
+            :class:`DrawBank`; 1 = one draw at each load).
     """
 
     def __init__(self, base, aligned_folder: os.PathLike | str, protocol: str, p_render: Optional[float],
                  use_mask_for_norm: bool, use_labels: bool = True, stats: str = "case",
-                 protocol_settings: Sequence[str] = ()):
+                 protocol_settings: Sequence[str] = (), draw_bank_size: int = DRAW_BANK_SIZE):
         if stats not in STATS_MODES:
             raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
         self.base = base
@@ -187,6 +221,9 @@ class PhysAugTrainingDataset:
         self.use_mask_for_norm = bool(use_mask_for_norm)
         self.use_labels = bool(use_labels)
         self.stats = stats
+        if draw_bank_size < 1:
+            raise ValueError(f"draw_bank_size must be at least 1, got {draw_bank_size}")
+        self.draw_bank_size = int(draw_bank_size)
         # noise from a per-process pool: fresh Gaussian noise would be the costliest step of a render
         self.renderer = ContrastRenderer(protocol_with_settings(self.protocol, self.protocol_settings),
                                          noise_pool=NormalPool())
@@ -230,9 +267,9 @@ class PhysAugTrainingDataset:
             self._rng_pid = os.getpid()
         return self._rng
 
-    def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray, list[Optional[ReferenceVoxels]]]:
-        """(memory-mapped aligned maps, voxel sample, the sample's reference voxels per posterior
-        sample, prepared on first use) of a case, opened once per process."""
+    def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray, list[Optional[DrawBank]]]:
+        """(memory-mapped aligned maps, voxel sample, the :class:`DrawBank` of each posterior sample,
+        made on first use) of a case, opened once per process."""
         if self._arrays_pid != os.getpid():
             self._arrays, self._arrays_pid = {}, os.getpid()
         if identifier not in self._arrays:
@@ -282,11 +319,12 @@ class PhysAugTrainingDataset:
             return self.base.load_case(identifier)
         seg, seg_prev, properties = self._load_labels(identifier)
         seg = SharedSegCrop(seg)
-        maps, sample, refs = self._case_arrays(identifier)
+        maps, sample, banks = self._case_arrays(identifier)
         k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
-        if refs[k] is None and self.stats == "case":
-            refs[k] = reference_voxels(self.renderer, sample[k], self.use_labels)
+        if banks[k] is None and self.stats == "case":
+            banks[k] = DrawBank(self.renderer, reference_voxels(self.renderer, sample[k], self.use_labels),
+                                self.draw_bank_size)
         view = RenderOnCrop(maps[k], seg, sample[k], self.renderer, rng, self.use_mask_for_norm,
-                            self.use_labels, self.stats, reference=refs[k])
+                            self.use_labels, self.stats, draws=banks[k])
         view.posterior_sample = k
         return view, seg, seg_prev, properties
