@@ -103,6 +103,32 @@ def test_maps_of_wrong_shape_are_refused_naming_the_case(preprocessed, tmp_path)
         write_case_maps(folder / "tissueMapsTr", case, arr, arr + 100.0, arr + 5.0, img.affine, overwrite=True)
 
 
+def test_non_finite_aligned_maps_are_refused_naming_the_case(preprocessed, monkeypatch):
+    """The loader renders aligned maps without checking them again, so alignment checks what it writes."""
+    from nnunetv2_physaug.maps import TissueMapError, align, write_case_maps
+
+    env, folder = preprocessed
+    out, _, _, cases = _align(env, folder, "2d")
+    case = cases[2]
+    before = np.load(out / f"{case}.npy")
+    real = align.align_case_maps
+
+    def with_nan(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data[0, 1].flat[0] = np.nan
+        return data
+    monkeypatch.setattr(align, "align_case_maps", with_nan)
+    img = nib.load(folder / "imagesTr" / f"{case}_0000.nii.gz")
+    arr = np.asarray(img.dataobj, np.float32)
+    time.sleep(0.01)
+    write_case_maps(folder / "tissueMapsTr", case, arr, arr + 100.0, arr + 5.0, img.affine, overwrite=True)
+    with pytest.raises(TissueMapError, match=f"aligned tissue maps of case '{case}'.*T1 map contains NaN"):
+        _align(env, folder, "2d")
+    np.testing.assert_array_equal(np.load(out / f"{case}.npy"), before)  # nothing written for it
+    monkeypatch.undo()
+    _align(env, folder, "2d")
+
+
 def test_alignment_waits_for_another_process_aligning_the_same_folder(preprocessed):
     """Parallel trainings of one dataset align one at a time: while the lock is held elsewhere (here by
     the test) an aligner writes nothing, and once released it finishes with every case indexed."""

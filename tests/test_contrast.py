@@ -432,6 +432,28 @@ def test_t1_t2_clamped_to_one_ms_and_inputs_untouched():
     np.testing.assert_allclose(image.numpy()[1:, 1:], min(expected, p["clip_level"]), rtol=2e-5)
 
 
+def test_in_place_render_of_the_loader_equals_the_copying_render():
+    """The loader hands the renderer its own crop and skips the finiteness check (copy_maps=False,
+    check_finite=False): same image and parameters as the copying render for the same seed, with simulated
+    edema, relaxation scaling, fields, noise and a T1/T2 below the clamp; only the passed T1/T2 change."""
+    renderer = ContrastRenderer(load_protocol("wide_pathology"))
+    m0, t1, t2, labels = (torch.from_numpy(a) for a in region_maps((1, 32, 32), heterogeneous_myocardium=True))
+    t1[0, 3, 3], t2[0, 4, 4] = 0.01, -2.0  # clamped to t_min_ms by both paths
+    families = set()
+    for seed in range(40):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        before = [x.clone() for x in (m0, t1, t2)]
+        copying, p_copying = renderer.render(m0, t1, t2, rng_a, labels=labels, valid=labels >= 0)
+        assert all(torch.equal(a, b) for a, b in zip((m0, t1, t2), before))
+        own = [x.clone() for x in (m0, t1, t2)]
+        in_place, p_in_place = renderer.render(*own, rng_b, labels=labels, valid=labels >= 0, check_finite=False,
+                                               copy_maps=False)
+        assert torch.equal(in_place, copying) and p_in_place == p_copying
+        assert torch.equal(own[0], m0) and float(own[1].min()) >= 1.0 and float(own[2].min()) >= 1.0
+        families.add(p_copying["family"])
+    assert len(families) >= 6
+
+
 def test_valid_mask_sets_clip_level():
     renderer = ContrastRenderer(no_imperfections("paper"))
     m0, t1, t2, labels = region_maps()

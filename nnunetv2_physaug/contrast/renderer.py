@@ -219,7 +219,7 @@ class ContrastRenderer:
         return min(int(np.searchsorted(self._cum, rng.random() * self._cum[-1], side="right")),
                    len(self._cum) - 1)
 
-    def _check(self, m0, t1, t2, labels, valid):
+    def _check(self, m0, t1, t2, labels, valid, check_finite: bool = True):
         maps = {"M0": _as_tensor(m0, "m0"), "T1": _as_tensor(t1, "t1"), "T2": _as_tensor(t2, "t2")}
         shape = maps["M0"].shape
         if len(shape) < 2:
@@ -230,7 +230,7 @@ class ContrastRenderer:
             if x.dtype != torch.float32:
                 maps[name] = x = x.float()
             # One reduction is far cheaper than an elementwise check; NaN/Inf make the sum non-finite.
-            if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+            if check_finite and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"{name} map contains NaN or Inf values; fix or recompute the tissue maps")
         if labels is not None:
             labels = _as_tensor(labels, "labels")
@@ -302,7 +302,8 @@ class ContrastRenderer:
 
     def render(self, m0: ArrayLike, t1: ArrayLike, t2: ArrayLike, rng: np.random.Generator,
                labels: Optional[ArrayLike] = None, valid: Optional[ArrayLike] = None,
-               family: Optional[str] = None, params: Optional[dict] = None) -> tuple[torch.Tensor, dict]:
+               family: Optional[str] = None, params: Optional[dict] = None, check_finite: bool = True,
+               copy_maps: bool = True) -> tuple[torch.Tensor, dict]:
         """Render one random contrast.
 
         Args:
@@ -317,16 +318,25 @@ class ContrastRenderer:
                 render) instead of drawing them; their ``clip_level`` and
                 ``reference_mean_signal`` (if present) replace the statistics of this region.
                 Imperfections are still drawn from ``rng``.
+            check_finite: refuse maps with NaN/Inf (three reductions); the loader's aligned maps are
+                checked when they are written and skip it.
+            copy_maps: leave the caller's maps untouched (the T1/T2 clamp and simulated edema work on
+                copies); False lets them happen in place in T1/T2 (float32 inputs the caller owns, e.g.
+                the loader's fresh crop), which saves two map-sized copies per render.
         Returns:
             ``(image, params)``: float32 tensor of the maps' shape, finite, clipped to
             [0, P] (signed families: [-P, P] with P from |S|), P the clip percentile of the valid
             pixels; ``params`` a JSON-serialisable dict with ``family``, every drawn parameter
             (units in the keys) and ``clip_level``.
         """
-        m0, t1, t2, labels, valid = self._check(m0, t1, t2, labels, valid)
+        m0, t1, t2, labels, valid = self._check(m0, t1, t2, labels, valid, check_finite)
         post = self.protocol.postprocess
-        t1 = t1.clamp(min=post.t_min_ms)  # new tensors: the caller's maps stay untouched
-        t2 = t2.clamp(min=post.t_min_ms)
+        if copy_maps:
+            t1 = t1.clamp(min=post.t_min_ms)  # new tensors: the caller's maps stay untouched
+            t2 = t2.clamp(min=post.t_min_ms)
+        else:
+            t1.clamp_(min=post.t_min_ms)
+            t2.clamp_(min=post.t_min_ms)
         ctx = RenderContext(m0, t1, t2, labels, valid, self.protocol)
 
         need_sample = params is None
@@ -344,7 +354,7 @@ class ContrastRenderer:
         if path and labels is not None:
             lab = self.protocol.labels
             masks = draw_pathology(path, labels, lab.lv_cavity, lab.myocardium, rng, params)
-            apply_edema(t1, t2, masks)  # t1, t2 are this render's own clamped copies
+            apply_edema(t1, t2, masks)  # this render's T1/T2 (clamped copies, or the caller's with copy_maps=False)
             ctx.pathology = self.last_pathology = masks
             if "uptake" in path and rng.random() < path["uptake"].probability:
                 ctx.uptake = path["uptake"].params
@@ -354,7 +364,7 @@ class ContrastRenderer:
         if scaling is not None and labels is not None and scaling.probability > 0 and rng.random() < scaling.probability:
             grid = int(rng.integers(int(scaling.params["grid"][0]), int(scaling.params["grid"][1]) + 1))
             tissue = ~(ctx.blood_mask() | ctx.myocardium_mask())
-            lo, hi = scale_relaxation(t1, t2, tissue, rng, grid, scaling.params["factor"])  # this render's own copies
+            lo, hi = scale_relaxation(t1, t2, tissue, rng, grid, scaling.params["factor"])  # this render's T1/T2, as above
             params.update(relaxation_scaling_grid=grid, relaxation_scaling_min=lo, relaxation_scaling_max=hi)
         ctx.rng = rng
         if need_sample:

@@ -207,6 +207,9 @@ def align_dataset_maps(raw_maps_dir: os.PathLike | str, preprocessed_dataset_fol
             check_map_values(maps[:, 0], maps[:, 1], maps[:, 2], where=f"tissue maps of case {case!r} in {raw_maps_dir}")
             properties = load_pickle(str(pkl))
             aligned = align_case_maps(maps, properties, plans_manager, configuration_manager)
+            # the loader renders these without checking them again (ContrastRenderer.render check_finite=False)
+            check_map_values(aligned[:, 0], aligned[:, 1], aligned[:, 2],
+                             where=f"aligned tissue maps of case {case!r} (from {raw_maps_dir})")
             _, seg, _, _ = dataset_class(str(data_folder), [case]).load_case(case)
             if tuple(aligned.shape[2:]) != tuple(seg.shape[1:]):
                 raise TissueMapError(f"aligned maps of case {case!r} have shape {aligned.shape[2:]} but the preprocessed "

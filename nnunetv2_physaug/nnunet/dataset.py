@@ -169,9 +169,11 @@ class RenderOnCrop:
         seg = torch.from_numpy(seg_np)
         valid = torch.from_numpy(seg_np >= 0)  # numpy: ~4x faster than torch's int16 compare
         draw = self.draw_on_case() if self._stats == "case" else None
+        # ``maps`` is this call's own copy of aligned maps, checked when they were written (align_dataset_maps)
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),
                                                  torch.from_numpy(maps[2]), self._rng,
-                                                 labels=seg if self._use_labels else None, valid=valid, params=draw)
+                                                 labels=seg if self._use_labels else None, valid=valid, params=draw,
+                                                 check_finite=False, copy_maps=False)
         if self._stats == "case":
             mean, std = self.params["reference_mean"], self.params["reference_std"]
         else:
