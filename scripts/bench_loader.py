@@ -13,8 +13,9 @@ p_default=<p>``.
 
 ``--profile`` first times the stages of a sample in ms (stock loader and PhysAug at p = 1, again
 interleaved): nnU-Net's own work (opening the case, cropping image and seg, its transforms, the
-rest of batch assembly) and PhysAug's (the case-level parameter draw, the crop render with its
-signal equation and normalisation, the B1 / bias fields and the noise). Timers wrap the functions
+rest of batch assembly) and PhysAug's (the case-level parameter draw, made 16 at a time per case by
+``DrawBank`` and so timed as the refills spread over the loads, the crop render with its signal equation and
+normalisation, the B1 / bias fields and the noise). Timers wrap the functions
 by name, so the profile adds a few microseconds per call; the ratio lines come from an unwrapped run.
 
 Run: .venv/bin/python scripts/bench_loader.py [--batches 10] [--rounds 30] [--trainer nnUNetTrainerPhysAug]
