@@ -149,6 +149,36 @@ def test_rng_differs_between_processes(toy):
     assert draws[0] != draws[1]
 
 
+def _case_level_draw(wrapped) -> float:
+    view = wrapped.load_case(wrapped.identifiers[0])[0]
+    view[(slice(None),) * 4]
+    return view.params["reference_mean"]  # a statistic of the case-level draw alone
+
+
+_INHERITED = {}  # set before a fork: the workers use the parent's object itself, not a pickled copy
+
+
+def _case_level_draw_of_inherited(_) -> float:
+    return _case_level_draw(_INHERITED["wrapped"])
+
+
+def test_forked_workers_do_not_hand_out_the_parents_pending_draws(toy):
+    """The parent has drawn a bank of a case's draws before nnU-Net forks its loader workers: each worker
+    makes its own draws (its own generator and banks), so no two processes hand out the same draw."""
+    import multiprocessing as mp
+
+    env, folder = toy
+    _, wrapped, _ = _wrapped(env, folder, p_render=1.0, protocol="wide")
+    first = _case_level_draw(wrapped)  # fills the parent's bank of this case; 15 draws stay pending
+    _INHERITED["wrapped"] = wrapped
+    try:
+        with mp.get_context("fork").Pool(2) as pool:
+            in_workers = pool.map(_case_level_draw_of_inherited, [0, 1], chunksize=1)
+    finally:
+        _INHERITED.clear()
+    assert len({first, _case_level_draw(wrapped), *in_workers}) == 4
+
+
 def test_consecutive_loads_and_batch_members_get_different_contrasts_at_rate_p(toy):
     """In one process: consecutive loads of one case draw new parameters, the members of one nnU-Net
     batch (its data loader's loads) differ, and p_render = 0.7 renders ~70 % of loads."""
