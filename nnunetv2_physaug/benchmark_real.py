@@ -139,6 +139,11 @@ def oracle_dataset_id(dataset_id: int, sequence: str) -> int:
     return dataset_id + SEQUENCES.index(sequence)
 
 
+def oracle_dataset_name(dataset_id: int, sequence: str) -> str:
+    """Folder name of the ``--oracle`` dataset of ``sequence`` (e.g. ``Dataset914_MyoPSLGE``)."""
+    return dataset_name(oracle_dataset_id(dataset_id, sequence), f"{myops.NAME}{sequence}")
+
+
 def prepare_oracle(ds: Path, sequence: str, dataset_id: int, plans: str, env: dict, logs: Path) -> int:
     """The ``--oracle`` dataset of ``sequence``: the training patients' real ``sequence`` images with their
     labels (links into the converted dataset ``ds``), its fingerprint (with nnU-Net's integrity check), the
@@ -146,7 +151,7 @@ def prepare_oracle(ds: Path, sequence: str, dataset_id: int, plans: str, env: di
     the bSSFP dataset's ``splits_final.json`` (same folds). Reused when its plans and split are already
     there. Returns its nnU-Net ID."""
     oid = oracle_dataset_id(dataset_id, sequence)
-    name = dataset_name(oid, f"{myops.NAME}{sequence}")
+    name = oracle_dataset_name(dataset_id, sequence)
     raw = Path(env["nnUNet_raw"]) / name
     pre_source = Path(env["nnUNet_preprocessed"]) / ds.name
     pre = Path(env["nnUNet_preprocessed"]) / name
@@ -382,11 +387,16 @@ def pool_repeats(rows: list[dict]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- report
 
+def _dice_by(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """``{(model, sequence): mean foreground Dice}`` of report rows."""
+    return {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+
+
 def gap_closed(rows: list[dict], baseline: str, model: str, sequence: str) -> float:
     """Share of the baseline's C0 -> ``sequence`` drop that ``model`` recovers:
     (model on sequence - baseline on sequence) / (baseline on C0 - baseline on sequence); nan when the
     baseline has no drop."""
-    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    by = _dice_by(rows)
     return _share_recovered(by, baseline, model, sequence, by[(baseline, "C0")])
 
 
@@ -406,13 +416,13 @@ def oracle_gap_closed(rows: list[dict], baseline: str, model: str, sequence: str
     """Share of the drop from the ``--oracle`` reference that ``model`` recovers on ``sequence``:
     (model - baseline) / (oracle - baseline), all on ``sequence``, where the oracle is the baseline trainer
     trained on the real ``sequence`` images; nan when the oracle is no better than the baseline."""
-    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    by = _dice_by(rows)
     return _share_recovered(by, baseline, model, sequence, by[(oracles(rows)[sequence], sequence)])
 
 
 def oracle_line(rows: list[dict]) -> str:
     """``real_<seq>_oracle=`` for each oracle reference, on its own sequence (mean foreground Dice)."""
-    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    by = _dice_by(rows)
     return " ".join(f"real_{s.lower()}_oracle={by[(m, s)]:.3f}" for s, m in oracles(rows).items())
 
 
@@ -472,7 +482,7 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
 
 
 def summary_line(rows: list[dict], baseline: str, physaug: str, seconds: float) -> str:
-    by = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    by = _dice_by(rows)
     parts = []
     for s in SEQUENCES:
         parts += [f"real_{s.lower()}_physaug={by[(physaug, s)]:.3f}", f"real_{s.lower()}_baseline={by[(baseline, s)]:.3f}"]
@@ -563,7 +573,7 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
         settings["oracle"] = True
         for s in SEQUENCES[1:]:
             oid = prepare_oracle(ds, s, dataset_id, plans, env, logs)
-            opre = Path(env["nnUNet_preprocessed"]) / dataset_name(oid, f"{myops.NAME}{s}")
+            opre = Path(env["nnUNet_preprocessed"]) / oracle_dataset_name(dataset_id, s)
             runs += [Run(f"{baseline}_on{s}" + (f"_r{k}" if k else ""), baseline, repeat_plans(opre, plans, k), oid, k, s)
                      for k in range(repeats)]
     train_all(folds, runs, device, env, logs, jobs)

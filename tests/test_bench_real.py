@@ -8,7 +8,6 @@ commands for the end-to-end run.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,7 +180,6 @@ def test_bench_real_final_end_to_end(tmp_path):
     assert refs == {f"real_{s.lower()}_oracle": f"{by[(f'nnUNetTrainer_smoke on {s}', s)]['mean_fg_dice']:.3f}"
                     for s in ("LGE", "T2")}
     assert "Oracle references (--oracle)" in (work / "report_final" / "results.md").read_text()
-
 
 
 def test_repeats_pool_to_their_mean_and_keep_each_value():
