@@ -4,12 +4,14 @@
 Makes and preprocesses its own phantom dataset in a temporary folder (or uses --root), builds the
 training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` twice: at the trainer's
 default render probability p (the ``wide`` preset renders 70 % of loads and hands nnU-Net the real
-image otherwise) and at p = 1 (every load rendered: the cost of a rendered sample). Single-threaded
+image otherwise), at p = 1 (every load rendered: the cost of a rendered sample) and at p = 0 (the
+wrapper without rendering: what it saves of nnU-Net's own work by keeping case files open, so that
+p = 1 against p = 0 is the cost of rendering alone). Single-threaded
 (nnUNet_n_proc_DA=0, one torch thread); the same number of batches of each, interleaved in short rounds
 (the order rotating) so that machine noise hits all alike; the spread of the per-round ratios is printed
 beside the totals. Prints the throughput of each and, as its last line,
 ``loader_ratio=<PhysAug at default p / stock, batches per s> loader_ratio_p1=<PhysAug at p = 1 / stock>
-p_default=<p>``.
+p_default=<p>``, after a line ``wrapper_ratio_p0=<PhysAug at p = 0 / stock> render_ratio_p1=<p = 1 / p = 0>``.
 
 ``--profile`` first times the stages of a sample in ms (stock loader and PhysAug at p = 1, again
 interleaved): nnU-Net's own work (opening the case, cropping image and seg, its transforms, the
@@ -215,7 +217,8 @@ def main(argv=None) -> None:
         if p_default is None:
             p_default = load_protocol(os.environ.get("PHYSAUG_PROTOCOL") or cls.physaug_protocol).p_render
         loaders = {"stock": _loader("nnUNetTrainer", dataset), "default": _loader(args.trainer, dataset),
-                   "p1": _loader(args.trainer, dataset, p_render=1.0)}
+                   "p1": _loader(args.trainer, dataset, p_render=1.0),
+                   "p0": _loader(args.trainer, dataset, p_render=0.0)}
         for dl in loaders.values():  # warm up: file cache, first allocations
             _time_batches(dl, 3)
         if args.profile:
@@ -235,14 +238,16 @@ def main(argv=None) -> None:
         bs = getattr(inner, "batch_size", "?")
         print(f"dataset {dataset}, batch size {bs}, {n} batches per loader, single-threaded")
         for k, label in (("stock", "stock nnUNetTrainer"), ("default", f"{args.trainer}, p = {p_default:g}"),
-                         ("p1", f"{args.trainer}, p = 1")):
+                         ("p1", f"{args.trainer}, p = 1"), ("p0", f"{args.trainer}, p = 0")):
             print(f"{label:<38}: {n / t[k]:8.2f} batches/s ({1000 * t[k] / n:7.1f} ms/batch)")
         import numpy as np
-        for k, label in (("default", f"p = {p_default:g}"), ("p1", "p = 1")):
+        for k, label in (("default", f"p = {p_default:g}"), ("p1", "p = 1"), ("p0", "p = 0")):
             ratios = np.array(per_round["stock"]) / np.array(per_round[k])
             lo, med, hi = np.percentile(ratios, (10, 50, 90))
             print(f"ratio per round at {label:<8}: median {med:.3f}, 10-90 % {lo:.3f}-{hi:.3f} ({args.rounds} rounds "
                   f"of {args.batches} batches)")
+        print(f"wrapper_ratio_p0={t['stock'] / t['p0']:.3f} render_ratio_p1={t['p0'] / t['p1']:.3f} "
+              "(p = 0: the wrapper without rendering, against stock; p = 1 against p = 0: rendering alone)")
         print(f"loader_ratio={t['stock'] / t['default']:.3f} loader_ratio_p1={t['stock'] / t['p1']:.3f} "
               f"p_default={p_default:g}")
 

@@ -117,6 +117,43 @@ def test_rendered_load_returns_the_base_seg_and_properties_and_shares_the_seg_cr
     assert wrapped.load_case(key)[1]._seg is seg._seg  # the open seg is reused by the next load
 
 
+def test_case_files_stay_open_within_a_bound_and_loads_equal_nnunets(toy):
+    """Unrendered loads return what nnU-Net's own load returns (image, seg, properties) from files kept
+    open per process; at most ``open_cases`` cases stay open (least recently loaded closed first), so
+    a large dataset cannot run a process out of file descriptors; a rendered load never opens the image."""
+    import gc
+    import os
+
+    env, folder = toy
+    _, wrapped, base = _wrapped(env, folder, p_render=0.0)
+    wrapped.open_cases = 2
+    keys = list(wrapped.identifiers)
+    assert len(keys) >= 3
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for key in keys + keys[::-1]:
+        data, seg, seg_prev, props = wrapped.load_case(key)
+        data_b, seg_b, seg_prev_b, props_b = base.load_case(key)
+        np.testing.assert_array_equal(np.asarray(data[:]), np.asarray(data_b[:]))
+        np.testing.assert_array_equal(np.asarray(seg[:]), np.asarray(seg_b[:]))
+        assert seg_prev is None and seg_prev_b is None and props.keys() == props_b.keys()
+        for cls, locs in props_b["class_locations"].items():
+            np.testing.assert_array_equal(props["class_locations"][cls], locs)
+    del data, seg, data_b, seg_b
+    gc.collect()
+    files = wrapped._files
+    assert len(files) == 2
+    assert len(os.listdir("/proc/self/fd")) - fds_before <= 2 * 2  # image + seg of two cases
+    last = keys[0]
+    assert wrapped.load_case(last)[0] is files.get(last, image=True)[0]  # kept open: no reopening
+    # a rendered load opens only the seg; the image is opened when an unrendered load asks for it
+    wrapped.p_render = 1.0
+    wrapped.load_case(keys[2])
+    assert "image" not in files._cases[keys[2]]
+    wrapped.p_render = 0.0
+    wrapped.load_case(keys[2])
+    assert "image" in files._cases[keys[2]]
+
+
 def test_case_statistics_match_a_full_case_render(toy):
     env, folder = toy
     _, wrapped, _ = _wrapped(env, folder, p_render=1.0, stats="case")

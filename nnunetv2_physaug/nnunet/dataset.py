@@ -7,9 +7,12 @@ renders only the requested region from the aligned maps, so the cost is proporti
 the loader keeps (DESIGN §3). Everything downstream (foreground oversampling, spatial and intensity
 augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
-A rendered load does less of nnU-Net's own work than a real one: it never opens the case's image
-file (blosc2 datasets), and the seg it returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop
-the labels the render already decompressed for the same box (scripts/bench_loader.py --profile).
+Both kinds of load do less of nnU-Net's own work than stock loads (blosc2 datasets): the case files
+stay open per process (:class:`OpenCaseFiles`, the least recently loaded of at most 64 cases closed
+first) instead of being opened at every load; a rendered load never opens the image, and the seg it
+returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop the labels the render already
+decompressed for the same box (scripts/bench_loader.py --profile; its p = 0 line is the wrapper
+without rendering).
 
 Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
 ``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
@@ -190,6 +193,55 @@ class RenderOnCrop:
         return out.astype(dtype) if dtype is not None else out
 
 
+#: cases whose files one process keeps open (:class:`OpenCaseFiles`; 1-3 file descriptors per case)
+OPEN_CASES = 64
+
+
+class OpenCaseFiles:
+    """The memory-mapped blosc2 handles (image, seg, previous-stage seg) of the cases a process loaded
+    last, opened as ``nnUNetDatasetBlosc2.load_case`` opens them.
+
+    Why: nnU-Net opens a case's files at every load (~0.1-0.2 ms per file for a 2D sample); kept
+    open, a load only reads its crop. Each open handle holds a file descriptor, so the cache keeps at
+    most :attr:`max_cases` cases (least recently loaded closed first): a dataset of thousands of
+    cases stays far below the usual limit of 1024 open files per process. An image is opened only
+    when a load asks for it (rendered loads never read it).
+    """
+
+    def __init__(self, base, max_cases: int = OPEN_CASES):
+        from collections import OrderedDict
+
+        if max_cases < 1:
+            raise ValueError(f"max_cases must be at least 1, got {max_cases}")
+        self.base, self.max_cases = base, int(max_cases)
+        self._cases: "OrderedDict[str, dict]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    def _open(self, path: str):
+        import blosc2
+
+        return blosc2.open(urlpath=path, mode="r", dparams={"nthreads": 1}, **self.base.mmap_kwargs)
+
+    def get(self, identifier: str, image: bool) -> tuple:
+        """(image handle or None, seg handle, previous-stage seg handle or None) of a case."""
+        handles = self._cases.get(identifier)
+        if handles is None:
+            folder = self.base.source_folder
+            prev = self.base.folder_with_segs_from_previous_stage
+            handles = {"seg": self._open(os.path.join(folder, identifier + "_seg.b2nd")),
+                       "seg_prev": None if prev is None else self._open(os.path.join(prev, identifier + ".b2nd"))}
+            self._cases[identifier] = handles
+            while len(self._cases) > self.max_cases:
+                self._cases.popitem(last=False)  # dropping the handles closes their files
+        else:
+            self._cases.move_to_end(identifier)
+        if image and "image" not in handles:
+            handles["image"] = self._open(os.path.join(self.base.source_folder, identifier + ".b2nd"))
+        return (handles["image"] if image else None), handles["seg"], handles["seg_prev"]
+
+
 class PhysAugTrainingDataset:
     """Wraps nnU-Net's *training* dataset; ``load_case`` renders a random contrast with probability p.
 
@@ -209,11 +261,13 @@ class PhysAugTrainingDataset:
         stats: "case" or "patch" normalisation statistics (see module docstring).
         draw_bank_size: case-level draws made in a row per case and posterior sample (``stats="case"``;
             :class:`DrawBank`; 1 = one draw at each load).
+        open_cases: cases whose memory-mapped files a process keeps open (:class:`OpenCaseFiles`).
     """
 
     def __init__(self, base, aligned_folder: os.PathLike | str, protocol: str, p_render: Optional[float],
                  use_mask_for_norm: bool, use_labels: bool = True, stats: str = "case",
-                 protocol_settings: Sequence[str] = (), draw_bank_size: int = DRAW_BANK_SIZE):
+                 protocol_settings: Sequence[str] = (), draw_bank_size: int = DRAW_BANK_SIZE,
+                 open_cases: int = OPEN_CASES):
         if stats not in STATS_MODES:
             raise ValueError(f"stats must be one of {STATS_MODES}, got {stats!r}")
         self.base = base
@@ -226,6 +280,9 @@ class PhysAugTrainingDataset:
         if draw_bank_size < 1:
             raise ValueError(f"draw_bank_size must be at least 1, got {draw_bank_size}")
         self.draw_bank_size = int(draw_bank_size)
+        if open_cases < 1:
+            raise ValueError(f"open_cases must be at least 1, got {open_cases}")
+        self.open_cases = int(open_cases)
         # noise from a per-process pool: fresh Gaussian noise would be the costliest step of a render
         self.renderer = ContrastRenderer(protocol_with_settings(self.protocol, self.protocol_settings),
                                          noise_pool=NormalPool())
@@ -240,8 +297,8 @@ class PhysAugTrainingDataset:
         self._rng_pid: Optional[int] = None
         self._arrays: dict = {}
         self._arrays_pid: Optional[int] = None
-        self._segs: dict = {}
-        self._segs_pid: Optional[int] = None
+        self._files: Optional[OpenCaseFiles] = None
+        self._files_pid: Optional[int] = None
 
     # nnU-Net's loader reads these
     @property
@@ -257,8 +314,8 @@ class PhysAugTrainingDataset:
         state["_rng_pid"] = None
         state["_arrays"] = {}  # memmaps are per process
         state["_arrays_pid"] = None
-        state["_segs"] = {}
-        state["_segs_pid"] = None
+        state["_files"] = None  # open files are per process
+        state["_files_pid"] = None
         return state
 
     @property
@@ -281,45 +338,41 @@ class PhysAugTrainingDataset:
                                         [None] * maps.shape[0])
         return self._arrays[identifier]
 
-    def _load_labels(self, identifier: str):
-        """(seg, seg_prev, properties) of a case, as ``base.load_case`` returns them.
-
-        A rendered load never reads the image, so for nnU-Net's blosc2 dataset this opens only the
-        seg (and previous-stage seg) and loads the properties, as ``nnUNetDatasetBlosc2.load_case``
-        does; the memory-mapped seg handles are kept per process like the maps (opening the image
-        and seg files costs ~0.1-0.2 ms each per load). Other dataset classes load the case.
-        """
+    def _case_files(self) -> Optional["OpenCaseFiles"]:
+        """This process's :class:`OpenCaseFiles` of ``base`` (None for datasets other than nnU-Net's
+        blosc2 class with memory mapping: a subclass may load differently, so those load through
+        ``base.load_case``)."""
         from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-        base = self.base
-        if type(base) is not nnUNetDatasetBlosc2 or not base.mmap_kwargs:  # a subclass may load differently
-            _, seg, seg_prev, properties = base.load_case(identifier)
-            return seg, seg_prev, properties
-        import blosc2
+        if type(self.base) is not nnUNetDatasetBlosc2 or not self.base.mmap_kwargs:
+            return None
+        if self._files is None or self._files_pid != os.getpid():
+            self._files, self._files_pid = OpenCaseFiles(self.base, self.open_cases), os.getpid()
+        return self._files
+
+    def _load(self, identifier: str, image: bool):
+        """(image or None, seg, seg_prev, properties) of a case, as ``base.load_case`` returns them.
+
+        For nnU-Net's blosc2 dataset the memory-mapped handles come from :class:`OpenCaseFiles`
+        (opening a case's files costs ~0.1-0.2 ms each, per load in ``nnUNetDatasetBlosc2.load_case``),
+        and a rendered load (``image=False``) never opens the image. The properties are read per load
+        as nnU-Net does (their class locations can be large: not kept).
+        """
+        files = self._case_files()
+        if files is None:
+            data, seg, seg_prev, properties = self.base.load_case(identifier)
+            return (data if image else None), seg, seg_prev, properties
         from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-        if self._segs_pid != os.getpid():
-            self._segs, self._segs_pid = {}, os.getpid()
-        if identifier not in self._segs:
-            dparams = {"nthreads": 1}
-            seg = blosc2.open(urlpath=os.path.join(base.source_folder, identifier + "_seg.b2nd"), mode="r",
-                              dparams=dparams, **base.mmap_kwargs)
-            seg_prev = None
-            if base.folder_with_segs_from_previous_stage is not None:
-                seg_prev = blosc2.open(urlpath=os.path.join(base.folder_with_segs_from_previous_stage,
-                                                            identifier + ".b2nd"),
-                                       mode="r", dparams=dparams, **base.mmap_kwargs)
-            self._segs[identifier] = (seg, seg_prev)
-        seg, seg_prev = self._segs[identifier]
-        # properties are loaded per load as nnU-Net does (class locations can be large: not kept)
-        properties = load_pickle(os.path.join(base.source_folder, identifier + ".pkl"))
-        return seg, seg_prev, properties
+        data, seg, seg_prev = files.get(identifier, image=image)
+        properties = load_pickle(os.path.join(self.base.source_folder, identifier + ".pkl"))
+        return data, seg, seg_prev, properties
 
     def load_case(self, identifier: str):
         rng = self.rng
         if rng.random() >= self.p_render:
-            return self.base.load_case(identifier)
-        seg, seg_prev, properties = self._load_labels(identifier)
+            return self._load(identifier, image=True)
+        _, seg, seg_prev, properties = self._load(identifier, image=False)
         seg = SharedSegCrop(seg)
         maps, sample, banks = self._case_arrays(identifier)
         k = int(rng.integers(maps.shape[0]))  # one posterior sample per load
