@@ -325,5 +325,15 @@ class nnUNetTrainerPhysAugBlackBloodTissueScaling_5epochs(nnUNetTrainerPhysAug_5
     physaug_protocol_settings = (*nnUNetTrainerPhysAugBlackBlood_5epochs.physaug_protocol_settings,
                                  *nnUNetTrainerPhysAugTissueScaling_5epochs.physaug_protocol_settings)
 
+
+class nnUNetTrainerPhysAugSoftEdges_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
+    """Ablation: no label-shaped intensity edges. ``wide_pathology`` without its readout train (so
+    partial-volume, uneven Gd uptake softens the label-shaped LGE/PSIR myocardial ring; simulated scar,
+    MVO and edema) plus two-compartment black-blood TSE (no bright endocardial rim). Both edges follow
+    the label exactly in ``wide`` renders of real MyoPS maps, and on real T2 and LGE the LV/myocardium
+    border is where ``wide`` errs most (predicted vs expert pixels, ``--cv``)."""
+
+    physaug_protocol_settings = (*CENTRIC_READOUT, "tse.blood_partial_volume=1")
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
