@@ -119,17 +119,22 @@ def test_rendered_load_returns_the_base_seg_and_properties_and_shares_the_seg_cr
 
 def test_case_files_stay_open_within_a_bound_and_loads_equal_nnunets(toy):
     """Unrendered loads return what nnU-Net's own load returns (image, seg, properties) from files kept
-    open per process; at most ``open_cases`` cases stay open (least recently loaded closed first), so
-    a large dataset cannot run a process out of file descriptors; a rendered load never opens the image."""
+    open per process; at most ``open_cases`` cases stay open (least recently loaded closed first), the
+    aligned maps of rendered loads included, so a large dataset cannot run a process out of file
+    descriptors; a rendered load never opens the image."""
     import gc
     import os
+
+    def open_fds() -> int:
+        gc.collect()
+        return len(os.listdir("/proc/self/fd"))
 
     env, folder = toy
     _, wrapped, base = _wrapped(env, folder, p_render=0.0)
     wrapped.open_cases = 2
     keys = list(wrapped.identifiers)
     assert len(keys) >= 3
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = open_fds()
     for key in keys + keys[::-1]:
         data, seg, seg_prev, props = wrapped.load_case(key)
         data_b, seg_b, seg_prev_b, props_b = base.load_case(key)
@@ -139,20 +144,22 @@ def test_case_files_stay_open_within_a_bound_and_loads_equal_nnunets(toy):
         for cls, locs in props_b["class_locations"].items():
             np.testing.assert_array_equal(props["class_locations"][cls], locs)
     del data, seg, data_b, seg_b
-    gc.collect()
-    files = wrapped._files
+    files = wrapped.files
     assert len(files) == 2
-    assert len(os.listdir("/proc/self/fd")) - fds_before <= 2 * 2  # image + seg of two cases
+    assert open_fds() - fds_before <= 2 * 2  # image + seg of two cases
     last = keys[0]
-    assert wrapped.load_case(last)[0] is files.get(last, image=True)[0]  # kept open: no reopening
-    # a rendered load opens only the seg; the image is opened when an unrendered load asks for it
+    assert wrapped.load_case(last)[0] is files.get(last, "image")  # kept open: no reopening
+    # a rendered load opens the seg and the maps, never the image; an unrendered load then adds the image
     wrapped.p_render = 1.0
-    wrapped.load_case(keys[2])
-    assert "image" not in files._cases[keys[2]]
+    for key in keys + keys[::-1]:
+        view = wrapped.load_case(key)[0]
+        view[(slice(0, 1),)]  # renders the slice: reads maps and seg
+    del view
+    assert files.kinds_open(keys[0]) == {"maps", "seg"}
+    assert len(files) == 2 and open_fds() - fds_before <= 2 * 2  # maps + seg of two cases
     wrapped.p_render = 0.0
-    wrapped.load_case(keys[2])
-    assert "image" in files._cases[keys[2]]
-
+    wrapped.load_case(keys[0])
+    assert files.kinds_open(keys[0]) == {"maps", "seg", "image"}
 
 def test_case_statistics_match_a_full_case_render(toy):
     env, folder = toy

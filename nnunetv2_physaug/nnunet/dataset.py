@@ -8,8 +8,8 @@ the loader keeps (DESIGN §3). Everything downstream (foreground oversampling, s
 augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
 Both kinds of load do less of nnU-Net's own work than stock loads (blosc2 datasets): the case files
-stay open per process (:class:`OpenCaseFiles`, the least recently loaded of at most 64 cases closed
-first) instead of being opened at every load; a rendered load never opens the image, and the seg it
+(and the aligned maps) stay open per process (:class:`OpenCaseFiles`, the least recently loaded of at
+most 64 cases closed first) instead of being opened at every load; a rendered load never opens the image, and the seg it
 returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop the labels the render already
 decompressed for the same box (scripts/bench_loader.py --profile; its p = 0 line is the wrapper
 without rendering).
@@ -193,53 +193,51 @@ class RenderOnCrop:
         return out.astype(dtype) if dtype is not None else out
 
 
-#: cases whose files one process keeps open (:class:`OpenCaseFiles`; 1-3 file descriptors per case)
+#: cases whose files one process keeps open (:class:`OpenCaseFiles`; 1-4 file descriptors per case)
 OPEN_CASES = 64
 
 
 class OpenCaseFiles:
-    """The memory-mapped blosc2 handles (image, seg, previous-stage seg) of the cases a process loaded
-    last, opened as ``nnUNetDatasetBlosc2.load_case`` opens them.
+    """The open files of the cases a process loaded last: memory-mapped arrays (a case's aligned maps,
+    nnU-Net's blosc2 image, seg, previous-stage seg), each opened by its kind's opener on first use.
 
     Why: nnU-Net opens a case's files at every load (~0.1-0.2 ms per file for a 2D sample); kept
-    open, a load only reads its crop. Each open handle holds a file descriptor, so the cache keeps at
-    most :attr:`max_cases` cases (least recently loaded closed first): a dataset of thousands of
-    cases stays far below the usual limit of 1024 open files per process. An image is opened only
-    when a load asks for it (rendered loads never read it).
+    open, a load only reads its crop. Every memory map holds a file descriptor (numpy's and blosc2's
+    alike), so at most :attr:`max_cases` cases stay open, the least recently loaded closed first: a
+    dataset of thousands of cases stays far below the usual limit of 1024 open files per process.
+
+    Args:
+        openers: kind -> function opening that file of a case (argument: the case identifier).
+        max_cases: cases kept open.
     """
 
-    def __init__(self, base, max_cases: int = OPEN_CASES):
+    def __init__(self, openers: dict, max_cases: int = OPEN_CASES):
         from collections import OrderedDict
 
         if max_cases < 1:
             raise ValueError(f"max_cases must be at least 1, got {max_cases}")
-        self.base, self.max_cases = base, int(max_cases)
+        self.openers, self.max_cases = dict(openers), int(max_cases)
         self._cases: "OrderedDict[str, dict]" = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cases)
 
-    def _open(self, path: str):
-        import blosc2
+    def kinds_open(self, identifier: str) -> set:
+        """The kinds of file open for a case (empty if it is not open)."""
+        return set(self._cases.get(identifier, ()))
 
-        return blosc2.open(urlpath=path, mode="r", dparams={"nthreads": 1}, **self.base.mmap_kwargs)
-
-    def get(self, identifier: str, image: bool) -> tuple:
-        """(image handle or None, seg handle, previous-stage seg handle or None) of a case."""
+    def get(self, identifier: str, kind: str):
+        """The open file ``kind`` of a case, opened now if it is not."""
         handles = self._cases.get(identifier)
         if handles is None:
-            folder = self.base.source_folder
-            prev = self.base.folder_with_segs_from_previous_stage
-            handles = {"seg": self._open(os.path.join(folder, identifier + "_seg.b2nd")),
-                       "seg_prev": None if prev is None else self._open(os.path.join(prev, identifier + ".b2nd"))}
-            self._cases[identifier] = handles
+            handles = self._cases[identifier] = {}
             while len(self._cases) > self.max_cases:
                 self._cases.popitem(last=False)  # dropping the handles closes their files
         else:
             self._cases.move_to_end(identifier)
-        if image and "image" not in handles:
-            handles["image"] = self._open(os.path.join(self.base.source_folder, identifier + ".b2nd"))
-        return (handles["image"] if image else None), handles["seg"], handles["seg_prev"]
+        if kind not in handles:
+            handles[kind] = self.openers[kind](identifier)
+        return handles[kind]
 
 
 class PhysAugTrainingDataset:
@@ -312,7 +310,7 @@ class PhysAugTrainingDataset:
         state = self.__dict__.copy()
         state["_rng"] = None
         state["_rng_pid"] = None
-        state["_arrays"] = {}  # memmaps are per process
+        state["_arrays"] = {}  # draw banks are per process
         state["_arrays_pid"] = None
         state["_files"] = None  # open files are per process
         state["_files_pid"] = None
@@ -328,26 +326,46 @@ class PhysAugTrainingDataset:
 
     def _case_arrays(self, identifier: str) -> tuple[np.ndarray, np.ndarray, list[Optional[DrawBank]]]:
         """(memory-mapped aligned maps, voxel sample, the :class:`DrawBank` of each posterior sample,
-        made on first use) of a case, opened once per process."""
+        made on first use) of a case. The maps come from :attr:`files`; the sample and the banks are small
+        in-memory arrays (no open file), kept per process for every case."""
         if self._arrays_pid != os.getpid():
             self._arrays, self._arrays_pid = {}, os.getpid()
+        maps = self.files.get(identifier, "maps")
         if identifier not in self._arrays:
-            folder = Path(self.aligned_folder)
-            maps = np.load(folder / f"{identifier}.npy", mmap_mode="r", allow_pickle=False)
-            self._arrays[identifier] = (maps, np.load(folder / f"{identifier}_sample.npy", allow_pickle=False),
-                                        [None] * maps.shape[0])
-        return self._arrays[identifier]
+            sample = np.load(Path(self.aligned_folder) / f"{identifier}_sample.npy", allow_pickle=False)
+            self._arrays[identifier] = (sample, [None] * maps.shape[0])
+        sample, banks = self._arrays[identifier]
+        return maps, sample, banks
 
-    def _case_files(self) -> Optional["OpenCaseFiles"]:
-        """This process's :class:`OpenCaseFiles` of ``base`` (None for datasets other than nnU-Net's
-        blosc2 class with memory mapping: a subclass may load differently, so those load through
-        ``base.load_case``)."""
+    def _blosc2_base(self) -> bool:
+        """Whether ``base`` is nnU-Net's blosc2 dataset class with memory mapping (its files can be kept
+        open; a subclass may load differently, so other datasets load through ``base.load_case``)."""
         from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-        if type(self.base) is not nnUNetDatasetBlosc2 or not self.base.mmap_kwargs:
-            return None
-        if self._files is None or self._files_pid != os.getpid():
-            self._files, self._files_pid = OpenCaseFiles(self.base, self.open_cases), os.getpid()
+        return type(self.base) is nnUNetDatasetBlosc2 and bool(self.base.mmap_kwargs)
+
+    @property
+    def files(self) -> OpenCaseFiles:
+        """This process's :class:`OpenCaseFiles`: the aligned maps of every case, and the image, seg
+        and previous-stage seg of nnU-Net's blosc2 dataset, opened as ``nnUNetDatasetBlosc2.load_case``
+        opens them."""
+        if self._files is not None and self._files_pid == os.getpid():
+            return self._files
+        folder = Path(self.aligned_folder)
+        openers = {"maps": lambda k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False)}
+        if self._blosc2_base():
+            import blosc2
+
+            base = self.base
+
+            def opener(folder_, suffix):
+                return lambda k: blosc2.open(urlpath=os.path.join(folder_, k + suffix), mode="r",
+                                             dparams={"nthreads": 1}, **base.mmap_kwargs)
+
+            openers.update(image=opener(base.source_folder, ".b2nd"), seg=opener(base.source_folder, "_seg.b2nd"))
+            if base.folder_with_segs_from_previous_stage is not None:
+                openers["seg_prev"] = opener(base.folder_with_segs_from_previous_stage, ".b2nd")
+        self._files, self._files_pid = OpenCaseFiles(openers, self.open_cases), os.getpid()
         return self._files
 
     def _load(self, identifier: str, image: bool):
@@ -358,13 +376,15 @@ class PhysAugTrainingDataset:
         and a rendered load (``image=False``) never opens the image. The properties are read per load
         as nnU-Net does (their class locations can be large: not kept).
         """
-        files = self._case_files()
-        if files is None:
+        if not self._blosc2_base():
             data, seg, seg_prev, properties = self.base.load_case(identifier)
             return (data if image else None), seg, seg_prev, properties
         from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-        data, seg, seg_prev = files.get(identifier, image=image)
+        files = self.files
+        data = files.get(identifier, "image") if image else None
+        seg = files.get(identifier, "seg")
+        seg_prev = files.get(identifier, "seg_prev") if "seg_prev" in files.openers else None
         properties = load_pickle(os.path.join(self.base.source_folder, identifier + ".pkl"))
         return data, seg, seg_prev, properties
 
