@@ -335,5 +335,13 @@ class nnUNetTrainerPhysAugSoftEdges_5epochs(nnUNetTrainerPhysAugPathology_5epoch
 
     physaug_protocol_settings = (*CENTRIC_READOUT, "tse.blood_partial_volume=1")
 
+
+class nnUNetTrainerPhysAugP1_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` with every training load rendered (p_render 1 instead of the preset's 0.7: no
+    load hands nnU-Net the real bSSFP image; cine-like images then come only from the bssfp family, 10 %
+    of renders)."""
+
+    physaug_p_render = 1.0
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
