@@ -9,7 +9,8 @@ Steps (stock nnU-Net commands and ours, as a user would run them):
    (plus any ``--variants``), same plans, same split, same budget;
 5. ``nnUNetv2_predict`` (no test-time mirroring; ``--jobs`` models at a time) and scoring with nnU-Net's
    metrics (the code of ``physaug-evaluate``), plus the pathology breakdown (which label the network gives
-   scar and edema pixels) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers.
+   scar and edema pixels), the structure confusion (which label it gives each expert structure: where the
+   Dice is lost) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers.
 
 ``--baseline-from`` reuses the baseline's scores of an earlier report with the same settings (ablations:
 only the PhysAug variants are trained).
@@ -257,25 +258,37 @@ def linked_test_folder(ds: Path, mode: str, cases: Sequence[str], folder: Path) 
             os.symlink(image, folder / f"{case}__{s}_0000.nii.gz")
 
 
-def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str]) -> dict:
-    """For edema and scar: voxel counts and the fraction predicted as each label, pooled over ``cases``."""
+def _label_breakdown(pred_dir: Path, ref_dir: Path, cases: Sequence[str], regions: dict[int, str]) -> dict:
+    """For each region (value in the reference volumes -> name): its voxel count and the fraction of it
+    predicted as each label, pooled over ``cases``."""
     import nibabel as nib
 
-    counts = {name: np.zeros(4, dtype=np.int64) for name in ("edema", "scar")}
+    counts = {name: np.zeros(4, dtype=np.int64) for name in regions.values()}
     for case in cases:
         pred = np.asarray(nib.load(str(pred_dir / f"{case}.nii.gz")).dataobj).astype(np.int64)
-        path = np.asarray(nib.load(str(pathology_dir / f"{case}.nii.gz")).dataobj).astype(np.int64)
-        if pred.shape != path.shape:
-            raise BenchmarkError(f"{pred_dir / (case + '.nii.gz')}: shape {pred.shape} differs from the pathology "
-                                 f"label {path.shape}")
-        for value, name in ((1, "edema"), (2, "scar")):
-            counts[name] += np.bincount(pred[path == value], minlength=4)[:4]
+        ref = np.asarray(nib.load(str(ref_dir / f"{case}.nii.gz")).dataobj).astype(np.int64)
+        if pred.shape != ref.shape:
+            raise BenchmarkError(f"{pred_dir / (case + '.nii.gz')}: shape {pred.shape} differs from "
+                                 f"{ref_dir / (case + '.nii.gz')} {ref.shape}")
+        for value, name in regions.items():
+            counts[name] += np.bincount(pred[ref == value], minlength=4)[:4]
     out = {}
     for name, c in counts.items():
         total = int(c.sum())
         out[name] = {"voxels": total, **{f"as_{PRED_NAMES[k]}": (float(c[k]) / total if total else float("nan"))
                                           for k in range(4)}}
     return out
+
+
+def pathology_breakdown(pred_dir: Path, pathology_dir: Path, cases: Sequence[str]) -> dict:
+    """For edema and scar: voxel counts and the fraction predicted as each label, pooled over ``cases``."""
+    return _label_breakdown(pred_dir, pathology_dir, cases, {1: "edema", 2: "scar"})
+
+
+def structure_confusion(pred_dir: Path, label_dir: Path, cases: Sequence[str]) -> dict:
+    """For each expert structure (RV, MYO, LV): voxel count and the fraction predicted as each label, pooled
+    over ``cases``; says where the Dice is lost (e.g. myocardium called LV: the endocardial border)."""
+    return _label_breakdown(pred_dir, label_dir, cases, {int(k): v for k, v in STRUCTURES.items()})
 
 
 def predict_all(folds: Sequence[str], runs: Sequence[Run], device: str,
@@ -336,7 +349,8 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
             cases = sorted(f.name[:-7] for f in pooled.glob("*.nii.gz"))
             rows.append({"model": r.model, "run": r.name, "repeat": r.repeat, "trained_on": r.trained_on,
                          "sequence": s, **scores,
-                         "pathology": pathology_breakdown(pooled, pathology_dir, cases)})
+                         "pathology": pathology_breakdown(pooled, pathology_dir, cases),
+                         "confusion": structure_confusion(pooled, root / "_labels" / s, cases)})
             print(f"[bench_real] {r.name} on {s}: mean foreground Dice {scores['mean_fg_dice']:.3f} "
                   f"({scores['n_cases']} patients)", flush=True)
     return rows
@@ -360,6 +374,13 @@ def earlier_rows(results_json: Path, trainer: str, settings: dict) -> list[dict]
     return [{**r, "from": str(results_json)} for r in rows]
 
 
+def _mean_breakdown(breakdowns: list[dict]) -> dict:
+    """The mean of the fractions of several breakdowns of the same regions (voxel counts: the first's)."""
+    first = breakdowns[0]
+    return {g: {k: (int(v) if k == "voxels" else float(np.mean([b[g][k] for b in breakdowns])))
+                for k, v in first[g].items()} for g in first}
+
+
 def pool_repeats(rows: list[dict]) -> list[dict]:
     """One row per (model, sequence): the mean over the model's repeats of every score (Dice, per-label
     Dice, pathology fractions), with ``per_repeat`` (each repeat's mean foreground Dice). A model trained
@@ -378,9 +399,10 @@ def pool_repeats(rows: list[dict]) -> list[dict]:
                   "n_cases": rs[0]["n_cases"], "repeats": len(rs),
                   "mean_fg_dice": float(np.mean([r["mean_fg_dice"] for r in rs])),
                   "dice_per_label": {k: float(np.mean([r["dice_per_label"][k] for r in rs])) for k in labels},
-                  "pathology": {p: {k: (int(v) if k == "voxels" else float(np.mean([r["pathology"][p][k] for r in rs])))
-                                    for k, v in rs[0]["pathology"][p].items()} for p in rs[0]["pathology"]},
+                  "pathology": _mean_breakdown([r["pathology"] for r in rs]),
                   "per_repeat": [r["mean_fg_dice"] for r in rs]}
+        if all("confusion" in r for r in rs):
+            pooled["confusion"] = _mean_breakdown([r["confusion"] for r in rs])
         out.append(pooled)
     return out
 
@@ -454,6 +476,16 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
         cells = [f"{by[(m, s)]['pathology'][p]['as_myocardium']:.1%} ({by[(m, s)]['pathology'][p]['as_LV']:.1%})"
                  for m in models]
         lines.append(f"| {p} on {s} | " + " | ".join(cells) + " |")
+    with_confusion = [m for m in models if all("confusion" in by[(m, s)] for s in SEQUENCES)]
+    if with_confusion:
+        lines += ["", "Where each expert structure goes: share of its voxels predicted as background / RV / MYO / LV "
+                  "(e.g. MYO called LV: the endocardial border):", "",
+                  "| | " + " | ".join(with_confusion) + " |", "|---|" + "---|" * len(with_confusion)]
+        for s in SEQUENCES:
+            for name in STRUCTURES.values():
+                cells = [" / ".join(f"{by[(m, s)]['confusion'][name][f'as_{PRED_NAMES[k]}']:.1%}" for k in range(4))
+                         for m in with_confusion]
+                lines.append(f"| {name} on {s} | " + " | ".join(cells) + " |")
     if baseline is not None:
         others = [m for m in models if m != baseline]
         lines += ["", f"Gap closed: share of {baseline}'s drop from C0 that each model recovers, "

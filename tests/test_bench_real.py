@@ -46,6 +46,33 @@ def test_pathology_breakdown_counts_by_hand(tmp_path):
     assert out["edema"]["voxels"] == 2 and out["edema"]["as_myocardium"] == 0.5 and out["edema"]["as_background"] == 0.5
 
 
+def test_structure_confusion_counts_by_hand_and_reaches_the_report(tmp_path):
+    label = np.zeros((4, 4, 1), np.uint8)
+    label[0, :, 0] = 2         # 4 myocardium voxels
+    label[1, :2, 0] = 3        # 2 LV voxels
+    label[2, 0, 0] = 1         # 1 RV voxel
+    pred = np.zeros((4, 4, 1), np.uint8)
+    pred[0, :2, 0] = 2         # myocardium: 2 of 4 right, 1 called LV, 1 background
+    pred[0, 2, 0] = 3
+    pred[1, :2, 0] = 2         # both LV voxels called myocardium
+    _save(tmp_path / "pred" / "Case1.nii.gz", pred)
+    _save(tmp_path / "lab" / "Case1.nii.gz", label)
+    out = br.structure_confusion(tmp_path / "pred", tmp_path / "lab", ["Case1"])
+    assert out["MYO"] == {"voxels": 4, "as_background": 0.25, "as_RV": 0.0, "as_myocardium": 0.5, "as_LV": 0.25}
+    assert out["LV"]["voxels"] == 2 and out["LV"]["as_myocardium"] == 1.0
+    assert out["RV"]["voxels"] == 1 and out["RV"]["as_background"] == 1.0
+    rows = [{"model": "P", "sequence": s, "mean_fg_dice": 0.5, "n_cases": 1, "dice_per_label": {"1": 0.5, "2": 0.5, "3": 0.5},
+             "pathology": {p: {"voxels": 1, "as_myocardium": 1.0, "as_LV": 0.0} for p in ("scar", "edema")},
+             "confusion": out} for s in br.SEQUENCES]
+    md = br.markdown_report(rows)
+    assert "| MYO on T2 | 25.0% / 0.0% / 50.0% / 25.0% |" in md
+    # repeats pool the confusion to the mean of their fractions
+    other = {**out, "MYO": {**out["MYO"], "as_myocardium": 1.0, "as_LV": 0.0, "as_background": 0.0}}
+    pooled = br.pool_repeats([{**rows[1], "run": "P", "repeat": 0}, {**rows[1], "run": "P_r1", "repeat": 1, "confusion": other}])
+    assert pooled[0]["confusion"]["MYO"]["as_myocardium"] == pytest.approx(0.75)
+    assert pooled[0]["confusion"]["MYO"]["as_LV"] == pytest.approx(0.125)
+
+
 def test_summary_line_and_tables():
     def row(model, seq, d):
         return {"model": model, "sequence": seq, "mean_fg_dice": d, "n_cases": 5,
