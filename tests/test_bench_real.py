@@ -176,6 +176,7 @@ def test_bench_real_final_end_to_end(tmp_path):
             assert pooled["mean_fg_dice"] == pytest.approx((d + per_repeat[(m + "_r1", s)]) / 2)
     md = (work / "report_final" / "results.md").read_text()
     assert "not trained in this run" in md and "With repeats" in md
+    assert "| MYO on LGE |" in md and all("confusion" in r for r in again["rows"])  # where the Dice is lost
     assert (work / "nnUNet_results" / "Dataset913_MyoPS" / "nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50_r1__2d"
             / "fold_all" / "checkpoint_final.pth").is_file()
 
