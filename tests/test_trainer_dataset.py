@@ -481,3 +481,13 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert scaling.families == wide.families
     assert both.families == black.families and both.imperfections == scaling.imperfections
     assert len({p.name for p in seen.values()}) == 7
+    # SoftEdges: wide_pathology's pathology and uptake, centric readout, two-compartment TSE
+    soft = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugSoftEdges_5epochs")
+                                     .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert soft.pathology == pathology.pathology
+    for fam in ("lge", "psir"):
+        assert params(soft, fam)["readout_pulses"] == params(wide, fam)["readout_pulses"]
+    assert params(soft, "tse")["blood_partial_volume"] != params(wide, "tse")["blood_partial_volume"]
+    # P1: wide, every load rendered (in a worker's pickled copy too)
+    p1 = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugP1_5epochs").get_tr_and_val_datasets()[0]))
+    assert p1.p_render == 1.0 and p1.renderer.protocol.families == wide.families and wide.p_render == 0.7
