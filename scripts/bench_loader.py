@@ -2,7 +2,7 @@
 """Benchmark: PhysAug training data loader vs nnU-Net's stock loader, same data, same process.
 
 Makes and preprocesses its own phantom dataset in a temporary folder (or uses --root), builds the
-training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` twice: at the trainer's
+training data loader of ``nnUNetTrainer`` and of ``nnUNetTrainerPhysAug`` three times: at the trainer's
 default render probability p (the ``wide`` preset renders 70 % of loads and hands nnU-Net the real
 image otherwise), at p = 1 (every load rendered: the cost of a rendered sample) and at p = 0 (the
 wrapper without rendering: what it saves of nnU-Net's own work by keeping case files open, so that

@@ -9,10 +9,10 @@ augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
 Both kinds of load do less of nnU-Net's own work than stock loads (blosc2 datasets): the case files
 (and the aligned maps) stay open per process (:class:`OpenCaseFiles`, the least recently loaded of at
-most 64 cases closed first) instead of being opened at every load; a rendered load never opens the image, and the seg it
-returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop the labels the render already
-decompressed for the same box (scripts/bench_loader.py --profile; its p = 0 line is the wrapper
-without rendering).
+most 64 cases closed first) instead of being opened at every load; a rendered load never opens the
+image, and the seg it returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop the labels the render
+already decompressed for the same box (scripts/bench_loader.py --profile; its p = 0 line is the
+wrapper without rendering).
 
 Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
 ``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
