@@ -12,7 +12,10 @@ negative mean (not yet through its null) has no finite ratio and counts as outsi
 
 Coverage of a family = fraction of its render ratios inside the real sequence's 10-90 % range.
 Also per slice: endocardial rim (myocardium touching blood) / interior myocardium, which shows
-partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.95).
+partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.95), and cavity tissue
+(LV-labelled pixels darker than the cine's blood-myocardium midpoint: papillary muscles, trabeculae) /
+normal myocardium, which shows whether a render treats the tissue a cavity label holds as blood (black in
+black-blood TSE, bright in LGE) or as tissue, as real images do.
 """
 from __future__ import annotations
 
@@ -51,15 +54,26 @@ def rim_ratio(img: np.ndarray, lab: np.ndarray) -> Optional[float]:
     return float(img[rim].mean() / img[interior].mean())
 
 
-def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray]) -> tuple[list, list, list]:
-    """Per-slice (last axis) blood/normal-myocardium, scar/normal-myocardium and endocardial-rim
-    (:func:`rim_ratio`) ratios of a 3D image (X, Y, Z); ``pathology`` 1 edema, 2 scar (None: all
-    myocardium is normal)."""
-    blood_ratio, scar_ratio, rims = [], [], []
+def cavity_tissue_mask(cine: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Pixels of the LV cavity label darker in the bSSFP cine than the midpoint of the slice's LV and
+    myocardium medians: papillary muscles and trabeculae (and blood mixed with them) in one 2D slice."""
+    lv, myo = lab == LV, lab == MYO
+    if not lv.any() or not myo.any():
+        return np.zeros_like(lv)
+    return lv & (cine < 0.5 * (np.median(cine[lv]) + np.median(cine[myo])))
+
+
+def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray],
+                 cine: Optional[np.ndarray] = None) -> dict[str, list]:
+    """Per-slice (last axis) ratios of a 3D image (X, Y, Z): ``blood`` (LV / normal myocardium), ``scar``
+    (scar / normal myocardium), ``rim`` (:func:`rim_ratio`) and, with the bSSFP ``cine`` of the same
+    grid, ``cavity`` (tissue inside the LV label, :func:`cavity_tissue_mask`, / normal myocardium);
+    ``pathology`` 1 edema, 2 scar (None: all myocardium is normal)."""
+    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
     for k in range(image.shape[-1]):
         r = rim_ratio(image[..., k], anatomy[..., k])
         if r is not None:
-            rims.append(r)
+            out["rim"].append(r)
         img, lab = image[..., k], anatomy[..., k]
         path = pathology[..., k] if pathology is not None else np.zeros_like(lab)
         normal = (lab == MYO) & (path == 0)
@@ -68,27 +82,31 @@ def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.
             continue
         myo_mean = float(img[normal].mean())
         if myo_mean <= 0:  # signed (PSIR) myocardium below its null: no finite ratio, never "inside"
-            blood_ratio.append(float("inf"))
+            out["blood"].append(float("inf"))
             continue
-        blood_ratio.append(float(img[lv].mean()) / myo_mean)
+        out["blood"].append(float(img[lv].mean()) / myo_mean)
         scar = path == 2
         if scar.sum() >= MIN_PIXELS:
-            scar_ratio.append(float(img[scar].mean()) / myo_mean)
-    return blood_ratio, scar_ratio, rims
+            out["scar"].append(float(img[scar].mean()) / myo_mean)
+        if cine is not None:
+            cavity = cavity_tissue_mask(cine[..., k], lab)
+            if cavity.sum() >= MIN_PIXELS:
+                out["cavity"].append(float(img[cavity].mean()) / myo_mean)
+    return out
 
 
 def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
     """Ratios of a converted MyoPS dataset's training patients (``imagesTr[_SEQ]``, ``labelsTr``,
-    ``labelsPathologyTr``)."""
+    ``labelsPathologyTr``; the cavity tissue from the bSSFP ``imagesTr``)."""
     folder = dataset / image_folder("train", sequence)
-    blood, scar, rim = [], [], []
+    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
     for case in cases:
-        b, s, r = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
-                               _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"))
-        blood += b
-        scar += s
-        rim += r
-    return {"blood": blood, "scar": scar, "rim": rim}
+        r = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
+                         _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"),
+                         _nib_array(dataset / image_folder("train", "C0") / f"{case}_0000.nii.gz"))
+        for key in out:
+            out[key] += r[key]
+    return out
 
 
 def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: str, protocol, n: int,
@@ -100,16 +118,17 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
     proto = load_protocol(protocol) if isinstance(protocol, str) else protocol
     renderer = ContrastRenderer(proto)
     rng = np.random.default_rng(seed)
-    blood, scar, rim = [], [], []
+    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
     cache: dict = {}
     tries = 0
-    while len(blood) < n and tries < 20 * n:
+    while len(out["blood"]) < n and tries < 20 * n:
         tries += 1
         case = cases[int(rng.integers(len(cases)))]
         if case not in cache:
             maps, _ = read_case_maps(maps_dir, case)
-            cache[case] = (maps[..., 0], _nib_array(dataset / "labelsTr" / f"{case}.nii.gz").astype(np.int64))
-        maps, lab3 = cache[case]
+            cache[case] = (maps[..., 0], _nib_array(dataset / "labelsTr" / f"{case}.nii.gz").astype(np.int64),
+                           _nib_array(dataset / image_folder("train", "C0") / f"{case}_0000.nii.gz"))
+        maps, lab3, cine3 = cache[case]
         z = int(rng.integers(lab3.shape[-1]))
         lab = lab3[..., z]
         if (lab == MYO).sum() < MIN_PIXELS or (lab == LV).sum() < MIN_PIXELS:
@@ -124,11 +143,10 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
             path[(masks.edema | masks.scar).numpy()] = 1
             path[masks.scar.numpy()] = 2
             path[masks.mvo.numpy()] = 3  # neither normal nor enhancing scar
-        b, s, r = slice_ratios(img[..., None], lab[..., None], path[..., None])
-        blood += b
-        scar += s
-        rim += r
-    return {"blood": blood, "scar": scar, "rim": rim}
+        r = slice_ratios(img[..., None], lab[..., None], path[..., None], cine3[..., z, None])
+        for key in out:
+            out[key] += r[key]
+    return out
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, float]:
@@ -150,7 +168,8 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
         med, p10, p90 = summarise(r["blood"])
         out["real"][s] = {"n_slices": len(r["blood"]), "median": med, "p10": p10, "p90": p90,
                           "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"]),
-                          "rim_median": summarise(r["rim"])[0]}
+                          "rim_median": summarise(r["rim"])[0], "cavity_median": summarise(r["cavity"])[0],
+                          "n_cavity_slices": len(r["cavity"])}
     for i, fam in enumerate(families):
         r = render_ratios(dataset, maps_dir, list(cases), fam, proto, n, seed + i)
         ref = out["real"][FAMILY_TO_REAL[fam]]
@@ -159,7 +178,8 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
         med, p10, p90 = summarise(vals)
         out["renders"][fam] = {"compared_with": FAMILY_TO_REAL[fam], "n": int(vals.size), "median": med, "p10": p10,
                                "p90": p90, "coverage": cover, "scar_median": summarise(r["scar"])[0],
-                               "n_scar_slices": len(r["scar"]), "rim_median": summarise(r["rim"])[0]}
+                               "n_scar_slices": len(r["scar"]), "rim_median": summarise(r["rim"])[0],
+                               "cavity_median": summarise(r["cavity"])[0], "n_cavity_slices": len(r["cavity"])}
     return out
 
 
@@ -205,15 +225,15 @@ def format_report(result: dict) -> str:
     lines = [f"blood (LV) / normal-myocardium mean-intensity ratio per slice; protocol {result['protocol']!r}, "
              f"{len(result['cases'])} patients", "",
              "| images | slices | median | 10-90 % | inside real 10-90 % | scar / normal myo (median) | "
-             "endocardial rim / interior myo (median) |",
-             "|---|---|---|---|---|---|---|"]
+             "endocardial rim / interior myo (median) | cavity tissue / normal myo (median) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s, r in result["real"].items():
         lines.append(f"| real {s} | {r['n_slices']} | {r['median']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} | | "
-                     f"{r['scar_median']:.2f} | {r['rim_median']:.2f} |")
+                     f"{r['scar_median']:.2f} | {r['rim_median']:.2f} | {r['cavity_median']:.2f} |")
     for fam, r in result["renders"].items():
         lines.append(f"| `{fam}` renders (vs real {r['compared_with']}) | {r['n']} | {r['median']:.2f} | "
                      f"{r['p10']:.2f}-{r['p90']:.2f} | {r['coverage']:.0%} | {r['scar_median']:.2f} | "
-                     f"{r['rim_median']:.2f} |")
+                     f"{r['rim_median']:.2f} | {r['cavity_median']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

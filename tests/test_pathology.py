@@ -248,3 +248,82 @@ def test_black_blood_tse_suppresses_only_the_blood_compartment_of_mixed_pixels()
             assert got == pytest.approx(mono, rel=1e-3) and mono > 2 * two  # the bright rim it replaces
         interior = img.numpy()[0][(lab[0] == 2) & (r > R_LV + 2.5)].mean()
         assert interior == pytest.approx(mt * se(1000.0, 50.0, 2000.0, 80.0), rel=1e-3)
+
+
+def test_cavity_tissue_renders_papillary_muscle_as_tissue_in_black_blood_tse_and_lge():
+    """Inside the LV label: a papillary muscle (myocardial M0/T1/T2, as the estimator maps a dark cavity
+    pixel) and pixels holding a volume fraction f of blood (M0-weighted T1/T2). Truth written out here:
+    the two-compartment spin echo (only blood is suppressed) and the Bloch-simulated steady-state IR of
+    the mixed relaxation rate 1/T1 + r1 [Gd] with the voxel's mean concentration (``ir_mz``)."""
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    papillary = (lab[0] == 3) & (np.hypot(yy - CENTRE[0], xx - (CENTRE[1] + 5.0)) <= 2.5)
+    mixed = (lab[0] == 3) & (np.hypot(yy - CENTRE[0], xx - (CENTRE[1] - 5.0)) <= 2.5)
+    blood = (lab[0] == 3) & ~papillary & ~mixed & (np.hypot(yy - CENTRE[0], xx - CENTRE[1]) <= 2.5)
+    mb, mt, f = 0.95, 0.8, 0.4
+    m_mix = f * mb + (1 - f) * mt
+    w = f * mb / m_mix  # blood share of the mixed pixels' M0
+    m0[0][papillary], t1[0][papillary], t2[0][papillary] = mt, 1000.0, 50.0
+    m0[0][mixed] = m_mix
+    t1[0][mixed] = (f * mb * 1550.0 + (1 - f) * mt * 1000.0) / m_mix
+    t2[0][mixed] = (f * mb * 270.0 + (1 - f) * mt * 50.0) / m_mix
+    assert papillary.sum() >= 15 and mixed.sum() >= 15 and blood.sum() >= 15
+    proto = load_protocol("wide").to_dict()
+    proto["imperfections"] = {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+
+    def se(t1_, t2_):
+        return (1 - math.exp(-2000.0 / t1_)) * math.exp(-80.0 / t2_)
+    for cavity, bf in ((1.0, 0.0), (1.0, 0.3), (0.0, 0.0)):
+        p = {"family": "tse", "tr_ms": 2000.0, "te_ms": 80.0, "blood_factor": bf, "blood_partial_volume": 0.0,
+             "cavity_tissue": cavity, "clip_level": 10.0}
+        img = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab, params=p)[0].numpy()[0]
+        assert img[blood].mean() == pytest.approx(mb * bf * se(1550.0, 270.0), rel=1e-3, abs=1e-7)
+        if cavity:
+            assert img[papillary].mean() == pytest.approx(mt * se(1000.0, 50.0), rel=1e-3)  # not suppressed
+            two = w * m_mix * bf * se(1550.0, 270.0) + (1 - w) * m_mix * se(1000.0, 50.0)
+            assert img[mixed].mean() == pytest.approx(two, rel=1e-3)
+        else:  # wide as before: the whole label suppressed
+            assert img[papillary].max() == 0.0 and img[mixed].max() == 0.0
+
+    r1, c_b, c_m, tr_inv = 4.5e-3, 0.7, 0.25, 2000.0  # r1 per mmol/L per ms
+    t1_post_myo = 1.0 / (1.0 / 1000.0 + r1 * c_m)
+    ti = t1_post_myo * math.log(2.0 / (1.0 + math.exp(-tr_inv / t1_post_myo)))  # myocardial null
+    fixed = {"family": "lge", "flip_deg": 20.0, "te_ms": 2.0, "tr_inv_ms": tr_inv, "ti_null_factor": 1.0,
+             "readout_tr_ms": 6.0, "readout_pulses": 0.0, "conc_blood_mmol": c_b, "conc_myocardium_mmol": c_m,
+             "conc_other_mmol": 0.2, "ti_ms": ti, "clip_level": 10.0}
+
+    def lge(m0_, t1_native, t2_, conc):
+        t1_post = 1.0 / (1.0 / t1_native + r1 * conc)
+        return abs(bloch.ir_mz(m0_, t1_post, ti, tr_inv, t2_)) * math.sin(math.radians(20.0)) * math.exp(-2.0 / t2_)
+    bright = lge(mb, 1550.0, 270.0, c_b)
+    for cavity in (1.0, 0.0):
+        img = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab,
+                              params=dict(fixed, cavity_tissue=cavity))[0].numpy()[0]
+        assert img[blood].mean() == pytest.approx(bright, rel=1e-3)
+        if cavity:  # nulled like the myocardium; the mixture in between
+            assert lge(mt, 1000.0, 50.0, c_m) == pytest.approx(0.0, abs=1e-9) and img[papillary].max() < 1e-4 * bright
+            mix = lge(m_mix, float(t1[0][mixed][0]), float(t2[0][mixed][0]), w * c_b + (1 - w) * c_m)
+            assert img[mixed].mean() == pytest.approx(mix, rel=1e-3) and 0.05 * bright < mix < 0.9 * bright
+        else:  # wide: the papillary muscle enhances like blood
+            assert img[papillary].mean() > 0.5 * bright
+
+
+def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
+    from nnunetv2_physaug.contrast import protocol_with_settings
+    from nnunetv2_physaug.nnunet.run_identity import protocol_sha256
+    wide = load_protocol("wide")
+    proto = wide.to_dict()
+    # left out of the dict at its default, filled in on loading: files written before the parameter
+    # load, render as before, and keep their hash (continued runs recorded then are not refused)
+    assert not any("cavity_tissue" in fam["params"] for fam in proto["families"])
+    assert [f.params["cavity_tissue"] for f in wide.families if f.family == "tse"] == [(0.0, 0.0)]
+    assert protocol_from_dict(proto) == wide
+    on = protocol_with_settings("wide", ["tse.cavity_tissue=1"])
+    assert [f.params["cavity_tissue"] for f in on.families if f.family == "tse"] == [(1.0, 1.0)]
+    assert protocol_from_dict(on.to_dict()) == on and protocol_sha256(on) != protocol_sha256(wide)
+    bad = load_protocol("wide").to_dict()
+    del bad["families"][0]["params"]["flip_deg"]  # parameters without a default stay required
+    with pytest.raises(ProtocolError, match="missing key"):
+        protocol_from_dict(bad)

@@ -491,3 +491,15 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     # P1: wide, every load rendered (in a worker's pickled copy too)
     p1 = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugP1_5epochs").get_tr_and_val_datasets()[0]))
     assert p1.p_render == 1.0 and p1.renderer.protocol.families == wide.families and wide.p_render == 0.7
+    # CavityTissue: wide with cavity_tissue=1 in every label-aware family, nothing else changed
+    cav = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_5epochs")
+                                    .get_tr_and_val_datasets()[0])).renderer.protocol
+    label_aware = {"lge", "psir", "saturation_recovery", "tse"}
+    for f, w in zip(cav.families, wide.families):
+        if f.family in label_aware:
+            assert f.params["cavity_tissue"] == (1.0, 1.0) and w.params["cavity_tissue"] == (0.0, 0.0)
+            assert {k: v for k, v in f.params.items() if k != "cavity_tissue"} == \
+                {k: v for k, v in w.params.items() if k != "cavity_tissue"}
+        else:
+            assert f == w
+    assert label_aware <= {f.family for f in cav.families} and cav.imperfections == wide.imperfections

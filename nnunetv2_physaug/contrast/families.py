@@ -35,13 +35,16 @@ class ParamSpec:
     """One protocol parameter: its meaning and the physically allowed interval of its values.
 
     ``minimum``/``maximum`` are bounds on both ends of a range; ``exclusive_min`` makes the
-    lower bound strict (e.g. a flip angle or TR must be > 0).
+    lower bound strict (e.g. a flip angle or TR must be > 0). ``default``: the fixed value a protocol
+    that does not list the parameter gets (parameters added after protocol files were written, so
+    those files keep loading and render as before); None = the protocol must list it.
     """
 
     doc: str
     minimum: float = 0.0
     maximum: float = math.inf
     exclusive_min: bool = False
+    default: Optional[float] = None
 
     def violation(self, value: float) -> Optional[str]:
         """A short description of why ``value`` is non-physical, or None when it is allowed."""
@@ -61,6 +64,8 @@ _TE = ParamSpec("echo time in ms", 0.0)
 _CONC_BLOOD = ParamSpec("Gd concentration in blood (labels.blood) in mmol/L", 0.0, 50.0)
 _CONC_MYO = ParamSpec("Gd concentration in myocardium (labels.myocardium) in mmol/L", 0.0, 50.0)
 _CONC_OTHER = ParamSpec("Gd concentration in all other tissue in mmol/L", 0.0, 50.0)
+_CAVITY_TISSUE = ParamSpec("render blood-labelled pixels as blood / tissue mixtures by their maps (0 or 1)",
+                           0.0, 1.0, default=0.0)
 
 
 def _uniform(rng: np.random.Generator, rng_range: tuple[float, float]) -> float:
@@ -188,7 +193,7 @@ class _GdFamily(Family):
     """Shared part of the families that render after gadolinium uptake (label-aware)."""
 
     GD_PARAMS = {"conc_blood_mmol": _CONC_BLOOD, "conc_myocardium_mmol": _CONC_MYO,
-                 "conc_other_mmol": _CONC_OTHER}
+                 "conc_other_mmol": _CONC_OTHER, "cavity_tissue": _CAVITY_TISSUE}
 
     @staticmethod
     def _t1_post(ctx: "RenderContext", p: dict) -> torch.Tensor:
@@ -254,9 +259,14 @@ class LGE(_IRGre):
     shows Mz after them (:func:`~nnunetv2_physaug.physics.signal.flash_approach`): nulled tissue is
     not black (real LGE: blood / normal myocardium ~1.7-3.9, not >> 5). 0 pulses = centric ordering.
 
+    ``cavity_tissue`` (0 or 1, every Gd family): 1 gives each blood-labelled pixel the Gd concentration of
+    its blood share, ``w [Gd]_blood + (1 - w) [Gd]_myocardium`` (:meth:`RenderContext.blood_share`): the
+    papillary muscles and trabeculae a cavity label holds (dark in the cine, myocardial T1/T2 in the maps)
+    are nulled like myocardium, as in real LGE, instead of enhancing like blood.
+
     Parameters: ``flip_deg`` (deg), ``te_ms`` (ms), ``tr_inv_ms`` (ms), ``ti_null_factor``,
     ``readout_tr_ms`` (ms), ``readout_pulses`` (rounded to an integer),
-    ``conc_blood_mmol``, ``conc_myocardium_mmol``, ``conc_other_mmol`` (mmol/L).
+    ``conc_blood_mmol``, ``conc_myocardium_mmol``, ``conc_other_mmol`` (mmol/L), ``cavity_tissue``.
     Drawn output adds ``t1_myocardium_post_ms`` and ``ti_ms``.
     """
 
@@ -284,8 +294,8 @@ class SaturationRecoveryPerfusion(_GdFamily):
 
         S = M0 (1 - exp(-TS/T1post)) sin(a) exp(-TE/T2)
 
-    Parameters: ``ts_ms`` (saturation delay, ms), ``flip_deg`` (deg), ``te_ms`` (ms), and the
-    three concentrations (mmol/L).
+    Parameters: ``ts_ms`` (saturation delay, ms), ``flip_deg`` (deg), ``te_ms`` (ms), the
+    three concentrations (mmol/L) and ``cavity_tissue`` (as in :class:`LGE`).
     """
 
     name = "saturation_recovery"
@@ -345,33 +355,49 @@ class TSE(Family):
     T2_blood)]``, so only the blood compartment is suppressed (MyoPS maps: rim / interior 1.53 -> 0.62;
     real 0.95, whose near-wall slow blood is not fully suppressed either).
 
+    ``cavity_tissue`` (0 or 1): the converse, inside the blood label. Cavity labels hold papillary
+    muscles and trabeculae (dark in the cine; the estimator gives them myocardial T1/T2); the
+    preparation suppresses moving blood, not tissue, so with 1 a blood-labelled pixel with blood share
+    ``w`` of its M0 (:meth:`RenderContext.blood_share`) is rendered as two compartments,
+    ``S = M0 [w blood_factor SE_b + (1 - w) SE_t]`` (``SE`` of the region medians, as above). Real MyoPS T2-weighted images: cavity pixels darker than
+    the blood-myocardium midpoint of the cine are 0.8 x normal myocardium (``check_realism.py``).
+
     Parameters: ``tr_ms`` (ms), ``te_ms`` (ms), ``blood_factor`` (unitless, [0, 1]),
-    ``blood_partial_volume`` (0 or 1).
+    ``blood_partial_volume`` (0 or 1), ``cavity_tissue`` (0 or 1).
     """
 
     name = "tse"
     PARAMS = {"tr_ms": _TR, "te_ms": _TE,
               "blood_factor": ParamSpec("residual blood signal after black-blood preparation", 0.0, 1.0),
-              "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0)}
+              "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0),
+              "cavity_tissue": _CAVITY_TISSUE}
 
     def render(self, ctx, p):
         s = fast.spin_echo(ctx.m0, ctx.t1, ctx.t2, p["tr_ms"], p["te_ms"])
         if p["blood_factor"] == 1.0:
             return s
         blood = ctx.blood_mask()
-        suppressed = torch.where(blood, s * p["blood_factor"], s)
-        if p.get("blood_partial_volume", 0.0) < 0.5 or not bool(blood.any()):
-            return suppressed
-        t1_b, t2_b = ctx.percentile(ctx.t1, 50.0, region="blood"), ctx.percentile(ctx.t2, 50.0, region="blood")
-        t1_t, t2_t = ctx.percentile(ctx.t1, 50.0, region="myocardium"), ctx.percentile(ctx.t2, 50.0, region="myocardium")
-        if not t2_b > t2_t:
+        bf = p["blood_factor"]
+        cavity = p.get("cavity_tissue", 0.0) >= 0.5
+        partial = p.get("blood_partial_volume", 0.0) >= 0.5
+        if not (cavity or partial) or not bool(blood.any()):
+            return torch.where(blood, s * bf, s)
+        (t1_b, t2_b), (t1_t, t2_t) = ctx.compartment_medians()
+        se_b = float(signal.spin_echo(1.0, t1_b, t2_b, p["tr_ms"], p["te_ms"]))
+        se_t = float(signal.spin_echo(1.0, t1_t, t2_t, p["tr_ms"], p["te_ms"]))
+        if cavity:
+            # a blood-labelled pixel is a blood / tissue mixture: only its blood compartment is suppressed
+            w = ctx.blood_share()
+            mixture = ctx.m0 * (w * (bf * se_b - se_t) + se_t)  # M0 [w bf SE_b + (1 - w) SE_t]
+            suppressed = torch.where(blood, mixture, s)
+        else:
+            suppressed = torch.where(blood, s * bf, s)
+        if not partial or not t2_b > t2_t:
             return suppressed
         b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
         near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
         w = ((ctx.t2 - t2_t) / (t2_b - t2_t)).clamp_(0.0, 1.0)
-        se_t = float(signal.spin_echo(1.0, t1_t, t2_t, p["tr_ms"], p["te_ms"]))
-        se_b = float(signal.spin_echo(1.0, t1_b, t2_b, p["tr_ms"], p["te_ms"]))
-        mixed = ctx.m0 * ((1.0 - w) * se_t + w * (p["blood_factor"] * se_b))
+        mixed = ctx.m0 * ((1.0 - w) * se_t + w * (bf * se_b))
         return torch.where(near & ~blood, mixed, suppressed)
 
 

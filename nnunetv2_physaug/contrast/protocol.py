@@ -7,8 +7,8 @@ A protocol is data (a YAML or JSON file; presets in ``presets/``)::
     families:                     # probabilities sum to 1
       - family: spoiled_gre
         probability: 0.5
-        params:                   # every parameter of the family, [low, high] (uniform) or a number
-          flip_deg: [3, 15]
+        params:                   # the family's parameters, [low, high] (uniform) or a number;
+          flip_deg: [3, 15]       # one with a default (cavity_tissue: 0) may be left out
           ...
     imperfections:                # optional; each applied with its own probability
       b1:    {probability: 0.5, scale: [0.8, 1.2], grid: [2, 4]}
@@ -112,13 +112,19 @@ class Protocol:
     description: str = ""
 
     def to_dict(self) -> dict:
-        """A plain dict (lists, floats) that :func:`protocol_from_dict` turns back into an equal protocol."""
+        """A plain dict (lists, floats) that :func:`protocol_from_dict` turns back into an equal protocol.
+
+        A parameter fixed at its schema default is left out (it is filled in again on loading), so a
+        protocol's dict and hash (:func:`~nnunetv2_physaug.nnunet.run_identity.protocol_sha256`) stay
+        what they were before that parameter existed: runs recorded then still continue."""
         return {
             "name": self.name,
             "description": self.description,
             "p_render": self.p_render,
             "families": [{"family": f.family, "probability": f.probability,
-                          "params": {k: list(v) for k, v in f.params.items()}} for f in self.families],
+                          "params": {k: list(v) for k, v in f.params.items()
+                                     if not _at_default(FAMILIES[f.family].PARAMS[k], v)}}
+                         for f in self.families],
             "imperfections": {k: {"probability": s.probability, **{p: list(v) for p, v in s.params.items()}}
                               for k, s in self.imperfections.items()},
             "pathology": {k: {"probability": s.probability, **{p: list(v) for p, v in s.params.items()}}
@@ -130,6 +136,10 @@ class Protocol:
                             "stats_max_pixels": self.postprocess.stats_max_pixels},
             "gd_r1": self.gd_r1,
         }
+
+
+def _at_default(spec: ParamSpec, value: Range) -> bool:
+    return spec.default is not None and tuple(value) == (spec.default, spec.default)
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -203,8 +213,11 @@ def _family(d: Any, where: str) -> FamilySpec:
     prob = _probability(d["probability"], f"{where}.probability")
     params = _mapping(d["params"], f"{where}.params")
     schema = FAMILIES[name].PARAMS
-    _check_keys(params, set(schema), set(schema), f"{where}.params ({name})")
-    return FamilySpec(name, prob, {k: _range(params[k], schema[k], f"{where}.params.{k}") for k in schema})
+    # parameters with a default (added after protocol files were written) may be left out
+    required = {k for k, spec in schema.items() if spec.default is None}
+    _check_keys(params, set(schema), required, f"{where}.params ({name})")
+    return FamilySpec(name, prob, {k: _range(params[k] if k in params else schema[k].default, schema[k],
+                                             f"{where}.params.{k}") for k in schema})
 
 
 def _optional_effects(d: Any, where: str, schemas: Mapping[str, Mapping[str, ParamSpec]],
@@ -392,10 +405,11 @@ def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[s
         if param == "probability":
             _set_family_share(d["families"], family, v, item)
             continue
+        schema = FAMILIES[family].PARAMS  # to_dict leaves out parameters at their default
+        if param not in schema:
+            raise ProtocolError(f"setting {item!r}: family {family} has no parameter {param!r} "
+                                f"(it has {', '.join(sorted(schema))})")
         for f in fams:
-            if param not in f["params"]:
-                raise ProtocolError(f"setting {item!r}: family {family} has no parameter {param!r} "
-                                    f"(it has {', '.join(sorted(f['params']))})")
             f["params"][param] = v
     d["name"] = d["name"] + "+" + ",".join(str(s).replace(" ", "") for s in settings)
     return protocol_from_dict(d, f"{name_or_path} with settings {list(settings)}")

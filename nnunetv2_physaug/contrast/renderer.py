@@ -97,10 +97,46 @@ class RenderContext:
         out.masked_fill_(self.blood_mask(), blood)
         return out
 
+    def compartment_medians(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """``((T1, T2) of blood, (T1, T2) of myocardium)`` in ms: medians of this render's maps over the
+        blood and the myocardium regions (valid pixels), the pure compartments of mixed pixels."""
+        if "medians" not in self.cache:
+            self.cache["medians"] = (
+                (self.percentile(self.t1, 50.0, region="blood"), self.percentile(self.t2, 50.0, region="blood")),
+                (self.percentile(self.t1, 50.0, region="myocardium"),
+                 self.percentile(self.t2, 50.0, region="myocardium")))
+        return self.cache["medians"]
+
+    def blood_share(self) -> torch.Tensor:
+        """Blood share ``w`` of each pixel's M0, float32 in [0, 1], shape of the maps.
+
+        The estimator's maps hold one T1/T2 per pixel, the M0-weighted mean of the tissues in it, so T2
+        (blood ~250-290 ms, myocardium ~50 ms) gives ``w = (T2 - T2_myo) / (T2_blood - T2_myo)``, clipped,
+        with the compartments' T2 the region medians (:meth:`compartment_medians`): papillary muscles and
+        trabeculae inside a cavity label (myocardial T1/T2) get ``w ~ 0``. 1 where that cannot be told
+        (no myocardium, or blood not above it).
+        """
+        if "blood_share" not in self.cache:
+            (_, t2_b), (_, t2_t) = self.compartment_medians()
+            if t2_b > t2_t:
+                w = self.t2.sub(t2_t).div_(t2_b - t2_t).clamp_(0.0, 1.0)
+            else:
+                w = torch.ones_like(self.t2)
+            self.cache["blood_share"] = w
+        return self.cache["blood_share"]
+
     def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:
         """Gd concentration map (mmol/L): per region, then the render's simulated scar / MVO and the
-        uptake heterogeneity and partial-volume blur (:mod:`.pathology`) when they were drawn."""
+        uptake heterogeneity and partial-volume blur (:mod:`.pathology`) when they were drawn.
+
+        With ``params["cavity_tissue"]`` >= 0.5 a blood-labelled pixel holds ``w [Gd]_blood + (1 - w)
+        [Gd]_myocardium`` (``w``: :meth:`blood_share`; the voxel's mean concentration, and, with the maps'
+        mixed native T1, the mixed relaxation rate ``1/T1 + r1 [Gd]`` the maps' own mixing assumes)."""
         conc = self.region_values(blood, myocardium, other)
+        if params.get("cavity_tissue", 0.0) >= 0.5:
+            blood_px = self.blood_mask()
+            mixed = self.blood_share().mul(blood - myocardium).add_(myocardium)
+            conc = torch.where(blood_px, mixed, conc)
         masks = self.pathology
         if masks is not None and "scar_conc_blood_factor" in masks.params:
             conc.masked_fill_(masks.scar, blood * masks.params["scar_conc_blood_factor"])

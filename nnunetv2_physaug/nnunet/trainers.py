@@ -343,5 +343,17 @@ class nnUNetTrainerPhysAugP1_5epochs(nnUNetTrainerPhysAug_5epochs):
 
     physaug_p_render = 1.0
 
+
+class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` with the tissue inside cavity labels rendered as tissue (``cavity_tissue=1`` in
+    every label-aware family: LGE, PSIR, perfusion, black-blood TSE). Papillary muscles and trabeculae are
+    labelled LV/RV; the estimator gives them myocardial T1/T2, but ``wide`` gives every blood-labelled
+    pixel blood's Gd uptake and black-blood suppression, so the cavity is uniformly bright in LGE and
+    black in TSE renders, while on real MyoPS images its tissue is nulled (LGE) and grey (T2-weighted:
+    0.8 x normal myocardium), where ``wide`` calls the LV myocardium most (``--cv`` structure confusion)."""
+
+    physaug_protocol_settings = tuple(f"{family}.cavity_tissue=1" for family in
+                                      ("lge", "psir", "saturation_recovery", "tse"))
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
