@@ -32,6 +32,8 @@ from .maps.store import read_case_maps
 
 MIN_PIXELS = 20
 LV, MYO = 3, 2
+#: per-slice ratios (:func:`slice_ratios`)
+RATIOS = ("blood", "scar", "rim", "cavity")
 #: the real sequence each render family is compared with
 FAMILY_TO_REAL = {"lge": "LGE", "psir": "LGE", "tse": "T2", "bssfp": "C0"}
 
@@ -54,6 +56,11 @@ def rim_ratio(img: np.ndarray, lab: np.ndarray) -> Optional[float]:
     return float(img[rim].mean() / img[interior].mean())
 
 
+def _empty_ratios() -> dict[str, list]:
+    """The per-slice ratio lists :func:`slice_ratios` fills, by name."""
+    return {key: [] for key in RATIOS}
+
+
 def cavity_tissue_mask(cine: np.ndarray, lab: np.ndarray) -> np.ndarray:
     """Pixels of the LV cavity label darker in the bSSFP cine than the midpoint of the slice's LV and
     myocardium medians: papillary muscles and trabeculae (and blood mixed with them) in one 2D slice."""
@@ -69,7 +76,7 @@ def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.
     (scar / normal myocardium), ``rim`` (:func:`rim_ratio`) and, with the bSSFP ``cine`` of the same
     grid, ``cavity`` (tissue inside the LV label, :func:`cavity_tissue_mask`, / normal myocardium);
     ``pathology`` 1 edema, 2 scar (None: all myocardium is normal)."""
-    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
+    out = _empty_ratios()
     for k in range(image.shape[-1]):
         r = rim_ratio(image[..., k], anatomy[..., k])
         if r is not None:
@@ -99,7 +106,7 @@ def real_ratios(dataset: Path, sequence: str, cases: Sequence[str]) -> dict:
     """Ratios of a converted MyoPS dataset's training patients (``imagesTr[_SEQ]``, ``labelsTr``,
     ``labelsPathologyTr``; the cavity tissue from the bSSFP ``imagesTr``)."""
     folder = dataset / image_folder("train", sequence)
-    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
+    out = _empty_ratios()
     for case in cases:
         r = slice_ratios(_nib_array(folder / f"{case}_0000.nii.gz"), _nib_array(dataset / "labelsTr" / f"{case}.nii.gz"),
                          _nib_array(dataset / "labelsPathologyTr" / f"{case}.nii.gz"),
@@ -118,7 +125,7 @@ def render_ratios(dataset: Path, maps_dir: Path, cases: Sequence[str], family: s
     proto = load_protocol(protocol) if isinstance(protocol, str) else protocol
     renderer = ContrastRenderer(proto)
     rng = np.random.default_rng(seed)
-    out: dict[str, list] = {"blood": [], "scar": [], "rim": [], "cavity": []}
+    out = _empty_ratios()
     cache: dict = {}
     tries = 0
     while len(out["blood"]) < n and tries < 20 * n:

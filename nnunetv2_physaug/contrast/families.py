@@ -349,8 +349,8 @@ class TSE(Family):
     outside the blood label, escapes the suppression: T2-weighted renders then show a bright rim
     along the endocardium (rim / interior myocardium 1.53 on renders of MyoPS maps vs 0.95 on real
     T2-weighted images). With 1, non-blood pixels next to blood are rendered as two compartments:
-    blood share of M0 ``w = (T2 - T2_tissue) / (T2_blood - T2_tissue)`` (clipped to [0, 1]; T2 is the
-    M0-weighted mean of the compartments; T1/T2 of the compartments are the region medians over
+    blood share of M0 ``w = (T2 - T2_tissue) / (T2_blood - T2_tissue)`` (:meth:`RenderContext.blood_share`;
+    T2 is the M0-weighted mean of the compartments; T1/T2 of the compartments are the region medians over
     myocardium and blood), ``S = M0 [(1 - w) SE(T1_tissue, T2_tissue) + w blood_factor SE(T1_blood,
     T2_blood)]``, so only the blood compartment is suppressed (MyoPS maps: rim / interior 1.53 -> 0.62;
     real 0.95, whose near-wall slow blood is not fully suppressed either).
@@ -359,8 +359,9 @@ class TSE(Family):
     muscles and trabeculae (dark in the cine; the estimator gives them myocardial T1/T2); the
     preparation suppresses moving blood, not tissue, so with 1 a blood-labelled pixel with blood share
     ``w`` of its M0 (:meth:`RenderContext.blood_share`) is rendered as two compartments,
-    ``S = M0 [w blood_factor SE_b + (1 - w) SE_t]`` (``SE`` of the region medians, as above). Real MyoPS T2-weighted images: cavity pixels darker than
-    the blood-myocardium midpoint of the cine are 0.8 x normal myocardium (``check_realism.py``).
+    ``S = M0 [w blood_factor SE_b + (1 - w) SE_t]`` (``SE`` of the region medians, as above). Real MyoPS
+    T2-weighted images: cavity pixels darker than the blood-myocardium midpoint of the cine are 0.9 x
+    normal myocardium (``check_realism.py``).
 
     Parameters: ``tr_ms`` (ms), ``te_ms`` (ms), ``blood_factor`` (unitless, [0, 1]),
     ``blood_partial_volume`` (0 or 1), ``cavity_tissue`` (0 or 1).
@@ -396,7 +397,7 @@ class TSE(Family):
             return suppressed
         b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
         near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
-        w = ((ctx.t2 - t2_t) / (t2_b - t2_t)).clamp_(0.0, 1.0)
+        w = ctx.blood_share()
         mixed = ctx.m0 * ((1.0 - w) * se_t + w * (bf * se_b))
         return torch.where(near & ~blood, mixed, suppressed)
 

@@ -350,7 +350,7 @@ class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
     labelled LV/RV; the estimator gives them myocardial T1/T2, but ``wide`` gives every blood-labelled
     pixel blood's Gd uptake and black-blood suppression, so the cavity is uniformly bright in LGE and
     black in TSE renders, while on real MyoPS images its tissue is nulled (LGE) and grey (T2-weighted:
-    0.8 x normal myocardium), where ``wide`` calls the LV myocardium most (``--cv`` structure confusion)."""
+    0.9 x normal myocardium, ``check_realism.py``), where ``wide`` calls the LV myocardium most (``--cv`` structure confusion)."""
 
     physaug_protocol_settings = tuple(f"{family}.cavity_tissue=1" for family in
                                       ("lge", "psir", "saturation_recovery", "tse"))
