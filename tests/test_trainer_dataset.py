@@ -503,3 +503,10 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
         else:
             assert f == w
     assert label_aware <= {f.family for f in cav.families} and cav.imperfections == wide.imperfections
+    # the same option at 10 epochs, and together with TissueScaling
+    cav10_trainer = _trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_10epochs")
+    cav10 = pickle.loads(pickle.dumps(cav10_trainer.get_tr_and_val_datasets()[0])).renderer.protocol
+    assert cav10_trainer.num_epochs == 10 and cav10 == cav
+    both = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissueScaling_5epochs")
+                                     .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert both.families == cav.families and both.imperfections == scaling.imperfections

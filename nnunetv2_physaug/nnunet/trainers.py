@@ -344,6 +344,11 @@ class nnUNetTrainerPhysAugP1_5epochs(nnUNetTrainerPhysAug_5epochs):
     physaug_p_render = 1.0
 
 
+#: tissue inside the cavity labels (papillary muscles, trabeculae) rendered as tissue in every label-aware
+#: family (``cavity_tissue=1``: LGE, PSIR, perfusion, black-blood TSE)
+CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=1" for family in ("lge", "psir", "saturation_recovery", "tse"))
+
+
 class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: ``wide`` with the tissue inside cavity labels rendered as tissue (``cavity_tissue=1`` in
     every label-aware family: LGE, PSIR, perfusion, black-blood TSE). Papillary muscles and trabeculae are
@@ -352,8 +357,23 @@ class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
     black in TSE renders, while on real MyoPS images its tissue is nulled (LGE) and grey (T2-weighted:
     0.9 x normal myocardium, ``check_realism.py``), where ``wide`` calls the LV myocardium most (``--cv`` structure confusion)."""
 
-    physaug_protocol_settings = tuple(f"{family}.cavity_tissue=1" for family in
-                                      ("lge", "psir", "saturation_recovery", "tse"))
+    physaug_protocol_settings = CAVITY_TISSUE
+
+
+class nnUNetTrainerPhysAugCavityTissue_10epochs(nnUNetTrainerPhysAug_10epochs):
+    """``nnUNetTrainerPhysAugCavityTissue_5epochs`` at the stock 10-epoch budget."""
+
+    physaug_protocol_settings = CAVITY_TISSUE
+
+
+class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``CavityTissue`` and ``TissueScaling`` together (tissue inside the cavity labels rendered
+    as tissue, and ``relaxation_scaling`` of the tissue outside the labels on half the renders): the two
+    options that each gained on real LGE over ``wide`` in ``--cv`` (TissueScaling in two runs, less
+    myocardium called background; CavityTissue, less LV called myocardium)."""
+
+    physaug_protocol_settings = (*CAVITY_TISSUE,
+                                 *nnUNetTrainerPhysAugTissueScaling_5epochs.physaug_protocol_settings)
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
