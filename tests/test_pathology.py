@@ -311,18 +311,30 @@ def test_cavity_tissue_renders_papillary_muscle_as_tissue_in_black_blood_tse_and
 
 
 def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
+    import hashlib
+    import json
+
     from nnunetv2_physaug.contrast import protocol_with_settings
     from nnunetv2_physaug.nnunet.run_identity import protocol_sha256
-    wide = load_protocol("wide")
-    proto = wide.to_dict()
+    from nnunetv2_physaug.nnunet.trainers import CAVITY_TISSUE_FAMILIES, NO_CAVITY_TISSUE
+    old = load_protocol("wide_pathology")  # a preset written before the parameter existed
+    proto = old.to_dict()
     # left out of the dict at its default, filled in on loading: files written before the parameter
     # load, render as before, and keep their hash (continued runs recorded then are not refused)
     assert not any("cavity_tissue" in fam["params"] for fam in proto["families"])
-    assert [f.params["cavity_tissue"] for f in wide.families if f.family == "tse"] == [(0.0, 0.0)]
-    assert protocol_from_dict(proto) == wide
-    on = protocol_with_settings("wide", ["tse.cavity_tissue=1"])
-    assert [f.params["cavity_tissue"] for f in on.families if f.family == "tse"] == [(1.0, 1.0)]
-    assert protocol_from_dict(on.to_dict()) == on and protocol_sha256(on) != protocol_sha256(wide)
+    assert [f.params["cavity_tissue"] for f in old.families if f.family == "tse"] == [(0.0, 0.0)]
+    assert protocol_from_dict(proto) == old
+    # wide has it on since 2026-12; switched off again it is the wide every earlier run recorded: same
+    # content, so the hash those runs wrote (physaug_run.json) under the old name and description
+    wide = load_protocol("wide")
+    assert {f.family for f in wide.families if f.params.get("cavity_tissue") == (1.0, 1.0)} == set(CAVITY_TISSUE_FAMILIES)
+    off = protocol_with_settings("wide", NO_CAVITY_TISSUE)
+    d = off.to_dict()
+    assert not any("cavity_tissue" in fam["params"] for fam in d["families"])
+    d.update(name="wide", description="All sequence families with label-aware Gd uptake, B1 / receive-bias fields "
+                                      "and Rician noise")
+    assert hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16] == "1b4c0eb0d0a67261"
+    assert protocol_from_dict(wide.to_dict()) == wide and protocol_sha256(off) != protocol_sha256(wide)
     bad = load_protocol("wide").to_dict()
     del bad["families"][0]["params"]["flip_deg"]  # parameters without a default stay required
     with pytest.raises(ProtocolError, match="missing key"):

@@ -440,7 +440,8 @@ def test_run_identity_recorded_and_a_continued_run_with_other_settings_stops(toy
 def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(toy):
     """Each ablation trainer's loader (and a pickled copy, as a worker gets it) renders with the preset's
     option switched; the readout-train settings are the ones ``wide_pathology.yaml`` itself holds."""
-    from nnunetv2_physaug.contrast import load_protocol
+    from nnunetv2_physaug.contrast import load_protocol, protocol_with_settings
+    from nnunetv2_physaug.nnunet.trainers import NO_CAVITY_TISSUE
 
     env, folder = toy
 
@@ -452,6 +453,9 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
 
     pathology = load_protocol("wide_pathology")
     wide = load_protocol("wide")
+    # the ablations were measured against wide before cavity_tissue joined it, and keep that wide
+    old_wide = protocol_with_settings("wide", NO_CAVITY_TISSUE)
+    assert old_wide.families != wide.families
     seen = {}
     for name in ("nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerPhysAugReadout_5epochs",
                  "nnUNetTrainerPhysAugPathologyCentric_5epochs", "nnUNetTrainerPhysAugBloodPV_5epochs",
@@ -471,14 +475,14 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert centric.pathology == pathology.pathology and not readout.pathology
     assert params(bpv, "tse")["blood_partial_volume"] != params(wide, "tse")["blood_partial_volume"]
     # everything not set is the preset's: only the named family changed
-    assert [f for f in bpv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
+    assert [f for f in bpv.families if f.family != "tse"] == [f for f in old_wide.families if f.family != "tse"]
     shares = {f.family: f.probability for f in black.families}
     assert shares["tse"] == pytest.approx(0.45)
     assert shares["lge"] / shares["psir"] == pytest.approx(params_share(wide, "lge") / params_share(wide, "psir"))
-    assert [f.params for f in black.families] == [f.params for f in wide.families]
+    assert [f.params for f in black.families] == [f.params for f in old_wide.families]
     assert base.imperfections["relaxation_scaling"].probability == 0.0
     assert scaling.imperfections["relaxation_scaling"].probability == 0.5
-    assert scaling.families == wide.families
+    assert scaling.families == old_wide.families
     assert both.families == black.families and both.imperfections == scaling.imperfections
     assert len({p.name for p in seen.values()}) == 7
     # SoftEdges: wide_pathology's pathology and uptake, centric readout, two-compartment TSE
@@ -490,12 +494,12 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert params(soft, "tse")["blood_partial_volume"] != params(wide, "tse")["blood_partial_volume"]
     # P1: wide, every load rendered (in a worker's pickled copy too)
     p1 = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugP1_5epochs").get_tr_and_val_datasets()[0]))
-    assert p1.p_render == 1.0 and p1.renderer.protocol.families == wide.families and wide.p_render == 0.7
+    assert p1.p_render == 1.0 and p1.renderer.protocol.families == old_wide.families and wide.p_render == 0.7
     # CavityTissue: wide with cavity_tissue=1 in every label-aware family, nothing else changed
     cav = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_5epochs")
                                     .get_tr_and_val_datasets()[0])).renderer.protocol
     label_aware = {"lge", "psir", "saturation_recovery", "tse"}
-    for f, w in zip(cav.families, wide.families):
+    for f, w in zip(cav.families, old_wide.families):
         if f.family in label_aware:
             assert f.params["cavity_tissue"] == (1.0, 1.0) and w.params["cavity_tissue"] == (0.0, 0.0)
             assert {k: v for k, v in f.params.items() if k != "cavity_tissue"} == \
@@ -503,6 +507,11 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
         else:
             assert f == w
     assert label_aware <= {f.family for f in cav.families} and cav.imperfections == wide.imperfections
+    # ... which is wide now: the default trainer renders with it, NoCavityTissue with the wide of before
+    assert cav.families == wide.families and base.families == wide.families
+    none = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugNoCavityTissue_5epochs")
+                                     .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert none.families == old_wide.families and none.imperfections == wide.imperfections
     # the same option at 10 epochs, and together with TissueScaling
     cav10_trainer = _trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_10epochs")
     cav10 = pickle.loads(pickle.dumps(cav10_trainer.get_tr_and_val_datasets()[0])).renderer.protocol

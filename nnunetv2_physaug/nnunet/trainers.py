@@ -277,12 +277,33 @@ READOUT_TRAIN = ("lge.readout_pulses=[8, 32]", "lge.readout_tr_ms=[4.0, 8.0]",
                  "psir.readout_pulses=[8, 32]", "psir.readout_tr_ms=[4.0, 8.0]")
 #: centric LGE/PSIR readout (no readout train), as in ``wide``
 CENTRIC_READOUT = ("lge.readout_pulses=0", "psir.readout_pulses=0")
+#: the label-aware families whose ``cavity_tissue`` option renders the tissue inside the cavity labels
+#: (papillary muscles, trabeculae) as tissue
+CAVITY_TISSUE_FAMILIES = ("lge", "psir", "saturation_recovery", "tse")
+CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=1" for family in CAVITY_TISSUE_FAMILIES)
+#: ``wide`` as it was until 2026-12 (``cavity_tissue`` off: every blood-labelled pixel takes blood's Gd
+#: uptake and black-blood suppression). The ablations below were measured against that ``wide``
+#: (README, real data) and keep it, so each still switches the one option it names.
+NO_CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=0" for family in CAVITY_TISSUE_FAMILIES)
+
+
+class nnUNetTrainerPhysAugNoCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """``wide`` without ``cavity_tissue``: the default PhysAug of the README's real-data runs made before
+    2026-12 (its held-out ``--final`` run included)."""
+
+    physaug_protocol_settings = NO_CAVITY_TISSUE
+
+
+class nnUNetTrainerPhysAugNoCavityTissue_10epochs(nnUNetTrainerPhysAug_10epochs):
+    """``nnUNetTrainerPhysAugNoCavityTissue_5epochs`` at the stock 10-epoch budget."""
+
+    physaug_protocol_settings = NO_CAVITY_TISSUE
 
 
 class nnUNetTrainerPhysAugReadout_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: ``wide`` plus the LGE/PSIR readout train of ``wide_pathology`` (no simulated pathology)."""
 
-    physaug_protocol_settings = READOUT_TRAIN
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, *READOUT_TRAIN)
 
 
 class nnUNetTrainerPhysAugPathologyCentric_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
@@ -295,7 +316,7 @@ class nnUNetTrainerPhysAugBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: ``wide`` with two-compartment black-blood TSE (``tse.blood_partial_volume=1``: only the
     blood share of a blood-mixed myocardium pixel is suppressed, no bright endocardial rim)."""
 
-    physaug_protocol_settings = ("tse.blood_partial_volume=1",)
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.blood_partial_volume=1")
 
 
 class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -306,7 +327,7 @@ class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
     of real T2-weighted slices. With 45 % TSE, 50 % of renders (35 % of loads) are dark-blood
     (``scripts/check_realism.py -d DATASET --polarity [--set tse.probability=0.45]``)."""
 
-    physaug_protocol_settings = ("tse.probability=0.45",)
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.probability=0.45")
 
 
 
@@ -316,14 +337,13 @@ class nnUNetTrainerPhysAugTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
     unchanged), so that non-cardiac tissue (a stomach, fat, liver) varies between the contrasts the cine
     image is compatible with instead of keeping the estimator's intensity classes."""
 
-    physaug_protocol_settings = ("relaxation_scaling.probability=0.5",)
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "relaxation_scaling.probability=0.5")
 
 
 class nnUNetTrainerPhysAugBlackBloodTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: both of the above (45 % black-blood TSE and ``relaxation_scaling`` on half the renders)."""
 
-    physaug_protocol_settings = (*nnUNetTrainerPhysAugBlackBlood_5epochs.physaug_protocol_settings,
-                                 *nnUNetTrainerPhysAugTissueScaling_5epochs.physaug_protocol_settings)
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.probability=0.45", "relaxation_scaling.probability=0.5")
 
 
 class nnUNetTrainerPhysAugSoftEdges_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
@@ -341,17 +361,14 @@ class nnUNetTrainerPhysAugP1_5epochs(nnUNetTrainerPhysAug_5epochs):
     load hands nnU-Net the real bSSFP image; cine-like images then come only from the bssfp family, 10 %
     of renders)."""
 
+    physaug_protocol_settings = NO_CAVITY_TISSUE
     physaug_p_render = 1.0
 
 
-#: tissue inside the cavity labels (papillary muscles, trabeculae) rendered as tissue in every label-aware
-#: family (``cavity_tissue=1``: LGE, PSIR, perfusion, black-blood TSE)
-CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=1" for family in ("lge", "psir", "saturation_recovery", "tse"))
-
-
 class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
-    """Ablation: ``wide`` with the tissue inside cavity labels rendered as tissue (``cavity_tissue=1`` in
-    every label-aware family: LGE, PSIR, perfusion, black-blood TSE). Papillary muscles and trabeculae are
+    """``wide`` with the tissue inside cavity labels rendered as tissue (``cavity_tissue=1`` in every
+    label-aware family: LGE, PSIR, perfusion, black-blood TSE); an ablation when it was made, part of
+    ``wide`` since 2026-12 (renders as ``nnUNetTrainerPhysAug_5epochs`` does). Papillary muscles and trabeculae are
     labelled LV/RV; the estimator gives them myocardial T1/T2, but ``wide`` gives every blood-labelled
     pixel blood's Gd uptake and black-blood suppression, so the cavity is uniformly bright in LGE and
     black in TSE renders, while on real MyoPS images its tissue is nulled (LGE) and grey (T2-weighted:
@@ -372,8 +389,7 @@ class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epoc
     options that each gained on real LGE over ``wide`` in ``--cv`` (TissueScaling in two runs, less
     myocardium called background; CavityTissue, less LV called myocardium)."""
 
-    physaug_protocol_settings = (*CAVITY_TISSUE,
-                                 *nnUNetTrainerPhysAugTissueScaling_5epochs.physaug_protocol_settings)
+    physaug_protocol_settings = (*CAVITY_TISSUE, "relaxation_scaling.probability=0.5")
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
