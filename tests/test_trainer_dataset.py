@@ -516,6 +516,6 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     cav10_trainer = _trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_10epochs")
     cav10 = pickle.loads(pickle.dumps(cav10_trainer.get_tr_and_val_datasets()[0])).renderer.protocol
     assert cav10_trainer.num_epochs == 10 and cav10 == cav
-    both = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissueScaling_5epochs")
-                                     .get_tr_and_val_datasets()[0])).renderer.protocol
-    assert both.families == cav.families and both.imperfections == scaling.imperfections
+    cav_scaling = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissueScaling_5epochs")
+                                            .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert cav_scaling.families == cav.families and cav_scaling.imperfections == scaling.imperfections

@@ -285,6 +285,10 @@ CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=1" for family in CAVITY_TISSUE_FA
 #: uptake and black-blood suppression). The ablations below were measured against that ``wide``
 #: (README, real data) and keep it, so each still switches the one option it names.
 NO_CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=0" for family in CAVITY_TISSUE_FAMILIES)
+#: black-blood TSE for 45 % of renders (the other families keep their proportions)
+BLACK_BLOOD = ("tse.probability=0.45",)
+#: ``relaxation_scaling`` of the tissue outside the blood and myocardium labels on half the renders
+TISSUE_SCALING = ("relaxation_scaling.probability=0.5",)
 
 
 class nnUNetTrainerPhysAugNoCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -327,7 +331,7 @@ class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
     of real T2-weighted slices. With 45 % TSE, 50 % of renders (35 % of loads) are dark-blood
     (``scripts/check_realism.py -d DATASET --polarity [--set tse.probability=0.45]``)."""
 
-    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.probability=0.45")
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, *BLACK_BLOOD)
 
 
 
@@ -337,13 +341,13 @@ class nnUNetTrainerPhysAugTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
     unchanged), so that non-cardiac tissue (a stomach, fat, liver) varies between the contrasts the cine
     image is compatible with instead of keeping the estimator's intensity classes."""
 
-    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "relaxation_scaling.probability=0.5")
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, *TISSUE_SCALING)
 
 
 class nnUNetTrainerPhysAugBlackBloodTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: both of the above (45 % black-blood TSE and ``relaxation_scaling`` on half the renders)."""
 
-    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.probability=0.45", "relaxation_scaling.probability=0.5")
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, *BLACK_BLOOD, *TISSUE_SCALING)
 
 
 class nnUNetTrainerPhysAugSoftEdges_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
@@ -389,7 +393,7 @@ class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epoc
     options that each gained on real LGE over ``wide`` in ``--cv`` (TissueScaling in two runs, less
     myocardium called background; CavityTissue, less LV called myocardium)."""
 
-    physaug_protocol_settings = (*CAVITY_TISSUE, "relaxation_scaling.probability=0.5")
+    physaug_protocol_settings = (*CAVITY_TISSUE, *TISSUE_SCALING)
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
