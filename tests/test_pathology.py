@@ -310,6 +310,37 @@ def test_cavity_tissue_renders_papillary_muscle_as_tissue_in_black_blood_tse_and
             assert img[papillary].mean() > 0.5 * bright
 
 
+def test_crop_renders_take_the_compartment_medians_of_the_case_draw():
+    """A loader renders a crop with the parameters drawn on the case's reference voxels; the blood share of
+    ``cavity_tissue`` then uses the case's blood / myocardium medians (T2 270 / 50 ms), not the crop's. The
+    crop's blood pixels all hold T2 160 ms (T1 1275 ms), an equal M0 mixture by the case's compartments
+    (w = (160 - 50) / (270 - 50) = 1/2), which the crop's own median (160 ms) would call pure blood (w = 1,
+    fully suppressed). Truth written out: M0 (1 - w) SE(T1 1000, T2 50) with blood_factor 0."""
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    proto = load_protocol("wide").to_dict()
+    proto["imperfections"] = {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+    draw = renderer.draw(m0.reshape(1, -1), t1.reshape(1, -1), t2.reshape(1, -1), np.random.default_rng(0),
+                         labels=lab.reshape(1, -1), family="tse")
+    assert draw["cavity_tissue"] == 1.0  # wide's TSE renders cavity tissue
+    assert (draw["t2_blood_median_ms"], draw["t2_myocardium_median_ms"]) == (270.0, 50.0)
+    assert (draw["t1_blood_median_ms"], draw["t1_myocardium_median_ms"]) == (1550.0, 1000.0)
+    blood = np.isin(lab, (1, 3))
+    t1c, t2c = t1.copy(), t2.copy()
+    t1c[blood], t2c[blood] = 1275.0, 160.0
+    params = dict(draw, tr_ms=2000.0, te_ms=80.0, blood_factor=0.0, blood_partial_volume=0.0, clip_level=10.0)
+    img, out = renderer.render(m0, t1c, t2c, np.random.default_rng(1), labels=lab, params=params)
+    se_t = (1 - math.exp(-2000.0 / 1000.0)) * math.exp(-80.0 / 50.0)
+    assert img.numpy()[blood].mean() == pytest.approx(0.95 * 0.5 * se_t, rel=1e-3)
+    assert out["t2_blood_median_ms"] == 270.0
+    # a render drawn on the crop itself records the crop's medians, and its parameters render it again
+    img1, own = renderer.render(m0, t1c, t2c, np.random.default_rng(2), labels=lab, family="tse")
+    assert own["t2_blood_median_ms"] == 160.0 and own["t2_myocardium_median_ms"] == 50.0
+    img2, _ = renderer.render(m0, t1c, t2c, np.random.default_rng(2), labels=lab, params=own)
+    assert torch.equal(img1, img2)
+
+
 def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
     from nnunetv2_physaug.contrast import protocol_with_settings
     from nnunetv2_physaug.nnunet.run_identity import protocol_sha256

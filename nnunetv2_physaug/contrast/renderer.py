@@ -35,6 +35,29 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     return x
 
 
+#: parameter keys (ms) of the compartments' medians, in the order of
+#: :meth:`RenderContext.compartment_medians` (blood T1, blood T2, myocardium T1, myocardium T2)
+COMPARTMENT_MEDIAN_KEYS = ("t1_blood_median_ms", "t2_blood_median_ms", "t1_myocardium_median_ms",
+                           "t2_myocardium_median_ms")
+
+
+def _record_medians(ctx: "RenderContext", params: dict) -> None:
+    """Write the compartment medians a render used into its parameters (when it used them), so that
+    rendering again with these parameters uses the same values."""
+    medians = ctx.cache.get("medians")
+    if medians is not None and COMPARTMENT_MEDIAN_KEYS[0] not in params:
+        (t1_b, t2_b), (t1_t, t2_t) = medians
+        params.update(zip(COMPARTMENT_MEDIAN_KEYS, (t1_b, t2_b, t1_t, t2_t)))
+
+
+def _given_medians(params: dict) -> Optional[tuple[tuple[float, float], tuple[float, float]]]:
+    """The compartment medians held by ``params`` (None if it holds none)."""
+    if COMPARTMENT_MEDIAN_KEYS[0] not in params:
+        return None
+    t1_b, t2_b, t1_t, t2_t = (float(params[k]) for k in COMPARTMENT_MEDIAN_KEYS)
+    return (t1_b, t2_b), (t1_t, t2_t)
+
+
 class RenderContext:
     """The maps of one render and cheap cached statistics over their valid pixels.
 
@@ -99,7 +122,9 @@ class RenderContext:
 
     def compartment_medians(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """``((T1, T2) of blood, (T1, T2) of myocardium)`` in ms: medians of this render's maps over the
-        blood and the myocardium regions (valid pixels), the pure compartments of mixed pixels."""
+        blood and the myocardium regions (valid pixels), the pure compartments of mixed pixels; or, when
+        the render was given parameters that hold them (:data:`COMPARTMENT_MEDIAN_KEYS`, written by
+        :meth:`ContrastRenderer.draw_on`), the case's medians from its reference voxels."""
         if "medians" not in self.cache:
             self.cache["medians"] = (
                 (self.percentile(self.t1, 50.0, region="blood"), self.percentile(self.t2, 50.0, region="blood")),
@@ -300,8 +325,9 @@ class ContrastRenderer:
         Use it to render several regions of one case under one draw, normalised like the whole
         case: pass voxels that represent the case (e.g. a subsample of its normalisation mask, shape
         (1, N)), then ``render(region..., params=draw)`` for each region. Parameters that depend on
-        the maps (TI from P99(T1), the LGE null time of the median myocardial T1) come from the
-        reference, and so do the clip level and the statistics of the clipped rendering (smooth
+        the maps (TI from P99(T1), the LGE null time of the median myocardial T1, the blood and
+        myocardium medians of ``cavity_tissue`` and two-compartment black blood,
+        :data:`COMPARTMENT_MEDIAN_KEYS`) come from the reference, and so do the clip level and the statistics of the clipped rendering (smooth
         fields and noise excluded).
 
         Returns:
@@ -321,6 +347,7 @@ class ContrastRenderer:
         params: dict = {"family": fam.name}
         params.update(fam.sample(rng, spec.params, ctx))
         image = fam.render(ctx, params)
+        _record_medians(ctx, params)
         if image.data_ptr() in (m0.data_ptr(), t1.data_ptr(), t2.data_ptr()):
             image = image.clone()
         if fam.signed:
@@ -363,7 +390,8 @@ class ContrastRenderer:
             ``(image, params)``: float32 tensor of the maps' shape, finite, clipped to
             [0, P] (signed families: [-P, P] with P from |S|), P the clip percentile of the valid
             pixels; ``params`` a JSON-serialisable dict with ``family``, every drawn parameter
-            (units in the keys) and ``clip_level``.
+            (units in the keys), ``clip_level`` and, where the family used them, the compartment
+            medians (:data:`COMPARTMENT_MEDIAN_KEYS`): rendering again with ``params`` reproduces them.
         """
         m0, t1, t2, labels, valid = self._check(m0, t1, t2, labels, valid, check_finite)
         post = self.protocol.postprocess
@@ -379,6 +407,12 @@ class ContrastRenderer:
         if params is not None:
             params = dict(params)
             fam = self._families[self._family_index(params["family"])]
+            # blood share and black-blood compartments from the draw's (case-level) medians: like TI and
+            # the clip level, what depends on the maps comes from the reference, and a crop then needs
+            # no region medians of its own (four partitions per load)
+            given = _given_medians(params)
+            if given is not None:
+                ctx.cache["medians"] = given
         else:
             i = self.choose_family(rng) if family is None else self._family_index(family)
             fam, spec = self._families[i], self.protocol.families[i]
@@ -411,6 +445,7 @@ class ContrastRenderer:
             ctx.b1 = self._field(rng, shape_yx, imp["b1"].params["grid"], imp["b1"].params["scale"], params, "b1_scale")
 
         image = fam.render(ctx, params)
+        _record_medians(ctx, params)
         if image.data_ptr() in (m0.data_ptr(), t1.data_ptr(), t2.data_ptr()):
             image = image.clone()  # never hand out (or later modify in place) an input map
 
