@@ -1,6 +1,7 @@
 """The training-dataset wrapper and the trainer's map handling, on a small preprocessed dataset."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -519,3 +520,15 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     cav_scaling = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissueScaling_5epochs")
                                             .get_tr_and_val_datasets()[0])).renderer.protocol
     assert cav_scaling.families == cav.families and cav_scaling.imperfections == scaling.imperfections
+    # CavityPathology: wide now (readout_tr_ms aside: unused with centric readout) plus wide_pathology's pathology
+    cav_path = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityPathology_5epochs")
+                                         .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert cav_path.pathology == pathology.pathology and cav_path.pathology and not wide.pathology
+    assert cav_path.imperfections == wide.imperfections
+    for f, w in zip(cav_path.families, wide.families):
+        assert f.family == w.family and f.probability == w.probability
+        if f.family in ("lge", "psir"):
+            assert f.params["readout_pulses"] == w.params["readout_pulses"] == (0.0, 0.0)
+            f = dataclasses.replace(f, params={k: v for k, v in f.params.items() if k != "readout_tr_ms"})
+            w = dataclasses.replace(w, params={k: v for k, v in w.params.items() if k != "readout_tr_ms"})
+        assert f == w
