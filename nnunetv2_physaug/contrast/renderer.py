@@ -327,8 +327,8 @@ class ContrastRenderer:
         (1, N)), then ``render(region..., params=draw)`` for each region. Parameters that depend on
         the maps (TI from P99(T1), the LGE null time of the median myocardial T1, the blood and
         myocardium medians of ``cavity_tissue`` and two-compartment black blood,
-        :data:`COMPARTMENT_MEDIAN_KEYS`) come from the reference, and so do the clip level and the statistics of the clipped rendering (smooth
-        fields and noise excluded).
+        :data:`COMPARTMENT_MEDIAN_KEYS`) come from the reference, and so do the clip level and the
+        statistics of the clipped rendering (smooth fields and noise excluded).
 
         Returns:
             the params dict of :meth:`render` plus ``clip_level``, ``reference_mean_signal`` (mean
