@@ -532,3 +532,10 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
             f = dataclasses.replace(f, params={k: v for k, v in f.params.items() if k != "readout_tr_ms"})
             w = dataclasses.replace(w, params={k: v for k, v in w.params.items() if k != "readout_tr_ms"})
         assert f == w
+    # CavityBloodPV: wide now with two-compartment black blood, nothing else changed
+    cav_pv = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityBloodPV_5epochs")
+                                       .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert params(cav_pv, "tse")["blood_partial_volume"] == (1.0, 1.0) != params(wide, "tse")["blood_partial_volume"]
+    assert params(cav_pv, "tse")["cavity_tissue"] == (1.0, 1.0)
+    assert [f for f in cav_pv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
+    assert cav_pv.imperfections == wide.imperfections and not cav_pv.pathology

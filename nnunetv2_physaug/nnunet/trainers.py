@@ -407,5 +407,16 @@ class nnUNetTrainerPhysAugCavityPathology_5epochs(nnUNetTrainerPhysAugPathology_
     physaug_protocol_settings = (*CENTRIC_READOUT, *CAVITY_TISSUE)
 
 
+class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
+    """Ablation: ``wide`` as it is now with two-compartment black-blood TSE (``tse.blood_partial_volume=1``):
+    ``cavity_tissue`` suppresses only the blood share of blood-labelled pixels, this does the same for the
+    myocardium pixels that touch blood, so neither side of the endocardial border keeps the bright rim of
+    unsuppressed blood-mixed pixels that ``wide``'s TSE renders show (rim / interior myocardium 1.53, real
+    T2 0.95, ``check_realism.py``); myocardium called LV on T2 is the largest error left against the oracle
+    (18 % against 6 %, ``--cv``)."""
+
+    physaug_protocol_settings = (*CAVITY_TISSUE, "tse.blood_partial_volume=1")
+
+
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
 
