@@ -289,6 +289,8 @@ NO_CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=0" for family in CAVITY_TISSUE
 BLACK_BLOOD = ("tse.probability=0.45",)
 #: ``relaxation_scaling`` of the tissue outside the blood and myocardium labels on half the renders
 TISSUE_SCALING = ("relaxation_scaling.probability=0.5",)
+#: two-compartment black-blood TSE: only the blood share of a blood-mixed myocardium pixel is suppressed
+BLOOD_PARTIAL_VOLUME = ("tse.blood_partial_volume=1",)
 
 
 class nnUNetTrainerPhysAugNoCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -320,7 +322,7 @@ class nnUNetTrainerPhysAugBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: ``wide`` with two-compartment black-blood TSE (``tse.blood_partial_volume=1``: only the
     blood share of a blood-mixed myocardium pixel is suppressed, no bright endocardial rim)."""
 
-    physaug_protocol_settings = (*NO_CAVITY_TISSUE, "tse.blood_partial_volume=1")
+    physaug_protocol_settings = (*NO_CAVITY_TISSUE, *BLOOD_PARTIAL_VOLUME)
 
 
 class nnUNetTrainerPhysAugBlackBlood_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -357,7 +359,7 @@ class nnUNetTrainerPhysAugSoftEdges_5epochs(nnUNetTrainerPhysAugPathology_5epoch
     the label exactly in ``wide`` renders of real MyoPS maps, and on real T2 and LGE the LV/myocardium
     border is where ``wide`` errs most (predicted vs expert pixels, ``--cv``)."""
 
-    physaug_protocol_settings = (*CENTRIC_READOUT, "tse.blood_partial_volume=1")
+    physaug_protocol_settings = (*CENTRIC_READOUT, *BLOOD_PARTIAL_VOLUME)
 
 
 class nnUNetTrainerPhysAugP1_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -415,7 +417,7 @@ class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
     T2 0.95, ``check_realism.py``); myocardium called LV on T2 is the largest error left against the oracle
     (18 % against 6 %, ``--cv``)."""
 
-    physaug_protocol_settings = (*CAVITY_TISSUE, "tse.blood_partial_volume=1")
+    physaug_protocol_settings = (*CAVITY_TISSUE, *BLOOD_PARTIAL_VOLUME)
 
 
 __all__ = [name for name in dict(globals()) if name.startswith("nnUNetTrainerPhysAug")] + ["MissingTissueMapsError"]
