@@ -539,3 +539,13 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert params(cav_pv, "tse")["cavity_tissue"] == (1.0, 1.0)
     assert [f for f in cav_pv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
     assert cav_pv.imperfections == wide.imperfections and not cav_pv.pathology
+    # CavityReadoutMix: wide now with a readout train of 0-32 pulses in LGE and PSIR, nothing else changed
+    mix = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityReadoutMix_5epochs")
+                                    .get_tr_and_val_datasets()[0])).renderer.protocol
+    for fam in ("lge", "psir"):
+        assert params(mix, fam)["readout_pulses"] == (0.0, 32.0) != params(wide, fam)["readout_pulses"]
+        assert params(mix, fam)["readout_tr_ms"] == params(pathology, fam)["readout_tr_ms"]
+        assert params(mix, fam)["cavity_tissue"] == (1.0, 1.0)
+    assert [f for f in mix.families if f.family not in ("lge", "psir")] == \
+        [f for f in wide.families if f.family not in ("lge", "psir")]
+    assert mix.imperfections == wide.imperfections and not mix.pathology
