@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import binary_dilation, distance_transform_edt
 
 import bloch
 from nnunetv2_physaug.contrast import ContrastRenderer, ProtocolError, load_protocol
@@ -310,6 +310,58 @@ def test_cavity_tissue_renders_papillary_muscle_as_tissue_in_black_blood_tse_and
             assert img[papillary].mean() > 0.5 * bright
 
 
+def test_border_gd_gives_blood_mixed_myocardium_its_blood_share_of_gd_in_lge():
+    """Myocardium pixels at the endocardial border hold a volume fraction f of blood (M0-weighted T1/T2, as
+    the estimator mixes). With ``blood_partial_volume`` their blood compartment carries blood's Gd: truth
+    written out here, the Bloch-simulated steady-state IR (``ir_mz``) of the mixed relaxation rate
+    1/T1 + r1 [Gd] at the voxel's mean concentration w c_blood + (1 - w) c_myo (w the blood share of M0).
+    Without it (``wide``) the label decides: the whole pixel takes myocardium's Gd."""
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - CENTRE[0], xx - CENTRE[1])
+    rim = (lab[0] == 2) & (r <= R_LV + 1.0)
+    interior = (lab[0] == 2) & (r > R_LV + 2.5) & (r < R_EPI - 1.5)
+    mb, mt, f = 0.95, 0.8, 0.4
+    m_mix = f * mb + (1 - f) * mt
+    w = f * mb / m_mix
+    m0[0][rim] = m_mix
+    t1[0][rim] = (f * mb * 1550.0 + (1 - f) * mt * 1000.0) / m_mix
+    t2[0][rim] = (f * mb * 270.0 + (1 - f) * mt * 50.0) / m_mix
+    assert rim.sum() >= 30 and interior.sum() >= 30
+    proto = load_protocol("wide").to_dict()
+    proto["imperfections"] = {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+    r1, c_b, c_m, tr_inv = 4.5e-3, 0.7, 0.25, 2000.0  # r1 per mmol/L per ms
+    t1_post_myo = 1.0 / (1.0 / 1000.0 + r1 * c_m)
+    ti = t1_post_myo * math.log(2.0 / (1.0 + math.exp(-tr_inv / t1_post_myo)))  # myocardial null
+    fixed = {"family": "lge", "flip_deg": 20.0, "te_ms": 2.0, "tr_inv_ms": tr_inv, "ti_null_factor": 1.0,
+             "readout_tr_ms": 6.0, "readout_pulses": 0.0, "conc_blood_mmol": c_b, "conc_myocardium_mmol": c_m,
+             "conc_other_mmol": 0.2, "ti_ms": ti, "clip_level": 10.0, "cavity_tissue": 1.0}
+
+    def lge(conc):
+        t1_post = 1.0 / (1.0 / float(t1[0][rim][0]) + r1 * conc)
+        t2_ = float(t2[0][rim][0])
+        return abs(bloch.ir_mz(m_mix, t1_post, ti, tr_inv, t2_)) * math.sin(math.radians(20.0)) * math.exp(-2.0 / t2_)
+    bright = abs(bloch.ir_mz(mb, 1.0 / (1.0 / 1550.0 + r1 * c_b), ti, tr_inv, 270.0)) * math.sin(math.radians(20.0)) \
+        * math.exp(-2.0 / 270.0)
+    images = {}
+    for pv in (1.0, 0.0):
+        img = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab,
+                              params=dict(fixed, blood_partial_volume=pv))[0].numpy()[0]
+        images[pv] = img
+        assert img[interior].max() < 1e-4 * bright  # normal myocardium nulled either way
+        assert img[lab[0] == 3].mean() == pytest.approx(bright, rel=1e-3)
+    assert images[1.0][rim].mean() == pytest.approx(lge(w * c_b + (1 - w) * c_m), rel=1e-3)
+    assert images[0.0][rim].mean() == pytest.approx(lge(c_m), rel=1e-3)
+    # the bright rim of partial volume that real LGE shows (rim / interior 1.23 on MyoPS), absent without it
+    assert images[1.0][rim].mean() > 3 * images[0.0][rim].mean()
+    # pixels away from blood are untouched: the option changes the border only
+    away = ~rim & ~np.isin(lab[0], (1, 3))
+    near_rv = binary_dilation(lab[0] == 1) & (lab[0] != 1)
+    assert np.array_equal(images[1.0][away & ~near_rv], images[0.0][away & ~near_rv])
+
+
 def test_crop_renders_take_the_compartment_medians_of_the_case_draw():
     """A loader renders a crop with the parameters drawn on the case's reference voxels; the blood share of
     ``cavity_tissue`` then uses the case's blood / myocardium medians (T2 270 / 50 ms), not the crop's. The
@@ -351,6 +403,8 @@ def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
     # load, render as before, and keep their hash (continued runs recorded then are not refused)
     assert not any("cavity_tissue" in fam["params"] for fam in proto["families"])
     assert [f.params["cavity_tissue"] for f in old.families if f.family == "tse"] == [(0.0, 0.0)]
+    assert [f.params["blood_partial_volume"] for f in old.families if f.family in ("lge", "psir")] == [(0.0, 0.0)] * 2
+    assert not any("blood_partial_volume" in fam["params"] for fam in proto["families"] if fam["family"] != "tse")
     assert protocol_from_dict(proto) == old
     # wide has it on since 2026-12; switched off again it is the wide every earlier run recorded: same
     # content, so the hash those runs wrote (physaug_run.json) under the old name and description

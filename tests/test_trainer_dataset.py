@@ -549,3 +549,18 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert [f for f in mix.families if f.family not in ("lge", "psir")] == \
         [f for f in wide.families if f.family not in ("lge", "psir")]
     assert mix.imperfections == wide.imperfections and not mix.pathology
+    # CavityBorderGd: wide now with the Gd families' border option; with ReadoutMix too
+    border = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityBorderGd_5epochs")
+                                       .get_tr_and_val_datasets()[0])).renderer.protocol
+    both_lge = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityReadoutMixBorderGd_5epochs")
+                                         .get_tr_and_val_datasets()[0])).renderer.protocol
+    gd_families = {"lge", "psir", "saturation_recovery"}
+    for f, w, m, b in zip(border.families, wide.families, mix.families, both_lge.families):
+        if f.family in gd_families:
+            assert f.params["blood_partial_volume"] == (1.0, 1.0) != w.params["blood_partial_volume"]
+            assert {k: v for k, v in f.params.items() if k != "blood_partial_volume"} == \
+                {k: v for k, v in w.params.items() if k != "blood_partial_volume"}
+            assert b.params == dict(m.params, blood_partial_volume=(1.0, 1.0))
+        else:
+            assert f == w and b == m
+    assert border.imperfections == both_lge.imperfections == wide.imperfections

@@ -66,6 +66,7 @@ _CONC_MYO = ParamSpec("Gd concentration in myocardium (labels.myocardium) in mmo
 _CONC_OTHER = ParamSpec("Gd concentration in all other tissue in mmol/L", 0.0, 50.0)
 _CAVITY_TISSUE = ParamSpec("render blood-labelled pixels as blood / tissue mixtures by their maps (0 or 1)",
                            0.0, 1.0, default=0.0)
+_BORDER_GD = ParamSpec("give non-blood pixels next to blood their blood share's Gd (0 or 1)", 0.0, 1.0, default=0.0)
 
 
 def _uniform(rng: np.random.Generator, rng_range: tuple[float, float]) -> float:
@@ -193,7 +194,8 @@ class _GdFamily(Family):
     """Shared part of the families that render after gadolinium uptake (label-aware)."""
 
     GD_PARAMS = {"conc_blood_mmol": _CONC_BLOOD, "conc_myocardium_mmol": _CONC_MYO,
-                 "conc_other_mmol": _CONC_OTHER, "cavity_tissue": _CAVITY_TISSUE}
+                 "conc_other_mmol": _CONC_OTHER, "cavity_tissue": _CAVITY_TISSUE,
+                 "blood_partial_volume": _BORDER_GD}
 
     @staticmethod
     def _t1_post(ctx: "RenderContext", p: dict) -> torch.Tensor:
@@ -395,11 +397,9 @@ class TSE(Family):
             suppressed = torch.where(blood, s * bf, s)
         if not partial or not t2_b > t2_t:
             return suppressed
-        b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
-        near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
         w = ctx.blood_share()
         mixed = ctx.m0 * ((1.0 - w) * se_t + w * (bf * se_b))
-        return torch.where(near & ~blood, mixed, suppressed)
+        return torch.where(ctx.near_blood_mask(), mixed, suppressed)
 
 
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in (

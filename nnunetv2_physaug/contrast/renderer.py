@@ -113,6 +113,16 @@ class RenderContext:
                 self._masks["myocardium"] = ~self.blood_mask()
         return self._masks["myocardium"]
 
+    def near_blood_mask(self) -> torch.Tensor:
+        """Non-blood pixels with a blood pixel among their 8 in-plane neighbours (last two axes): the
+        pixels at the label border whose volume can hold blood (its share: :meth:`blood_share`)."""
+        if "near_blood" not in self._masks:
+            blood = self.blood_mask()
+            b = blood.reshape(-1, 1, *blood.shape[-2:]).float()
+            near = (torch.nn.functional.max_pool2d(b, 3, stride=1, padding=1) > 0).reshape(blood.shape)
+            self._masks["near_blood"] = near & ~blood
+        return self._masks["near_blood"]
+
     def region_values(self, blood: float, myocardium: float, other: float) -> torch.Tensor:
         """A float32 map holding ``blood``/``myocardium``/``other`` in the respective regions."""
         out = torch.full_like(self.t1, other)
@@ -156,12 +166,18 @@ class RenderContext:
 
         With ``params["cavity_tissue"]`` >= 0.5 a blood-labelled pixel holds ``w [Gd]_blood + (1 - w)
         [Gd]_myocardium`` (``w``: :meth:`blood_share`; the voxel's mean concentration, and, with the maps'
-        mixed native T1, the mixed relaxation rate ``1/T1 + r1 [Gd]`` the maps' own mixing assumes)."""
+        mixed native T1, the mixed relaxation rate ``1/T1 + r1 [Gd]`` the maps' own mixing assumes).
+        With ``params["blood_partial_volume"]`` >= 0.5 the converse at the border: a non-blood pixel next
+        to blood (:meth:`near_blood_mask`) holds ``w [Gd]_blood + (1 - w) [Gd]_its region``."""
         conc = self.region_values(blood, myocardium, other)
         if params.get("cavity_tissue", 0.0) >= 0.5:
             blood_px = self.blood_mask()
             mixed = self.blood_share().mul(blood - myocardium).add_(myocardium)
             conc = torch.where(blood_px, mixed, conc)
+        if params.get("blood_partial_volume", 0.0) >= 0.5:
+            # the blood compartment of a border pixel carries blood's Gd: conc + w ([Gd]_blood - conc)
+            mixed = (blood - conc).mul_(self.blood_share()).add_(conc)
+            conc = torch.where(self.near_blood_mask(), mixed, conc)
         masks = self.pathology
         if masks is not None and "scar_conc_blood_factor" in masks.params:
             conc.masked_fill_(masks.scar, blood * masks.params["scar_conc_blood_factor"])
