@@ -408,8 +408,13 @@ def test_rendering_equals_signal_equation(family):
 
 
 def test_label_free_gd_uses_t2_for_blood():
-    """Without labels, blood is T2 > 150 ms and every other pixel takes the myocardial concentration."""
-    renderer = ContrastRenderer(no_imperfections("wide"))
+    """Without labels, blood is T2 > 150 ms and every other pixel takes the myocardial concentration
+    (border Gd off: the truth here is one concentration per region; tests/test_pathology.py checks the border)."""
+    d = no_imperfections("wide").to_dict()
+    for fam in d["families"]:
+        if fam["family"] == "lge":
+            fam["params"]["blood_partial_volume"] = 0
+    renderer = ContrastRenderer(protocol_from_dict(d, "test"))
     m0, t1, t2, labels = region_maps()
     image, p = renderer.render(m0, t1, t2, np.random.default_rng(3), family="lge")
     blood = t2 > 150

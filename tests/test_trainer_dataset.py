@@ -500,6 +500,7 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     cav = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityTissue_5epochs")
                                     .get_tr_and_val_datasets()[0])).renderer.protocol
     label_aware = {"lge", "psir", "saturation_recovery", "tse"}
+    gd_families = {"lge", "psir", "saturation_recovery"}
     for f, w in zip(cav.families, old_wide.families):
         if f.family in label_aware:
             assert f.params["cavity_tissue"] == (1.0, 1.0) and w.params["cavity_tissue"] == (0.0, 0.0)
@@ -508,8 +509,10 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
         else:
             assert f == w
     assert label_aware <= {f.family for f in cav.families} and cav.imperfections == wide.imperfections
-    # ... which is wide now: the default trainer renders with it, NoCavityTissue with the wide of before
-    assert cav.families == wide.families and base.families == wide.families
+    # ... which was wide until 2026-12-02 (border Gd since): CavityTissue is wide now without it
+    assert cav.families != wide.families and base.families == wide.families
+    for f, w in zip(cav.families, wide.families):
+        assert f.params == dict(w.params, blood_partial_volume=(0.0, 0.0)) if f.family in gd_families else f == w
     none = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugNoCavityTissue_5epochs")
                                      .get_tr_and_val_datasets()[0])).renderer.protocol
     assert none.families == old_wide.families and none.imperfections == wide.imperfections
@@ -525,7 +528,7 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
                                          .get_tr_and_val_datasets()[0])).renderer.protocol
     assert cav_path.pathology == pathology.pathology and cav_path.pathology and not wide.pathology
     assert cav_path.imperfections == wide.imperfections
-    for f, w in zip(cav_path.families, wide.families):
+    for f, w in zip(cav_path.families, cav.families):
         assert f.family == w.family and f.probability == w.probability
         if f.family in ("lge", "psir"):
             assert f.params["readout_pulses"] == w.params["readout_pulses"] == (0.0, 0.0)
@@ -537,25 +540,25 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
                                        .get_tr_and_val_datasets()[0])).renderer.protocol
     assert params(cav_pv, "tse")["blood_partial_volume"] == (1.0, 1.0) != params(wide, "tse")["blood_partial_volume"]
     assert params(cav_pv, "tse")["cavity_tissue"] == (1.0, 1.0)
-    assert [f for f in cav_pv.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
+    assert [f for f in cav_pv.families if f.family != "tse"] == [f for f in cav.families if f.family != "tse"]
     assert cav_pv.imperfections == wide.imperfections and not cav_pv.pathology
     # CavityReadoutMix: wide now with a readout train of 0-32 pulses in LGE and PSIR, nothing else changed
     mix = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityReadoutMix_5epochs")
                                     .get_tr_and_val_datasets()[0])).renderer.protocol
     for fam in ("lge", "psir"):
-        assert params(mix, fam)["readout_pulses"] == (0.0, 32.0) != params(wide, fam)["readout_pulses"]
+        assert params(mix, fam)["readout_pulses"] == (0.0, 32.0) != params(cav, fam)["readout_pulses"]
         assert params(mix, fam)["readout_tr_ms"] == params(pathology, fam)["readout_tr_ms"]
         assert params(mix, fam)["cavity_tissue"] == (1.0, 1.0)
     assert [f for f in mix.families if f.family not in ("lge", "psir")] == \
-        [f for f in wide.families if f.family not in ("lge", "psir")]
+        [f for f in cav.families if f.family not in ("lge", "psir")]
     assert mix.imperfections == wide.imperfections and not mix.pathology
-    # CavityBorderGd: wide now with the Gd families' border option; with ReadoutMix too
+    # CavityBorderGd: CavityTissue with the Gd families' border option, which is wide now; with ReadoutMix too
     border = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityBorderGd_5epochs")
                                        .get_tr_and_val_datasets()[0])).renderer.protocol
     both_lge = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityReadoutMixBorderGd_5epochs")
                                          .get_tr_and_val_datasets()[0])).renderer.protocol
-    gd_families = {"lge", "psir", "saturation_recovery"}
-    for f, w, m, b in zip(border.families, wide.families, mix.families, both_lge.families):
+    assert border.families == wide.families
+    for f, w, m, b in zip(border.families, cav.families, mix.families, both_lge.families):
         if f.family in gd_families:
             assert f.params["blood_partial_volume"] == (1.0, 1.0) != w.params["blood_partial_volume"]
             assert {k: v for k, v in f.params.items() if k != "blood_partial_volume"} == \

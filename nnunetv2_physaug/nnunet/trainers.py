@@ -284,19 +284,25 @@ MIXED_READOUT = ("lge.readout_pulses=[0, 32]", "lge.readout_tr_ms=[4.0, 8.0]",
 #: (papillary muscles, trabeculae) as tissue
 CAVITY_TISSUE_FAMILIES = ("lge", "psir", "saturation_recovery", "tse")
 CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=1" for family in CAVITY_TISSUE_FAMILIES)
-#: ``wide`` as it was until 2026-12 (``cavity_tissue`` off: every blood-labelled pixel takes blood's Gd
-#: uptake and black-blood suppression). The ablations below were measured against that ``wide``
-#: (README, real data) and keep it, so each still switches the one option it names.
-NO_CAVITY_TISSUE = tuple(f"{family}.cavity_tissue=0" for family in CAVITY_TISSUE_FAMILIES)
 #: black-blood TSE for 45 % of renders (the other families keep their proportions)
 BLACK_BLOOD = ("tse.probability=0.45",)
 #: ``relaxation_scaling`` of the tissue outside the blood and myocardium labels on half the renders
 TISSUE_SCALING = ("relaxation_scaling.probability=0.5",)
 #: two-compartment black-blood TSE: only the blood share of a blood-mixed myocardium pixel is suppressed
 BLOOD_PARTIAL_VOLUME = ("tse.blood_partial_volume=1",)
-#: the Gd families' border option: a non-blood pixel next to blood takes the Gd of its blood share
+#: the Gd families' border option: a non-blood pixel next to blood takes the Gd of its blood share (in
+#: ``wide`` since 2026-12-02)
 GD_FAMILIES = ("lge", "psir", "saturation_recovery")
 BORDER_GD = tuple(f"{family}.blood_partial_volume=1" for family in GD_FAMILIES)
+NO_BORDER_GD = tuple(f"{family}.blood_partial_volume=0" for family in GD_FAMILIES)
+#: ``wide`` as it was until 2026-12 (``cavity_tissue`` and border Gd off: every blood-labelled pixel takes
+#: blood's Gd uptake and black-blood suppression, every other pixel its label's Gd). The ablations below
+#: were measured against that ``wide`` (README, real data) and keep it, so each still switches the one
+#: option it names.
+NO_CAVITY_TISSUE = (*(f"{family}.cavity_tissue=0" for family in CAVITY_TISSUE_FAMILIES), *NO_BORDER_GD)
+#: ``wide`` from 2026-12-01 to 12-02: ``cavity_tissue`` on, border Gd off; the ``Cavity*`` ablations were
+#: measured against it and keep it
+CAVITY_TISSUE_ONLY = (*CAVITY_TISSUE, *NO_BORDER_GD)
 
 
 class nnUNetTrainerPhysAugNoCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -386,13 +392,13 @@ class nnUNetTrainerPhysAugCavityTissue_5epochs(nnUNetTrainerPhysAug_5epochs):
     black in TSE renders, while on real MyoPS images its tissue is nulled (LGE) and grey (T2-weighted:
     0.9 x normal myocardium, ``check_realism.py``), where ``wide`` calls the LV myocardium most (``--cv`` structure confusion)."""
 
-    physaug_protocol_settings = CAVITY_TISSUE
+    physaug_protocol_settings = CAVITY_TISSUE_ONLY
 
 
 class nnUNetTrainerPhysAugCavityTissue_10epochs(nnUNetTrainerPhysAug_10epochs):
     """``nnUNetTrainerPhysAugCavityTissue_5epochs`` at the stock 10-epoch budget."""
 
-    physaug_protocol_settings = CAVITY_TISSUE
+    physaug_protocol_settings = CAVITY_TISSUE_ONLY
 
 
 class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -401,7 +407,7 @@ class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epoc
     options that each gained on real LGE over ``wide`` in ``--cv`` (TissueScaling in two runs, less
     myocardium called background; CavityTissue, less LV called myocardium)."""
 
-    physaug_protocol_settings = (*CAVITY_TISSUE, *TISSUE_SCALING)
+    physaug_protocol_settings = (*CAVITY_TISSUE_ONLY, *TISSUE_SCALING)
 
 
 class nnUNetTrainerPhysAugCavityPathology_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
@@ -412,7 +418,7 @@ class nnUNetTrainerPhysAugCavityPathology_5epochs(nnUNetTrainerPhysAugPathology_
     Measured (``--cv``, one run, docs/real_data_ablations.md): below ``CavityTissue`` on every number, the
     share of real scar and edema called myocardium included."""
 
-    physaug_protocol_settings = (*CENTRIC_READOUT, *CAVITY_TISSUE)
+    physaug_protocol_settings = (*CENTRIC_READOUT, *CAVITY_TISSUE_ONLY)
 
 
 class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -423,7 +429,7 @@ class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
     T2 0.95, ``check_realism.py``); myocardium called LV on T2 is the largest error left against the oracle
     (18 % against 6 %, ``--cv``)."""
 
-    physaug_protocol_settings = (*CAVITY_TISSUE, *BLOOD_PARTIAL_VOLUME)
+    physaug_protocol_settings = (*CAVITY_TISSUE_ONLY, *BLOOD_PARTIAL_VOLUME)
 
 
 class nnUNetTrainerPhysAugCavityReadoutMix_5epochs(nnUNetTrainerPhysAug_5epochs):
@@ -434,7 +440,7 @@ class nnUNetTrainerPhysAugCavityReadoutMix_5epochs(nnUNetTrainerPhysAug_5epochs)
     (``check_realism.py``), the issue's realism goal, while the low pulse counts keep the hard-nulled renders
     that ``wide_pathology``'s 8-32 pulses drop."""
 
-    physaug_protocol_settings = MIXED_READOUT
+    physaug_protocol_settings = (*MIXED_READOUT, *NO_BORDER_GD)
 
 
 class nnUNetTrainerPhysAugCavityBorderGd_5epochs(nnUNetTrainerPhysAug_5epochs):
