@@ -266,9 +266,15 @@ class LGE(_IRGre):
     papillary muscles and trabeculae a cavity label holds (dark in the cine, myocardial T1/T2 in the maps)
     are nulled like myocardium, as in real LGE, instead of enhancing like blood.
 
+    ``blood_partial_volume`` (0 or 1, every Gd family): the converse at the label border; 1 gives each
+    non-blood pixel next to blood ``w [Gd]_blood + (1 - w) [Gd]_its label``
+    (:meth:`RenderContext.near_blood_mask`), so the endocardial rim shows the partial volume of enhanced
+    blood, as in real LGE, instead of being nulled with the myocardium.
+
     Parameters: ``flip_deg`` (deg), ``te_ms`` (ms), ``tr_inv_ms`` (ms), ``ti_null_factor``,
     ``readout_tr_ms`` (ms), ``readout_pulses`` (rounded to an integer),
-    ``conc_blood_mmol``, ``conc_myocardium_mmol``, ``conc_other_mmol`` (mmol/L), ``cavity_tissue``.
+    ``conc_blood_mmol``, ``conc_myocardium_mmol``, ``conc_other_mmol`` (mmol/L), ``cavity_tissue``,
+    ``blood_partial_volume``.
     Drawn output adds ``t1_myocardium_post_ms`` and ``ti_ms``.
     """
 
@@ -297,7 +303,7 @@ class SaturationRecoveryPerfusion(_GdFamily):
         S = M0 (1 - exp(-TS/T1post)) sin(a) exp(-TE/T2)
 
     Parameters: ``ts_ms`` (saturation delay, ms), ``flip_deg`` (deg), ``te_ms`` (ms), the
-    three concentrations (mmol/L) and ``cavity_tissue`` (as in :class:`LGE`).
+    three concentrations (mmol/L), ``cavity_tissue`` and ``blood_partial_volume`` (as in :class:`LGE`).
     """
 
     name = "saturation_recovery"

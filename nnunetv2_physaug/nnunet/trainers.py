@@ -411,7 +411,7 @@ class nnUNetTrainerPhysAugCavityTissueScaling_5epochs(nnUNetTrainerPhysAug_5epoc
 
 
 class nnUNetTrainerPhysAugCavityPathology_5epochs(nnUNetTrainerPhysAugPathology_5epochs):
-    """Ablation: ``wide`` as it is now plus the simulated pathology of ``wide_pathology`` (scar, MVO, edema,
+    """Ablation: ``wide`` of 2026-12-01 (``cavity_tissue``, no border Gd) plus the simulated pathology of ``wide_pathology`` (scar, MVO, edema,
     uneven and partial-volume Gd uptake; its readout train left out): ``wide_pathology`` with centric
     readout and ``cavity_tissue``. Aimed at what ``wide`` gets wrong on real pathology: scar on LGE called
     LV blood (scar enhances like blood) and edema on T2 called LV (``--cv``: 21 % and 23 % at 10 epochs).
@@ -422,7 +422,7 @@ class nnUNetTrainerPhysAugCavityPathology_5epochs(nnUNetTrainerPhysAugPathology_
 
 
 class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
-    """Ablation: ``wide`` as it is now with two-compartment black-blood TSE (``tse.blood_partial_volume=1``):
+    """Ablation: ``wide`` of 2026-12-01 (``cavity_tissue``, no border Gd) with two-compartment black-blood TSE (``tse.blood_partial_volume=1``):
     ``cavity_tissue`` suppresses only the blood share of blood-labelled pixels, this does the same for the
     myocardium pixels that touch blood, so neither side of the endocardial border keeps the bright rim of
     unsuppressed blood-mixed pixels that ``wide``'s TSE renders show (rim / interior myocardium 1.53, real
@@ -433,7 +433,7 @@ class nnUNetTrainerPhysAugCavityBloodPV_5epochs(nnUNetTrainerPhysAug_5epochs):
 
 
 class nnUNetTrainerPhysAugCavityReadoutMix_5epochs(nnUNetTrainerPhysAug_5epochs):
-    """Ablation: ``wide`` as it is now with LGE/PSIR read out anywhere from centric to linear k-space
+    """Ablation: ``wide`` of 2026-12-01 (``cavity_tissue``, no border Gd) with LGE/PSIR read out anywhere from centric to linear k-space
     ordering (0-32 FLASH pulses of TR 4-8 ms before the k-space centre). ``wide``'s centric readout nulls
     normal myocardium far harder than real LGE (blood / normal myocardium: renders of MyoPS maps median
     5.2, 25 % inside real LGE's 10-90 % range of 1.8-3.9, PSIR 16 %); with this 51 % and 59 %
@@ -444,13 +444,14 @@ class nnUNetTrainerPhysAugCavityReadoutMix_5epochs(nnUNetTrainerPhysAug_5epochs)
 
 
 class nnUNetTrainerPhysAugCavityBorderGd_5epochs(nnUNetTrainerPhysAug_5epochs):
-    """Ablation: ``wide`` as it is now with Gd at the blood border by the maps (``blood_partial_volume=1`` in
+    """``wide`` of 2026-12-01 with Gd at the blood border by the maps (``blood_partial_volume=1`` in
     LGE, PSIR and perfusion): a myocardium (or other) pixel next to blood holds blood's Gd in its blood share
     (``w [Gd]_blood + (1 - w) [Gd]_tissue``, the converse of ``cavity_tissue``). In ``wide`` the label decides,
     so the endocardial rim of LGE renders is nulled with the myocardium (rim / interior myocardium 0.68 on
     MyoPS maps) while real LGE shows a bright rim of partial volume (1.23, ``check_realism.py``); with it
     2.51 and the blood / normal myocardium ratio 3.9 (48 % inside real LGE's range). Aimed at the
-    LV / myocardium border on LGE (LV called myocardium 15 %, myocardium called LV 10 %, ``--cv``)."""
+    LV / myocardium border on LGE (LV called myocardium 15 %, myocardium called LV 10 %, ``--cv``); an ablation
+    when it was made, part of ``wide`` since 2026-12-02 (renders as ``nnUNetTrainerPhysAug_5epochs`` does)."""
 
     physaug_protocol_settings = BORDER_GD
 
