@@ -217,7 +217,8 @@ def test_pathology_protocol_validation():
 
 def test_black_blood_tse_suppresses_only_the_blood_compartment_of_mixed_pixels():
     """Rim pixels hold a volume fraction f of blood (T1/T2 the M0-weighted means, M0 the sum, as the
-    estimator mixes); the two-compartment signal written out here is the truth."""
+    estimator mixes); the two-compartment signal written out here is the truth. With ``slow_flow_fraction``
+    s the blood compartment at the wall keeps bf + s (1 - bf) of its signal (s = 1: unsuppressed)."""
     lab = ring_labels()
     m0, t1, t2 = ring_maps(lab)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -235,19 +236,23 @@ def test_black_blood_tse_suppresses_only_the_blood_compartment_of_mixed_pixels()
 
     def se(t1_, t2_, tr, te):
         return (1 - math.exp(-tr / t1_)) * math.exp(-te / t2_)
-    for pv, bf in ((1.0, 0.0), (1.0, 0.3), (0.0, 0.0)):
+    for pv, bf, slow in ((1.0, 0.0, 0.0), (1.0, 0.3, 0.0), (0.0, 0.0, 0.0), (1.0, 0.3, 0.5), (1.0, 0.0, 1.0),
+                         (0.0, 0.0, 0.7)):
         p = {"family": "tse", "tr_ms": 2000.0, "te_ms": 80.0, "blood_factor": bf, "blood_partial_volume": pv,
-             "clip_level": 10.0}
+             "slow_flow_fraction": slow, "clip_level": 10.0}
         img, _ = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab, params=p)
         got = img.numpy()[0][rim].mean()
-        two = (1 - f) * mt * se(1000.0, 50.0, 2000.0, 80.0) + f * mb * bf * se(1550.0, 270.0, 2000.0, 80.0)
+        wall = bf + slow * (1 - bf)  # blood signal kept at the wall
+        two = (1 - f) * mt * se(1000.0, 50.0, 2000.0, 80.0) + f * mb * wall * se(1550.0, 270.0, 2000.0, 80.0)
         mono = m_mix * se(t1[0][rim][0], t2[0][rim][0], 2000.0, 80.0)
         if pv:
             assert got == pytest.approx(two, rel=1e-3)
-        else:
-            assert got == pytest.approx(mono, rel=1e-3) and mono > 2 * two  # the bright rim it replaces
+        else:  # one compartment: slow flow has nothing to act on
+            assert got == pytest.approx(mono, rel=1e-3) and (slow or mono > 2 * two)  # the bright rim it replaces
         interior = img.numpy()[0][(lab[0] == 2) & (r > R_LV + 2.5)].mean()
         assert interior == pytest.approx(mt * se(1000.0, 50.0, 2000.0, 80.0), rel=1e-3)
+        cavity = img.numpy()[0][(lab[0] == 3) & (r < R_LV - 2.5)].mean()  # slow flow acts at the wall only
+        assert cavity == pytest.approx(mb * bf * se(1550.0, 270.0, 2000.0, 80.0), rel=1e-3, abs=1e-7)
 
 
 def test_cavity_tissue_renders_papillary_muscle_as_tissue_in_black_blood_tse_and_lge():

@@ -567,3 +567,11 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
         else:
             assert f == w and b == m
     assert border.imperfections == both_lge.imperfections == wide.imperfections
+    # SlowFlow: wide now with two-compartment black blood whose wall blood keeps 0-100 % of its signal
+    slow = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugSlowFlow_5epochs")
+                                     .get_tr_and_val_datasets()[0])).renderer.protocol
+    assert params(slow, "tse") == dict(params(wide, "tse"), blood_partial_volume=(1.0, 1.0),
+                                       slow_flow_fraction=(0.0, 1.0))
+    assert params(wide, "tse")["slow_flow_fraction"] == (0.0, 0.0)
+    assert [f for f in slow.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
+    assert slow.imperfections == wide.imperfections and not slow.pathology

@@ -363,6 +363,13 @@ class TSE(Family):
     T2_blood)]``, so only the blood compartment is suppressed (MyoPS maps: rim / interior 1.53 -> 0.62;
     real 0.95, whose near-wall slow blood is not fully suppressed either).
 
+    ``slow_flow_fraction`` (unitless, [0, 1]; with ``blood_partial_volume`` 1): blood next to the wall
+    moves slowly, so part of it is still in the slice when the double inversion's slice-selective
+    re-inversion restores it, and it is not nulled. The blood compartment of those border pixels keeps
+    ``bf_wall = blood_factor + slow_flow_fraction (1 - blood_factor)`` of its signal instead of
+    ``blood_factor``: 0 suppresses it as the cavity's blood (rim / interior 0.62 on MyoPS maps), 1 leaves it
+    unsuppressed (the one-compartment rim, ~1.5); real T2-weighted images lie between (0.95).
+
     ``cavity_tissue`` (0 or 1): the converse, inside the blood label. Cavity labels hold papillary
     muscles and trabeculae (dark in the cine; the estimator gives them myocardial T1/T2); the
     preparation suppresses moving blood, not tissue, so with 1 a blood-labelled pixel with blood share
@@ -372,13 +379,15 @@ class TSE(Family):
     normal myocardium (``check_realism.py``).
 
     Parameters: ``tr_ms`` (ms), ``te_ms`` (ms), ``blood_factor`` (unitless, [0, 1]),
-    ``blood_partial_volume`` (0 or 1), ``cavity_tissue`` (0 or 1).
+    ``blood_partial_volume`` (0 or 1), ``slow_flow_fraction`` (unitless, [0, 1]), ``cavity_tissue`` (0 or 1).
     """
 
     name = "tse"
     PARAMS = {"tr_ms": _TR, "te_ms": _TE,
               "blood_factor": ParamSpec("residual blood signal after black-blood preparation", 0.0, 1.0),
               "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0),
+              "slow_flow_fraction": ParamSpec("share of the suppressed signal that blood at the wall keeps "
+                                              "(slow flow; with blood_partial_volume 1)", 0.0, 1.0, default=0.0),
               "cavity_tissue": _CAVITY_TISSUE}
 
     def render(self, ctx, p):
@@ -404,7 +413,8 @@ class TSE(Family):
         if not partial or not t2_b > t2_t:
             return suppressed
         w = ctx.blood_share()
-        mixed = ctx.m0 * ((1.0 - w) * se_t + w * (bf * se_b))
+        bf_wall = bf + p.get("slow_flow_fraction", 0.0) * (1.0 - bf)  # slow blood at the wall escapes in part
+        mixed = ctx.m0 * ((1.0 - w) * se_t + w * (bf_wall * se_b))
         return torch.where(ctx.near_blood_mask(), mixed, suppressed)
 
 
