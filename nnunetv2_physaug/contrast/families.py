@@ -368,7 +368,8 @@ class TSE(Family):
     re-inversion restores it, and it is not nulled. The blood compartment of those border pixels keeps
     ``bf_wall = blood_factor + slow_flow_fraction (1 - blood_factor)`` of its signal instead of
     ``blood_factor``: 0 suppresses it as the cavity's blood (rim / interior 0.62 on MyoPS maps), 1 leaves it
-    unsuppressed (the one-compartment rim, ~1.5); real T2-weighted images lie between (0.95).
+    unsuppressed (1.24; the one-compartment rim of ``blood_partial_volume`` 0 is 1.42); real T2-weighted images
+    lie between (0.95), and ``[0, 1]`` gives 0.97 (``check_realism.py``).
 
     ``cavity_tissue`` (0 or 1): the converse, inside the blood label. Cavity labels hold papillary
     muscles and trabeculae (dark in the cine; the estimator gives them myocardial T1/T2); the
