@@ -402,8 +402,9 @@ class TSE(Family):
         if not (cavity or partial) or not bool(blood.any()):
             return torch.where(blood, s * bf, s)
         (t1_b, t2_b), (t1_t, t2_t) = ctx.compartment_medians()
-        se_b = float(signal.spin_echo(1.0, t1_b, t2_b, p["tr_ms"], p["te_ms"]))
-        se_t = float(signal.spin_echo(1.0, t1_t, t2_t, p["tr_ms"], p["te_ms"]))
+        # both compartments' unit-M0 signals in one call (two scalar calls cost ~4x one 2-vector call)
+        se_b, se_t = signal.spin_echo(1.0, torch.tensor([t1_b, t1_t]), torch.tensor([t2_b, t2_t]), p["tr_ms"],
+                                      p["te_ms"]).tolist()
         if cavity:
             # a blood-labelled pixel is a blood / tissue mixture: only its blood compartment is suppressed
             w = ctx.blood_share()

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .families import ParamSpec
+from .masks import dilate_3x3
 
 __all__ = ["PATHOLOGY", "PathologyMasks", "draw_pathology", "apply_edema", "soften_concentration"]
 
@@ -65,16 +66,12 @@ class PathologyMasks:
     params: dict
 
 
-def _dilate(mask: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(mask.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
-
-
 def _distance(source: torch.Tensor, within: torch.Tensor, max_steps: int) -> torch.Tensor:
     """Chessboard distance (pixels, capped at ``max_steps``) from ``source`` to each pixel of ``within``."""
     dist = torch.full(source.shape, float(max_steps), dtype=torch.float32)
     reached = source.clone()
     for step in range(1, max_steps + 1):
-        grown = _dilate(reached)
+        grown = dilate_3x3(reached)
         new = grown & ~reached
         dist[new & within] = float(step)
         reached = grown
@@ -144,7 +141,7 @@ def draw_pathology(spec: dict, labels: torch.Tensor, lv_values: tuple[int, ...],
             depth = fraction * trans
             params.update({"mvo_depth_fraction": fraction,
                            "mvo_conc_myocardium_factor": _u(rng, m["conc_myocardium_factor"])})
-            mvo = scar & (position <= depth) & ~_dilate(~scar & ~lv)  # a core: not at the scar's lateral edges
+            mvo = scar & (position <= depth) & ~dilate_3x3(~scar & ~lv)  # a core: not at the scar's lateral edges
     edema = torch.zeros_like(myo)
     if want["edema"]:
         e = spec["edema"].params

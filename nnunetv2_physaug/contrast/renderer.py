@@ -19,6 +19,7 @@ import torch
 
 from .families import FAMILIES
 from .imperfections import NormalPool, add_rician_noise, scale_relaxation, smooth_field
+from .masks import dilate_3x3
 from .pathology import PathologyMasks, apply_edema, draw_pathology, soften_concentration
 from .protocol import Protocol
 
@@ -118,17 +119,7 @@ class RenderContext:
         pixels at the label border whose volume can hold blood (its share: :meth:`blood_share`)."""
         if "near_blood" not in self._masks:
             blood = self.blood_mask()
-            # separable 3 x 3 dilation by shifted ORs: ~15x cheaper than max_pool2d on a 128² float copy
-            # (0.012 vs 0.2 ms, once per Gd render in the loader); numpy on CPU, as for the label masks
-            b = _numpy(blood) if blood.device.type == "cpu" else blood
-            rows = b.copy() if isinstance(b, np.ndarray) else b.clone()
-            rows[..., 1:, :] |= b[..., :-1, :]
-            rows[..., :-1, :] |= b[..., 1:, :]
-            near = rows.copy() if isinstance(rows, np.ndarray) else rows.clone()
-            near[..., :, 1:] |= rows[..., :, :-1]
-            near[..., :, :-1] |= rows[..., :, 1:]
-            near &= ~b
-            self._masks["near_blood"] = torch.from_numpy(near) if isinstance(near, np.ndarray) else near
+            self._masks["near_blood"] = dilate_3x3(blood) & ~blood
         return self._masks["near_blood"]
 
     def region_values(self, blood: float, myocardium: float, other: float) -> torch.Tensor:
@@ -168,6 +159,21 @@ class RenderContext:
             self.cache["blood_share"] = w
         return self.cache["blood_share"]
 
+    def blood_mixing_weight(self, cavity_tissue: bool, border: bool) -> Optional[torch.Tensor]:
+        """Blood share ``w`` (:meth:`blood_share`) on the pixels rendered as blood / tissue mixtures, 0
+        elsewhere (float32, shape of the maps): the blood-labelled pixels with ``cavity_tissue``, the
+        non-blood pixels next to blood (:meth:`near_blood_mask`) with ``border``; None with neither."""
+        if not (cavity_tissue or border):
+            return None
+        key = ("blood_mixing_weight", cavity_tissue, border)
+        if key not in self.cache:
+            if cavity_tissue and border:
+                mixed = self.blood_mask() | self.near_blood_mask()
+            else:
+                mixed = self.blood_mask() if cavity_tissue else self.near_blood_mask()
+            self.cache[key] = self.blood_share().mul(mixed)
+        return self.cache[key]
+
     def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:
         """Gd concentration map (mmol/L): per region, then the render's simulated scar / MVO and the
         uptake heterogeneity and partial-volume blur (:mod:`.pathology`) when they were drawn.
@@ -177,15 +183,15 @@ class RenderContext:
         mixed native T1, the mixed relaxation rate ``1/T1 + r1 [Gd]`` the maps' own mixing assumes).
         With ``params["blood_partial_volume"]`` >= 0.5 the converse at the border: a non-blood pixel next
         to blood (:meth:`near_blood_mask`) holds ``w [Gd]_blood + (1 - w) [Gd]_its region``."""
-        conc = self.region_values(blood, myocardium, other)
-        if params.get("cavity_tissue", 0.0) >= 0.5:
-            blood_px = self.blood_mask()
-            mixed = self.blood_share().mul(blood - myocardium).add_(myocardium)
-            conc = torch.where(blood_px, mixed, conc)
-        if params.get("blood_partial_volume", 0.0) >= 0.5:
-            # the blood compartment of a border pixel carries blood's Gd: conc + w ([Gd]_blood - conc)
-            mixed = (blood - conc).mul_(self.blood_share()).add_(conc)
-            conc = torch.where(self.near_blood_mask(), mixed, conc)
+        cavity = params.get("cavity_tissue", 0.0) >= 0.5
+        border = params.get("blood_partial_volume", 0.0) >= 0.5
+        # the concentration of each pixel's non-blood compartment (with cavity tissue, a blood pixel's is
+        # the myocardium's), then its blood compartment's share w of blood's: conc + w ([Gd]_blood - conc),
+        # one pass for both options (w = 0 outside the mixed pixels)
+        conc = self.region_values(myocardium if cavity else blood, myocardium, other)
+        mixing = self.blood_mixing_weight(cavity, border)
+        if mixing is not None:
+            conc = (blood - conc).mul_(mixing).add_(conc)
         masks = self.pathology
         if masks is not None and "scar_conc_blood_factor" in masks.params:
             conc.masked_fill_(masks.scar, blood * masks.params["scar_conc_blood_factor"])

@@ -1,0 +1,47 @@
+"""Binary morphology on the in-plane grid, shared by the renderer (border pixels) and the pathology
+simulation (distances through the wall).
+
+One owner for the 3 x 3 dilation: the renderer needs it once per Gd render in the data loader, the
+pathology simulation up to 24 times per render (its distance loops), so it is done by shifted ORs of
+the boolean mask (on CPU through a numpy view: ~0.012 ms for 128², against ~0.2 ms for ``max_pool2d``
+on a float copy) and gives exactly ``max_pool2d``'s mask.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar, Union
+
+import numpy as np
+import torch
+
+__all__ = ["dilate_3x3"]
+
+Mask = TypeVar("Mask", np.ndarray, torch.Tensor)
+
+
+def _dilate_by_shifts(mask: Mask, copy: Callable[[Mask], Mask]) -> Mask:
+    """Separable 3 x 3 dilation of a bool array (rows, then columns); pixels outside count as False."""
+    rows = copy(mask)
+    rows[..., 1:, :] |= mask[..., :-1, :]
+    rows[..., :-1, :] |= mask[..., 1:, :]
+    out = copy(rows)
+    out[..., :, 1:] |= rows[..., :, :-1]
+    out[..., :, :-1] |= rows[..., :, 1:]
+    return out
+
+
+def dilate_3x3(mask: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch.Tensor]:
+    """3 x 3 (8-neighbour) dilation over the last two axes (in-plane Y, X) of a boolean mask of shape
+    (..., Y, X); leading axes are independent slices and pixels beyond the grid count as unset (as
+    ``max_pool2d(mask, 3, stride=1, padding=1)``). Returns a new bool array of the input's type (numpy
+    array, or torch tensor on the input's device); the input is not modified.
+    """
+    if isinstance(mask, torch.Tensor):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"dilate_3x3 needs a bool mask, got {mask.dtype}")
+        if mask.device.type == "cpu":  # numpy ORs small bool maps ~4x faster than torch on CPU
+            return torch.from_numpy(_dilate_by_shifts(mask.numpy(), np.copy))
+        return _dilate_by_shifts(mask, torch.clone)
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"dilate_3x3 needs a bool mask, got {mask.dtype}")
+    return _dilate_by_shifts(mask, np.copy)
