@@ -3,7 +3,7 @@
 Steps (stock nnU-Net commands and ours, as a user would run them):
 
 1. ``Dataset913_MyoPS.py`` converter (``--crop``/``--spacing``; reused when it exists with the same settings);
-2. ``physaug-reverse --method label`` on the bSSFP training images;
+2. ``physaug-reverse --method label [--samples K]`` on the bSSFP training images (``--map-samples K``);
 3. ``nnUNetv2_plan_and_preprocess -c 2d`` and ``physaug-narrow-plans --width``;
 4. ``nnUNetv2_train`` with the stock ``nnUNetTrainer_<B>epochs`` and ``nnUNetTrainerPhysAug_<B>epochs``
    (plus any ``--variants``), same plans, same split, same budget;
@@ -106,8 +106,9 @@ def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[f
 
 def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optional[float],
             spacing: Optional[float], width: float, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
-            test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES) -> tuple[Path, str]:
-    """Steps 1-3; returns (raw dataset folder, plans identifier). Reuses what is already there."""
+            test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES, map_samples: int = 1) -> tuple[Path, str]:
+    """Steps 1-3; returns (raw dataset folder, plans identifier). Reuses what is already there.
+    ``map_samples``: tissue maps per case (``physaug-reverse --samples``; the trainer draws one per load)."""
     raw = Path(env["nnUNet_raw"])
     ds = raw / dataset_name(dataset_id, myops.NAME)
     if ds.is_dir() and not _dataset_settings_match(ds, crop, spacing):
@@ -121,7 +122,7 @@ def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optio
         except myops.ConversionError as e:
             raise BenchmarkError(f"step 'convert' failed: {e}") from e
     run_step("reverse imaging", ["physaug-reverse", "-i", str(ds / "imagesTr"), "-o", str(ds / "tissueMapsTr"),
-                                 "--method", "label"], env, logs)
+                                 "--method", "label", "--samples", str(map_samples)], env, logs)
     pre = Path(env["nnUNet_preprocessed"]) / ds.name
     if not (pre / "nnUNetPlans.json").is_file() or not (pre / "nnUNetPlans_2d").is_dir():
         run_step("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "1",
@@ -567,7 +568,8 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
                   figure_case: Optional[str] = None, baseline: Optional[str] = None,
                   physaug: Optional[str] = None, train_cases: Sequence[int] = myops.DEFAULT_TRAIN_CASES,
                   test_cases: Sequence[int] = myops.DEFAULT_TEST_CASES,
-                  baseline_from: Optional[Path] = None, repeats: int = 1, oracle: bool = False) -> dict:
+                  baseline_from: Optional[Path] = None, repeats: int = 1, oracle: bool = False,
+                  map_samples: int = 1) -> dict:
     """Run every step in ``work``; returns ``{"rows": [...], "line": last line}``. ``baseline``/``physaug``
     default to the stock budget pair ``nnUNetTrainer_<budget>epochs``/``nnUNetTrainerPhysAug_<budget>epochs``.
     ``baseline_from``: take the baseline's rows from an earlier ``results.json`` of the same settings instead
@@ -575,9 +577,13 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     every model that many times (independent nnU-Net runs on the same data, split and plans); the report
     gives their mean and range, so a difference can be told from run-to-run spread. ``oracle``: also train
     the baseline trainer on the real LGE and T2 images of the training patients (one dataset each,
-    :func:`prepare_oracle`) as the reference of what training on the sequence itself reaches."""
+    :func:`prepare_oracle`) as the reference of what training on the sequence itself reaches.
+    ``map_samples``: tissue maps per training case (``physaug-reverse --samples K``; the baseline does not
+    read maps, so ``baseline_from`` may come from a run with another K)."""
     if repeats < 1:
         raise BenchmarkError(f"--repeats must be at least 1, got {repeats}")
+    if map_samples < 1:
+        raise BenchmarkError(f"--map-samples must be at least 1, got {map_samples}")
     t_start = time.time()
     work = work.resolve()
     env = pipeline_env(work)
@@ -589,12 +595,13 @@ def run_benchmark(myops_dir: Path, work: Path, mode: str, budget: int = 5, width
     physaug = physaug or f"nnUNetTrainerPhysAug_{epochs}"
     trainers = [baseline, physaug, *variants]
 
-    ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases)
+    ds, plans = prepare(myops_dir, env, logs, dataset_id, crop, spacing, width, train_cases, test_cases, map_samples)
     pre = Path(env["nnUNet_preprocessed"]) / ds.name
     splits = json.loads((pre / "splits_final.json").read_text())
     folds = [str(f) for f in range(len(splits))] if mode == "cv" else ["all"]
     settings = {"mode": mode, "budget_epochs": budget, "width": width, "plans": plans, "crop_mm": crop,
-                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds, "repeats": repeats}
+                "spacing_mm": spacing, "device": device, "trainers": trainers, "folds": folds, "repeats": repeats,
+                "map_samples": map_samples}
     reused = earlier_rows(baseline_from, baseline, settings) if baseline_from else []
     if reused:
         settings["baseline_from"] = str(baseline_from)
@@ -664,6 +671,10 @@ def main(argv=None) -> None:
     p.add_argument("--oracle", action="store_true", help="also train the baseline trainer on the real LGE and on the "
                    "real T2 images of the training patients (same split, plans, budget): the reference of what "
                    "training on the sequence itself reaches; the report gives each model's share of that drop")
+    p.add_argument("--map-samples", type=int, default=1, metavar="K",
+                   help="tissue maps per training case (physaug-reverse --samples K: K draws of the tissue values; "
+                   "the trainer renders one per load; default 1). The maps of a --work folder are made once: use a "
+                   "new --work folder for another K")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
     try:
@@ -672,7 +683,7 @@ def main(argv=None) -> None:
                           figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                           train_cases=myops.parse_case_range(args.train_cases),
                           test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
-                          repeats=args.repeats, oracle=args.oracle)
+                          repeats=args.repeats, oracle=args.oracle, map_samples=args.map_samples)
     except (StepError, myops.ConversionError) as e:
         print(f"[bench_real] FAILED: {e}", file=sys.stderr)
         sys.exit(1)

@@ -332,3 +332,29 @@ def test_oracle_dataset_holds_the_real_sequence_with_the_bssfp_plans_and_split(t
     stamp = (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns
     assert br.prepare_oracle(ds, "LGE", 913, plans, env, logs) == 914
     assert (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns == stamp
+
+
+def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_path, monkeypatch):
+    """--map-samples K: physaug-reverse writes K maps per case (4D, K on the last axis; truth: the tissue values
+    differ between the samples, as K draws of the estimator's tissue table must), and a baseline scored with
+    another K is taken as it is (the baseline reads no maps)."""
+    res = _converted(tmp_path, monkeypatch, ())
+    env = {**nnunet_env(tmp_path), "nnUNet_n_proc_DA": "1"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ds, _ = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 0.5, range(3001, 3006), (), map_samples=2)
+    assert ds == res.dataset_dir
+    t2 = nib.load(str(ds / "tissueMapsTr" / "Case3001_T2.nii.gz")).get_fdata()
+    lab = nib.load(str(ds / "labelsTr" / "Case3001.nii.gz")).get_fdata()
+    assert t2.ndim == 4 and t2.shape[-1] == 2 and t2.shape[:3] == lab.shape
+    blood = lab == 3
+    # two draws of the slices' blood T2 (ms): the same pixel differs between the samples
+    assert np.mean(np.abs(t2[..., 0][blood] - t2[..., 1][blood])) > 5.0
+    settings = {"mode": "cv", "budget_epochs": 5, "width": 0.5, "plans": "nnUNetPlans_w50", "crop_mm": 160.0,
+                "spacing_mm": 1.5, "folds": ["0"], "map_samples": 2}
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps({"settings": {**settings, "map_samples": 1},
+                             "rows": [{"model": "B", "sequence": s, "mean_fg_dice": 0.5} for s in ("C0", "LGE", "T2")]}))
+    assert len(br.earlier_rows(f, "B", settings)) == 3
+    with pytest.raises(br.BenchmarkError, match="--map-samples must be at least 1"):
+        br.run_benchmark(tmp_path / "Train", tmp_path / "w2", "cv", map_samples=0)
