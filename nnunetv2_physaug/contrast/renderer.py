@@ -165,14 +165,11 @@ class RenderContext:
         non-blood pixels next to blood (:meth:`near_blood_mask`) with ``border``; None with neither."""
         if not (cavity_tissue or border):
             return None
-        key = ("blood_mixing_weight", cavity_tissue, border)
-        if key not in self.cache:
-            if cavity_tissue and border:
-                mixed = self.blood_mask() | self.near_blood_mask()
-            else:
-                mixed = self.blood_mask() if cavity_tissue else self.near_blood_mask()
-            self.cache[key] = self.blood_share().mul(mixed)
-        return self.cache[key]
+        if cavity_tissue and border:
+            mixed = self.blood_mask() | self.near_blood_mask()
+        else:
+            mixed = self.blood_mask() if cavity_tissue else self.near_blood_mask()
+        return self.blood_share().mul(mixed)
 
     def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:
         """Gd concentration map (mmol/L): per region, then the render's simulated scar / MVO and the
