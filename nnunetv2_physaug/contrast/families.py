@@ -67,6 +67,12 @@ _CONC_OTHER = ParamSpec("Gd concentration in all other tissue in mmol/L", 0.0, 5
 _CAVITY_TISSUE = ParamSpec("render blood-labelled pixels as blood / tissue mixtures by their maps (0 or 1)",
                            0.0, 1.0, default=0.0)
 _BORDER_GD = ParamSpec("give non-blood pixels next to blood their blood share's Gd (0 or 1)", 0.0, 1.0, default=0.0)
+# the cavity's wall layer (RenderContext.apply_wall_layer): share 0 leaves it out and draws nothing
+_WALL_LAYER_SHARE = ParamSpec("tissue share of the blood-labelled pixels touching the wall (unitless)", 0.0, 1.0,
+                              default=0.0)
+_WALL_LAYER_PX = ParamSpec("depth in pixels over which the wall layer's tissue share falls to 0", 0.0,
+                           64.0, exclusive_min=True, default=1.0)
+_WALL_LAYER = {"wall_layer_share": _WALL_LAYER_SHARE, "wall_layer_px": _WALL_LAYER_PX}
 
 
 def _uniform(rng: np.random.Generator, rng_range: tuple[float, float]) -> float:
@@ -195,11 +201,13 @@ class _GdFamily(Family):
 
     GD_PARAMS = {"conc_blood_mmol": _CONC_BLOOD, "conc_myocardium_mmol": _CONC_MYO,
                  "conc_other_mmol": _CONC_OTHER, "cavity_tissue": _CAVITY_TISSUE,
-                 "blood_partial_volume": _BORDER_GD}
+                 "blood_partial_volume": _BORDER_GD, **_WALL_LAYER}
 
     @staticmethod
     def _t1_post(ctx: "RenderContext", p: dict) -> torch.Tensor:
-        """Post-contrast T1 (ms) from :func:`~nnunetv2_physaug.physics.signal.gd_t1` per region."""
+        """Post-contrast T1 (ms) from :func:`~nnunetv2_physaug.physics.signal.gd_t1` per region (after the
+        cavity's wall layer, :meth:`RenderContext.apply_wall_layer`)."""
+        ctx.apply_wall_layer(p)
         conc = ctx.gd_concentration(p["conc_blood_mmol"], p["conc_myocardium_mmol"], p["conc_other_mmol"], p)
         return fast.gd_t1(ctx.t1, conc, r1=ctx.r1)
 
@@ -389,9 +397,10 @@ class TSE(Family):
               "blood_partial_volume": ParamSpec("render blood-mixed pixels as two compartments (0 or 1)", 0.0, 1.0),
               "slow_flow_fraction": ParamSpec("share of the suppressed signal that blood at the wall keeps "
                                               "(slow flow; with blood_partial_volume 1)", 0.0, 1.0, default=0.0),
-              "cavity_tissue": _CAVITY_TISSUE}
+              "cavity_tissue": _CAVITY_TISSUE, **_WALL_LAYER}
 
     def render(self, ctx, p):
+        ctx.apply_wall_layer(p)
         s = fast.spin_echo(ctx.m0, ctx.t1, ctx.t2, p["tr_ms"], p["te_ms"])
         if p["blood_factor"] == 1.0:
             return s

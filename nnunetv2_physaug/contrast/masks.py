@@ -1,5 +1,5 @@
-"""Binary morphology on the in-plane grid, shared by the renderer (border pixels) and the pathology
-simulation (distances through the wall).
+"""Binary morphology on the in-plane grid, shared by the renderer (border pixels, the cavity's wall
+layer) and the pathology simulation (distances through the wall).
 
 One owner for the 3 x 3 dilation: the renderer needs it once per Gd render in the data loader, the
 pathology simulation up to 24 times per render (its distance loops), so it is done by shifted ORs of
@@ -13,7 +13,7 @@ from typing import Callable, TypeVar, Union
 import numpy as np
 import torch
 
-__all__ = ["dilate_3x3"]
+__all__ = ["dilate_3x3", "chessboard_distance"]
 
 Mask = TypeVar("Mask", np.ndarray, torch.Tensor)
 
@@ -45,3 +45,20 @@ def dilate_3x3(mask: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch
     if mask.dtype != np.bool_:
         raise TypeError(f"dilate_3x3 needs a bool mask, got {mask.dtype}")
     return _dilate_by_shifts(mask, np.copy)
+
+
+def chessboard_distance(source: torch.Tensor, within: torch.Tensor, max_steps: int) -> torch.Tensor:
+    """Chessboard distance (pixels, by repeated :func:`dilate_3x3`) from the bool mask ``source`` to each
+    pixel of the bool mask ``within``, over the last two axes; float32 tensor on ``source``'s device.
+    A pixel of ``within`` next to ``source`` (8-neighbourhood) is at 1; pixels further than ``max_steps``,
+    and every pixel outside ``within``, hold ``max_steps``."""
+    dist = torch.full(source.shape, float(max_steps), dtype=torch.float32, device=source.device)
+    reached = source.clone()
+    for step in range(1, max_steps + 1):
+        grown = dilate_3x3(reached)
+        new = grown & ~reached
+        dist[new & within] = float(step)
+        reached = grown
+        if bool((within & ~reached).sum() == 0):
+            break
+    return dist

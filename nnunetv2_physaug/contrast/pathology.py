@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .families import ParamSpec
-from .masks import dilate_3x3
+from .masks import chessboard_distance, dilate_3x3
 
 __all__ = ["PATHOLOGY", "PathologyMasks", "draw_pathology", "apply_edema", "soften_concentration"]
 
@@ -64,20 +64,6 @@ class PathologyMasks:
     mvo: torch.Tensor
     edema: torch.Tensor
     params: dict
-
-
-def _distance(source: torch.Tensor, within: torch.Tensor, max_steps: int) -> torch.Tensor:
-    """Chessboard distance (pixels, capped at ``max_steps``) from ``source`` to each pixel of ``within``."""
-    dist = torch.full(source.shape, float(max_steps), dtype=torch.float32)
-    reached = source.clone()
-    for step in range(1, max_steps + 1):
-        grown = dilate_3x3(reached)
-        new = grown & ~reached
-        dist[new & within] = float(step)
-        reached = grown
-        if bool((within & ~reached).sum() == 0):
-            break
-    return dist
 
 
 def _angles(lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +106,8 @@ def draw_pathology(spec: dict, labels: torch.Tensor, lv_values: tuple[int, ...],
         return None
     ang, has_lv = _angles(lv)
     myo &= has_lv[:, None, None]
-    d_endo = _distance(lv, myo, 12)
-    d_epi = _distance(~(myo | lv), myo, 12)
+    d_endo = chessboard_distance(lv, myo, 12)
+    d_epi = chessboard_distance(~(myo | lv), myo, 12)
     position = d_endo / (d_endo + d_epi).clamp(min=1e-6)  # 0 endocardium ... 1 epicardium
 
     scar = torch.zeros_like(myo)

@@ -19,7 +19,7 @@ import torch
 
 from .families import FAMILIES
 from .imperfections import NormalPool, add_rician_noise, scale_relaxation, smooth_field
-from .masks import dilate_3x3
+from .masks import chessboard_distance, dilate_3x3
 from .pathology import PathologyMasks, apply_edema, draw_pathology, soften_concentration
 from .protocol import Protocol
 
@@ -85,6 +85,8 @@ class RenderContext:
         self._masks: dict[str, torch.Tensor] = {}
         self._max_n = protocol.postprocess.stats_max_pixels
         self._idx: dict[Optional[str], torch.Tensor] = {}
+        #: the maps are an in-plane region (False: a list of reference voxels, which has no neighbours)
+        self.spatial = True
 
     # -- regions ------------------------------------------------------------------------------
     def _label_mask(self, values: tuple[int, ...]) -> torch.Tensor:
@@ -170,6 +172,38 @@ class RenderContext:
         else:
             mixed = self.blood_mask() if cavity_tissue else self.near_blood_mask()
         return self.blood_share().mul(mixed)
+
+    def apply_wall_layer(self, params: dict) -> None:
+        """Render the blood-labelled layer along the wall as part tissue (``params["wall_layer_share"]`` s,
+        ``params["wall_layer_px"]`` L in pixels): a blood pixel at chessboard distance r from the nearest
+        non-blood pixel (1 = touching it) takes tissue share ``f = s max(0, 1 - (r - 1) / L)`` of its T1
+        and T2, moved towards the myocardium's medians (:meth:`compartment_medians`) by that share, the
+        maps' own M0-weighted mixing, so :meth:`blood_share` falls by ``f`` and the Gd and black-blood
+        families render the layer as blood / tissue mixtures. M0 is kept (proton densities of blood
+        and myocardium differ by ~10 %). Why: on real LGE and black-blood T2-weighted images (MyoPS) the
+        blood-myocardium edge lies inside the cavity label, by a median of 0.6 and 2.5 pixels of 1.5 mm,
+        while the cine the labels fit has it at the label border: trabeculae, slow-flowing blood the
+        double inversion does not null, and a cavity smaller at the other sequences' cardiac phase.
+
+        Once per render (the family's sample and render both call it), on an in-plane region with
+        labels; nothing for ``s = 0``, a voxel list (:class:`ReferenceVoxels`) or label-free maps. The
+        compartment medians are taken before the maps change, and the maps are replaced by new tensors
+        (the caller's stay untouched)."""
+        share = params.get("wall_layer_share", 0.0)
+        if share <= 0.0 or not self.spatial or self.labels is None or self.cache.get("wall_layer_done"):
+            return
+        self.cache["wall_layer_done"] = True
+        blood = self.blood_mask()
+        if not bool(blood.any()):
+            return
+        (t1_b, t2_b), (t1_t, t2_t) = self.compartment_medians()
+        depth = float(params.get("wall_layer_px", 1.0))
+        steps = math.ceil(depth) + 1  # pixels not reached hold ceil(L) + 1 >= L + 1: share 0 there
+        r = chessboard_distance(~blood, blood, steps)
+        f = r.sub_(1.0).div_(-depth).add_(1.0).clamp_(min=0.0).mul_(share).mul_(blood)
+        self.t1 = torch.lerp(self.t1, torch.full_like(self.t1, t1_t), f)
+        self.t2 = torch.lerp(self.t2, torch.full_like(self.t2, t2_t), f)
+        self.cache.pop("blood_share", None)
 
     def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:
         """Gd concentration map (mmol/L): per region, then the render's simulated scar / MVO and the
@@ -272,6 +306,7 @@ class ReferenceVoxels:
         ctx = RenderContext(self.m0, self.t1, self.t2, self.labels, None, protocol)
         ctx._masks = self.masks
         ctx._idx = self.indices
+        ctx.spatial = False
         return ctx
 
 
