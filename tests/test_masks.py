@@ -46,3 +46,24 @@ def test_dilation_of_a_strided_view_and_errors():
 def test_dilation_on_cuda_matches_cpu():
     mask = torch.from_numpy(np.random.default_rng(1).random((2, 16, 16)) < 0.2)
     np.testing.assert_array_equal(dilate_3x3(mask.cuda()).cpu().numpy(), _scipy_truth(mask.numpy()))
+
+
+@pytest.mark.parametrize("max_steps", [1, 3, 12])
+def test_chessboard_distance_equals_scipy(max_steps):
+    """Distance from a source mask to each pixel of ``within`` against scipy's chessboard distance transform
+    (independent truth: the distance of each pixel to the nearest source pixel), capped at ``max_steps``;
+    pixels outside ``within`` hold ``max_steps``."""
+    from scipy.ndimage import distance_transform_cdt
+
+    from nnunetv2_physaug.contrast.masks import chessboard_distance
+    rng = np.random.default_rng(max_steps)
+    for _ in range(4):
+        source = rng.random((2, 23, 31)) < 0.03
+        source[0, 11, 15] = True
+        source[1, 0, 0] = True
+        within = rng.random(source.shape) < 0.8
+        truth = np.stack([distance_transform_cdt(~s, metric="chessboard") for s in source]).astype(np.float32)
+        truth = np.where(within & ~source, np.minimum(truth, max_steps), max_steps)
+        got = chessboard_distance(torch.from_numpy(source), torch.from_numpy(within), max_steps)
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), truth)

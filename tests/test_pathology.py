@@ -429,3 +429,80 @@ def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
     del bad["families"][0]["params"]["flip_deg"]  # parameters without a default stay required
     with pytest.raises(ProtocolError, match="missing key"):
         protocol_from_dict(bad)
+
+
+def test_wall_layer_renders_the_blood_next_to_the_wall_as_part_tissue():
+    """``wall_layer_share`` s, ``wall_layer_px`` L: a blood pixel at chessboard distance r from the nearest
+    non-blood pixel (truth: scipy's distance transform) holds tissue share f = s max(0, 1 - (r - 1) / L) of its
+    volume (T1/T2 moved towards the myocardium's, M0 kept). Truth written out: the two-compartment spin echo
+    of black-blood TSE (only the blood share is suppressed) and the Bloch-simulated steady-state IR of LGE at
+    the voxel's mean Gd concentration (1 - f) c_blood + f c_myo."""
+    from scipy.ndimage import distance_transform_cdt
+
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    before = [a.copy() for a in (m0, t1, t2)]
+    blood = np.isin(lab[0], (1, 3))
+    r = distance_transform_cdt(blood, metric="chessboard")
+    proto = load_protocol("wide").to_dict()
+    proto["imperfections"] = {}
+    renderer = ContrastRenderer(protocol_from_dict(proto))
+
+    def share(s, depth):
+        return np.where(blood, s * np.clip(1.0 - (r - 1.0) / depth, 0.0, None), 0.0)
+
+    def se(t1_, t2_):
+        return (1 - math.exp(-2000.0 / t1_)) * math.exp(-80.0 / t2_)
+    tse = {"family": "tse", "tr_ms": 2000.0, "te_ms": 80.0, "blood_factor": 0.2, "blood_partial_volume": 0.0,
+           "cavity_tissue": 1.0, "clip_level": 10.0}
+    for s, depth in ((0.0, 1.0), (0.8, 2.5), (1.0, 1.0), (0.5, 4.0)):
+        img = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab,
+                              params=dict(tse, wall_layer_share=s, wall_layer_px=depth))[0].numpy()[0]
+        f = share(s, depth)
+        want = 0.95 * ((1 - f) * 0.2 * se(1550.0, 270.0) + f * se(1000.0, 50.0))
+        np.testing.assert_allclose(img[blood], want[blood], rtol=1e-3, atol=1e-7)
+        np.testing.assert_allclose(img[lab[0] == 2], 0.8 * se(1000.0, 50.0), rtol=1e-3)  # the wall itself untouched
+        if s:
+            assert (f[blood] > 0).sum() > 30 and (f[blood] == 0).sum() > 30  # a layer, not the whole cavity
+    for a, b in zip((m0, t1, t2), before):
+        np.testing.assert_array_equal(a, b)  # the caller's maps stay as they were
+
+    r1, c_b, c_m, tr_inv = 4.5e-3, 0.7, 0.25, 2000.0  # r1 per mmol/L per ms
+    t1_post_myo = 1.0 / (1.0 / 1000.0 + r1 * c_m)
+    ti = t1_post_myo * math.log(2.0 / (1.0 + math.exp(-tr_inv / t1_post_myo)))  # myocardial null
+    lge = {"family": "lge", "flip_deg": 20.0, "te_ms": 2.0, "tr_inv_ms": tr_inv, "ti_null_factor": 1.0,
+           "readout_tr_ms": 6.0, "readout_pulses": 0.0, "conc_blood_mmol": c_b, "conc_myocardium_mmol": c_m,
+           "conc_other_mmol": 0.2, "ti_ms": ti, "clip_level": 10.0, "cavity_tissue": 1.0,
+           "blood_partial_volume": 0.0, "wall_layer_share": 0.6, "wall_layer_px": 2.0}
+    img = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=lab, params=lge)[0].numpy()[0]
+    f = share(0.6, 2.0)
+    for value in (0.6, 0.3, 0.0):  # r = 1, 2, >= 3
+        sel = blood & np.isclose(f, value)
+        t1_mix, t2_mix = 1550.0 + value * (1000.0 - 1550.0), 270.0 + value * (50.0 - 270.0)
+        t1_post = 1.0 / (1.0 / t1_mix + r1 * ((1 - value) * c_b + value * c_m))
+        want = abs(bloch.ir_mz(0.95, t1_post, ti, tr_inv, t2_mix)) * math.sin(math.radians(20.0)) * math.exp(-2.0 / t2_mix)
+        assert sel.sum() > 10 and img[sel].mean() == pytest.approx(want, rel=1e-3)
+    assert img[blood & (f == 0.6)].mean() < 0.6 * img[blood & (f == 0)].mean()  # the layer is darker than the cavity
+
+
+def test_wall_layer_is_off_in_wide_and_left_out_of_the_case_draw():
+    """Protocols that do not list it render without it (share 0 draws nothing); the case-level draw on
+    reference voxels (a voxel list without neighbours) has no layer, so its clip level and statistics are
+    those of the same draw without it."""
+    from nnunetv2_physaug.contrast import protocol_with_settings
+    wide = load_protocol("wide")
+    for fam in wide.families:
+        if "wall_layer_share" in fam.params:
+            assert fam.params["wall_layer_share"] == (0.0, 0.0)
+    assert {f.family for f in wide.families if "wall_layer_share" in f.params} == {"lge", "psir", "saturation_recovery", "tse"}
+    lab = ring_labels()
+    m0, t1, t2 = ring_maps(lab)
+    draws = []
+    for s in (0.0, 1.0):
+        proto = protocol_with_settings("wide", [f"tse.wall_layer_share={s}", "tse.wall_layer_px=3"])
+        renderer = ContrastRenderer(proto)
+        draws.append(renderer.draw(m0.reshape(1, -1), t1.reshape(1, -1), t2.reshape(1, -1), np.random.default_rng(3),
+                                   labels=lab.reshape(1, -1), family="tse"))
+    assert draws[1]["wall_layer_share"] == 1.0
+    for key in ("clip_level", "reference_mean_signal", "reference_mean", "reference_std", "tr_ms", "te_ms"):
+        assert draws[0][key] == draws[1][key]

@@ -575,3 +575,13 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert params(wide, "tse")["slow_flow_fraction"] == (0.0, 0.0)
     assert [f for f in slow.families if f.family != "tse"] == [f for f in wide.families if f.family != "tse"]
     assert slow.imperfections == wide.imperfections and not slow.pathology
+    # WallLayer: wide now with the cavity's wall layer in LGE, PSIR and TSE, border Gd off in LGE and PSIR
+    wall = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugWallLayer_5epochs")
+                                     .get_tr_and_val_datasets()[0])).renderer.protocol
+    for fam in ("lge", "psir"):
+        assert params(wall, fam) == dict(params(wide, fam), wall_layer_share=(0.0, 0.5), wall_layer_px=(1.0, 2.0),
+                                         blood_partial_volume=(0.0, 0.0))
+    assert params(wall, "tse") == dict(params(wide, "tse"), wall_layer_share=(0.7, 1.0), wall_layer_px=(2.0, 6.0))
+    assert [f for f in wall.families if f.family not in ("lge", "psir", "tse")] == \
+        [f for f in wide.families if f.family not in ("lge", "psir", "tse")]
+    assert wall.imperfections == wide.imperfections and not wall.pathology
