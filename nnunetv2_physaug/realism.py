@@ -11,8 +11,11 @@ Signed (PSIR) renders are compared as rendered (signed means); a slice whose nor
 negative mean (not yet through its null) has no finite ratio and counts as outside the real range.
 
 Coverage of a family = fraction of its render ratios inside the real sequence's 10-90 % range.
-Also per slice: endocardial rim (myocardium touching blood) / interior myocardium, which shows
-partial-volume artefacts at the blood border (real T2-weighted black blood: ~0.95), and cavity tissue
+Also per slice: endocardial rim (normal myocardium touching blood) / interior normal myocardium, which
+shows partial-volume artefacts at the blood border (real T2-weighted black blood: ~1.05); the endocardial
+edge's position (pixels from the LV label border where the intensity is half-way between deep LV blood
+and interior myocardium; negative: inside the label), which shows whether the images' cavity is as large
+as its label (real bSSFP: ~-0.1, LGE ~-0.5, T2-weighted black blood ~-2.5 at 1.5 mm); and cavity tissue
 (LV-labelled pixels darker than the cine's blood-myocardium midpoint: papillary muscles, trabeculae) /
 normal myocardium, which shows whether a render treats the tissue a cavity label holds as blood (black in
 black-blood TSE, bright in LGE) or as tissue, as real images do.
@@ -33,7 +36,7 @@ from .maps.store import read_case_maps
 MIN_PIXELS = 20
 LV, MYO = 3, 2
 #: per-slice ratios (:func:`slice_ratios`)
-RATIOS = ("blood", "scar", "rim", "cavity")
+RATIOS = ("blood", "scar", "rim", "cavity", "edge")
 #: the real sequence each render family is compared with
 FAMILY_TO_REAL = {"lge": "LGE", "psir": "LGE", "tse": "T2", "bssfp": "C0"}
 
@@ -43,17 +46,63 @@ def _nib_array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
 
 
-def rim_ratio(img: np.ndarray, lab: np.ndarray) -> Optional[float]:
+def rim_ratio(img: np.ndarray, lab: np.ndarray, normal: Optional[np.ndarray] = None) -> Optional[float]:
     """Mean of the endocardial rim (myocardium pixels touching blood) / mean of the interior myocardium
-    (not touching any other label) of one 2D slice; None when either has fewer than MIN_PIXELS."""
+    (not touching any other label) of one 2D slice, both over ``normal`` myocardium (bool mask; default the
+    whole label): on real LGE the expert's scar, sub-endocardial first, would otherwise make the rim bright.
+    None when either has fewer than MIN_PIXELS."""
     from scipy.ndimage import binary_dilation
 
     myo = lab == MYO
     rim = myo & binary_dilation(np.isin(lab, (1, LV)))
     interior = myo & ~binary_dilation(~myo)
+    if normal is not None:
+        rim, interior = rim & normal, interior & normal
     if rim.sum() < MIN_PIXELS or interior.sum() < MIN_PIXELS or img[interior].mean() <= 0:
         return None
     return float(img[rim].mean() / img[interior].mean())
+
+
+#: distances (pixels) from the LV label border of the endocardial edge profile (:func:`edge_profile`):
+#: negative inside the LV label, positive in the myocardium
+EDGE_DISTANCES = tuple(range(-4, 5))
+
+
+def edge_profile(img: np.ndarray, lab: np.ndarray, normal: np.ndarray) -> Optional[np.ndarray]:
+    """Endocardial edge profile of one 2D slice: mean intensity at each of :data:`EDGE_DISTANCES` (pixels,
+    the rounded Euclidean distance to the LV label border: -1 the LV pixels touching it, +1 the myocardium
+    pixels next to the LV), scaled so that the interior normal myocardium (touching no other label, as in
+    :func:`rim_ratio`) is 0 and the deep LV blood (<= -4) is 1; NaN at 0 (no pixel) and where a distance has fewer than 3 pixels. None when the
+    slice lacks either reference (fewer than 5 pixels) or they do not differ."""
+    from scipy.ndimage import binary_dilation, distance_transform_edt
+
+    lv, myo = lab == LV, lab == MYO
+    if lv.sum() < MIN_PIXELS or normal.sum() < MIN_PIXELS:
+        return None
+    d = np.where(lv, -np.rint(distance_transform_edt(lv)), np.rint(distance_transform_edt(~lv)))
+    deep, interior = lv & (d <= -4), normal & ~binary_dilation(~myo)
+    if deep.sum() < 5 or interior.sum() < 5:
+        return None
+    hi, lo = float(img[deep].mean()), float(img[interior].mean())
+    if abs(hi - lo) <= 1e-6 * max(abs(hi), abs(lo), 1e-12):
+        return None
+    out = np.full(len(EDGE_DISTANCES), np.nan)
+    for i, k in enumerate(EDGE_DISTANCES):
+        sel = (lv & (d == k)) if k < 0 else (normal & (d == k))
+        if k != 0 and sel.sum() >= 3:
+            out[i] = (float(img[sel].mean()) - lo) / (hi - lo)
+    return out
+
+
+def edge_position(profile: np.ndarray) -> Optional[float]:
+    """Where the edge profile (:func:`edge_profile`) first falls below half-way from the LV side, in pixels
+    from the LV label border (linear between the two distances around it; negative: the intensity edge lies
+    inside the LV label, the cavity looks smaller than labelled). None without such a crossing."""
+    pts = [(k, v) for k, v in zip(EDGE_DISTANCES, profile) if np.isfinite(v)]
+    for (k0, v0), (k1, v1) in zip(pts, pts[1:]):
+        if v0 >= 0.5 > v1:
+            return float(k0 + (v0 - 0.5) / (v0 - v1) * (k1 - k0))
+    return None
 
 
 def _empty_ratios() -> dict[str, list]:
@@ -73,17 +122,22 @@ def cavity_tissue_mask(cine: np.ndarray, lab: np.ndarray) -> np.ndarray:
 def slice_ratios(image: np.ndarray, anatomy: np.ndarray, pathology: Optional[np.ndarray],
                  cine: Optional[np.ndarray] = None) -> dict[str, list]:
     """Per-slice (last axis) ratios of a 3D image (X, Y, Z): ``blood`` (LV / normal myocardium), ``scar``
-    (scar / normal myocardium), ``rim`` (:func:`rim_ratio`) and, with the bSSFP ``cine`` of the same
+    (scar / normal myocardium), ``rim`` (:func:`rim_ratio` of normal myocardium), ``edge`` (the endocardial
+    edge's position in pixels, :func:`edge_position`) and, with the bSSFP ``cine`` of the same
     grid, ``cavity`` (tissue inside the LV label, :func:`cavity_tissue_mask`, / normal myocardium);
     ``pathology`` 1 edema, 2 scar (None: all myocardium is normal)."""
     out = _empty_ratios()
     for k in range(image.shape[-1]):
-        r = rim_ratio(image[..., k], anatomy[..., k])
-        if r is not None:
-            out["rim"].append(r)
         img, lab = image[..., k], anatomy[..., k]
         path = pathology[..., k] if pathology is not None else np.zeros_like(lab)
         normal = (lab == MYO) & (path == 0)
+        r = rim_ratio(img, lab, normal)
+        if r is not None:
+            out["rim"].append(r)
+        prof = edge_profile(img, lab, normal)
+        edge = edge_position(prof) if prof is not None else None
+        if edge is not None:
+            out["edge"].append(edge)
         lv = lab == LV
         if normal.sum() < MIN_PIXELS or lv.sum() < MIN_PIXELS:
             continue
@@ -164,6 +218,12 @@ def summarise(values: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(x) if x < 1e12 else float("inf") for x in np.percentile(finite, (50, 10, 90)))  # type: ignore
 
 
+def _edge_summary(edges: Sequence[float]) -> dict:
+    """Median and 10-90 % range of the per-slice endocardial edge positions (pixels), and their count."""
+    med, p10, p90 = summarise(edges)
+    return {"edge_median": med, "edge_p10": p10, "edge_p90": p90, "n_edge_slices": len(edges)}
+
+
 def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n: int = 100, seed: int = 0,
                   families: Sequence[str] = ("lge", "psir", "tse", "bssfp"), settings: Sequence[str] = ()) -> dict:
     """Real ratios per sequence and render ratios per family, with coverage; a JSON-ready dict."""
@@ -176,6 +236,7 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
         out["real"][s] = {"n_slices": len(r["blood"]), "median": med, "p10": p10, "p90": p90,
                           "scar_median": summarise(r["scar"])[0], "n_scar_slices": len(r["scar"]),
                           "rim_median": summarise(r["rim"])[0], "cavity_median": summarise(r["cavity"])[0],
+                          **_edge_summary(r["edge"]),
                           "n_cavity_slices": len(r["cavity"])}
     for i, fam in enumerate(families):
         r = render_ratios(dataset, maps_dir, list(cases), fam, proto, n, seed + i)
@@ -186,7 +247,8 @@ def check_realism(dataset: Path, cases: Sequence[str], protocol: str = "wide", n
         out["renders"][fam] = {"compared_with": FAMILY_TO_REAL[fam], "n": int(vals.size), "median": med, "p10": p10,
                                "p90": p90, "coverage": cover, "scar_median": summarise(r["scar"])[0],
                                "n_scar_slices": len(r["scar"]), "rim_median": summarise(r["rim"])[0],
-                               "cavity_median": summarise(r["cavity"])[0], "n_cavity_slices": len(r["cavity"])}
+                               "cavity_median": summarise(r["cavity"])[0], "n_cavity_slices": len(r["cavity"]),
+                               **_edge_summary(r["edge"])}
     return out
 
 
@@ -228,19 +290,24 @@ def format_polarity(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _edge_cell(r: dict) -> str:
+    return f"{r['edge_median']:+.2f} ({r['edge_p10']:+.2f} to {r['edge_p90']:+.2f})"
+
+
 def format_report(result: dict) -> str:
     lines = [f"blood (LV) / normal-myocardium mean-intensity ratio per slice; protocol {result['protocol']!r}, "
              f"{len(result['cases'])} patients", "",
              "| images | slices | median | 10-90 % | inside real 10-90 % | scar / normal myo (median) | "
-             "endocardial rim / interior myo (median) | cavity tissue / normal myo (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "endocardial rim / interior myo (median) | cavity tissue / normal myo (median) | "
+             "endocardial edge, px from the LV label (median, 10-90 %) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s, r in result["real"].items():
         lines.append(f"| real {s} | {r['n_slices']} | {r['median']:.2f} | {r['p10']:.2f}-{r['p90']:.2f} | | "
-                     f"{r['scar_median']:.2f} | {r['rim_median']:.2f} | {r['cavity_median']:.2f} |")
+                     f"{r['scar_median']:.2f} | {r['rim_median']:.2f} | {r['cavity_median']:.2f} | {_edge_cell(r)} |")
     for fam, r in result["renders"].items():
         lines.append(f"| `{fam}` renders (vs real {r['compared_with']}) | {r['n']} | {r['median']:.2f} | "
                      f"{r['p10']:.2f}-{r['p90']:.2f} | {r['coverage']:.0%} | {r['scar_median']:.2f} | "
-                     f"{r['rim_median']:.2f} | {r['cavity_median']:.2f} |")
+                     f"{r['rim_median']:.2f} | {r['cavity_median']:.2f} | {_edge_cell(r)} |")
     return "\n".join(lines) + "\n"
 
 
