@@ -179,11 +179,12 @@ class RenderContext:
         non-blood pixel (1 = touching it) takes tissue share ``f = s max(0, 1 - (r - 1) / L)`` of its T1
         and T2, moved towards the myocardium's medians (:meth:`compartment_medians`) by that share, the
         maps' own M0-weighted mixing, so :meth:`blood_share` falls by ``f`` and the Gd and black-blood
-        families render the layer as blood / tissue mixtures. M0 is kept (proton densities of blood
-        and myocardium differ by ~10 %). Why: on real LGE and black-blood T2-weighted images (MyoPS) the
-        blood-myocardium edge lies inside the cavity label, by a median of 0.6 and 2.5 pixels of 1.5 mm,
-        while the cine the labels fit has it at the label border: trabeculae, slow-flowing blood the
-        double inversion does not null, and a cavity smaller at the other sequences' cardiac phase.
+        families render the layer as blood / tissue mixtures. M0 is kept (slow blood keeps blood's
+        proton density; the MyoPS maps give blood 1.1-1.4 x myocardium's M0). Why: on real LGE and
+        black-blood T2-weighted images (MyoPS) the blood-myocardium edge lies inside the cavity label, by a
+        median of 0.5 and 2.5 pixels of 1.5 mm (``scripts/check_realism.py``, edge position), while the
+        cine the labels fit has it at the label border: trabeculae, slow-flowing blood the double
+        inversion does not null, and a cavity smaller at the other sequences' cardiac phase.
 
         Once per render (the family's sample and render both call it), on an in-plane region with
         labels; nothing for ``s = 0``, a voxel list (:class:`ReferenceVoxels`) or label-free maps. The

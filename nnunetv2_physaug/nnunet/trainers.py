@@ -298,9 +298,9 @@ GD_FAMILIES = ("lge", "psir", "saturation_recovery")
 BORDER_GD = tuple(f"{family}.blood_partial_volume=1" for family in GD_FAMILIES)
 NO_BORDER_GD = tuple(f"{family}.blood_partial_volume=0" for family in GD_FAMILIES)
 #: the cavity's wall layer (``RenderContext.apply_wall_layer``), ranges matched to the endocardial edge of real MyoPS
-#: images (edge profile, 25 development patients): LGE and PSIR a tissue share of 0-50 % at the wall falling to 0
-#: over 1-2 pixels, with the label deciding the Gd of the pixels outside the cavity (border Gd off: real LGE's
-#: normal-myocardium rim is not brightened by blood); black-blood TSE 70-100 % over 2-6 pixels
+#: images (edge position, ``check_realism.py``, 25 development patients): LGE and PSIR a tissue share of 0-50 % at
+#: the wall falling to 0 over 1-2 pixels, with border Gd off (its bright rim, 2.51 x the interior myocardium against
+#: real LGE's 1.55, moves the renders' edge outwards); black-blood TSE 70-100 % over 2-6 pixels
 WALL_LAYER = ("lge.wall_layer_share=[0, 0.5]", "lge.wall_layer_px=[1, 2]",
               "psir.wall_layer_share=[0, 0.5]", "psir.wall_layer_px=[1, 2]",
               "lge.blood_partial_volume=0", "psir.blood_partial_volume=0",
@@ -491,8 +491,8 @@ class nnUNetTrainerPhysAugWallLayer_5epochs(nnUNetTrainerPhysAug_5epochs):
     """``wide`` (as of 2026-12-02) with the cavity's wall layer (``WALL_LAYER``): blood-labelled pixels next to
     the wall rendered as part tissue in LGE, PSIR and black-blood TSE (``RenderContext.apply_wall_layer``), and
     LGE/PSIR without border Gd. On real MyoPS LGE and T2-weighted images the blood-myocardium edge lies inside
-    the LV label (0.5 crossing of the edge profile: median -0.6 px on LGE, -2.5 px on T2; the cine -0.0 px),
-    renders of ``wide`` put it at the label border (+0.3 px on LGE, -0.6 px on TSE); with the layer -1.0 and -2.1.
+    the LV label (``check_realism.py``, edge position: median -0.54 px on LGE, -2.51 px on T2; the cine -0.09 px),
+    renders of ``wide`` put it at the label border (+0.11 px ``lge``, -0.51 px ``tse``); with the layer -1.05 and -1.43.
     Aimed at LV called myocardium on LGE and T2 (18 % and 15 %, oracles 11 % and 10 %, ``--cv``)."""
 
     physaug_protocol_settings = WALL_LAYER
