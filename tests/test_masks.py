@@ -55,7 +55,7 @@ def test_chessboard_distance_equals_scipy(max_steps):
     pixels outside ``within`` hold ``max_steps``."""
     from scipy.ndimage import distance_transform_cdt
 
-    from nnunetv2_physaug.contrast.masks import chessboard_distance
+    from nnunetv2_physaug.contrast.masks import _distance_loop, chessboard_distance
     rng = np.random.default_rng(max_steps)
     for _ in range(4):
         source = rng.random((2, 23, 31)) < 0.03
@@ -67,3 +67,7 @@ def test_chessboard_distance_equals_scipy(max_steps):
         got = chessboard_distance(torch.from_numpy(source), torch.from_numpy(within), max_steps)
         assert got.dtype == torch.float32
         np.testing.assert_array_equal(got.numpy(), truth)
+        # the torch loop that runs on GPU tensors, here on CPU ones
+        full = lambda shape, value, dtype: torch.full(shape, value, dtype=torch.float32)  # noqa: E731
+        got_t = _distance_loop(torch.from_numpy(source), torch.from_numpy(within), max_steps, full, torch.clone)
+        np.testing.assert_array_equal(got_t.numpy(), truth)
