@@ -13,12 +13,12 @@ import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 
-from .contrast import ContrastRenderer, load_protocol
+from .contrast import ContrastRenderer, protocol_with_settings
 from .fileio import atomic_write_bytes
 from .maps.store import read_case_maps
 
@@ -87,7 +87,8 @@ def _caption(params: dict) -> str:
 def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.PathLike | str,
                  case: Optional[str] = None, labels: Optional[os.PathLike | str] = None,
                  preset: str = "wide", n: int = 8, slice_index: Optional[int] = None, seed: int = 0,
-                 overwrite: bool = False) -> PreviewResult:
+                 overwrite: bool = False, settings: Sequence[str] = (), family: Optional[str] = None
+                 ) -> PreviewResult:
     """Write the preview sheet of one slice of a case as a PNG (atomically).
 
     Args:
@@ -103,6 +104,9 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
         slice_index: index along the third (Z) axis; default the middle slice.
         seed: seed of the renderings' random generator.
         overwrite: replace an existing ``out``.
+        settings: ``FAMILY.PARAM=VALUE`` changes of the protocol
+            (:func:`~nnunetv2_physaug.contrast.protocol_with_settings`), e.g. ``tse.blood_partial_volume=1``.
+        family: render only this family of the protocol (default: draw one per rendering).
     Returns:
         a :class:`PreviewResult`.
     """
@@ -119,7 +123,10 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if not maps_dir.is_dir():
         raise FileNotFoundError(f"tissue-map folder {maps_dir} not found; make the maps with physaug-reverse")
-    protocol = load_protocol(preset)
+    protocol = protocol_with_settings(preset, settings)
+    if family is not None and family not in {f.family for f in protocol.families}:
+        raise ValueError(f"family {family!r} is not in protocol {protocol.name!r} "
+                         f"({', '.join(f.family for f in protocol.families)})")
     case = case or case_from_image(image)
     img = _load_volume(image, "image").astype(np.float32)
     maps, _ = read_case_maps(maps_dir, case, reference_image=image)
@@ -139,7 +146,7 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
     m0, t1, t2 = (np.ascontiguousarray(maps[i, :, :, z].T) for i in range(3))
     renderer = ContrastRenderer(protocol)
     rng = np.random.default_rng(seed)
-    renders = [renderer.render(m0, t1, t2, rng, labels=lab, valid=None if lab is None else lab >= 0)
+    renders = [renderer.render(m0, t1, t2, rng, labels=lab, valid=None if lab is None else lab >= 0, family=family)
                for _ in range(n)]
 
     rows = 1 + math.ceil(n / COLUMNS)

@@ -97,6 +97,8 @@ def test_preview_cli_writes_png_and_refuses_overwrite(tmp_path, capsys):
     (lambda a: a.extend(["--slice", "9"]), "slice 9 is out of range"),
     (lambda a: a.extend(["--preset", "bogus"]), "not a preset"),
     (lambda a: a.extend(["--labels", "nolabels.nii.gz"]), "label map"),
+    (lambda a: a.extend(["--set", "tse.flip_deg=3"]), "no parameter"),
+    (lambda a: a.extend(["--family", "nosuch"]), "family 'nosuch' is not in protocol"),
 ])
 def test_preview_errors(tmp_path, capsys, change, message):
     image, maps, _ = synthetic_case(tmp_path, shape=(40, 40, 3))
@@ -108,3 +110,19 @@ def test_preview_errors(tmp_path, capsys, change, message):
     assert e.value.code != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_preview_settings_and_family_reach_the_renderings(tmp_path, monkeypatch):
+    """``--set`` changes the protocol the renderings are drawn from and ``--family`` fixes their family: the
+    captions (drawn parameters) of every rendering show the set value and the family."""
+    from nnunetv2_physaug import preview
+    image, maps, labels = synthetic_case(tmp_path)
+    captured = []
+    real_caption = preview._caption
+    monkeypatch.setattr(preview, "_caption", lambda params: captured.append(dict(params)) or real_caption(params))
+    out = tmp_path / "p.png"
+    main(["--image", str(image), "--maps", str(maps), "--labels", str(labels), "-n", "3", "--family", "tse",
+          "--set", "tse.te_ms=77", "--set", "tse.blood_factor=[0.1,0.2]", "-o", str(out)])
+    assert out.is_file() and len(captured) == 3
+    for params in captured:
+        assert params["family"] == "tse" and params["te_ms"] == 77.0 and 0.1 <= params["blood_factor"] <= 0.2

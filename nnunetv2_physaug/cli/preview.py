@@ -27,6 +27,13 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="wide",
                         help=f"protocol: a preset ({', '.join(PRESETS)}) or a .yaml/.yml/.json file "
                              "(default: wide)")
+    parser.add_argument("--set", action="append", default=[], dest="settings", metavar="FAMILY.PARAM=VALUE",
+                        help="change one protocol parameter (repeatable; a number or [low,high]), e.g. "
+                             "tse.blood_partial_volume=1 or \"lge.wall_layer_share=[0,0.5]\", to see an option "
+                             "before training with it")
+    parser.add_argument("--family", default=None,
+                        help="render only this sequence family of the protocol, e.g. lge or tse (default: each "
+                             "rendering draws one by the protocol's probabilities)")
     parser.add_argument("-n", type=int, default=8, help="number of random renderings (default: 8)")
     parser.add_argument("--slice", type=int, default=None, dest="slice_index", metavar="K",
                         help="slice index along the image's third axis (default: the middle slice)")
@@ -37,7 +44,7 @@ def main(argv=None) -> None:
     try:
         result = make_preview(args.image, args.maps, args.output, case=args.case, labels=args.labels,
                               preset=args.preset, n=args.n, slice_index=args.slice_index, seed=args.seed,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, settings=args.settings, family=args.family)
     except (FileNotFoundError, FileExistsError, TissueMapError, ValueError) as e:
         parser.exit(1, f"physaug-preview: error: {e}\n")
     print(f"wrote {result.path} ({result.width_px}x{result.height_px} px, slice {result.slice_index})")
