@@ -72,8 +72,9 @@ def edge_profile(img: np.ndarray, lab: np.ndarray, normal: np.ndarray) -> Option
     """Endocardial edge profile of one 2D slice: mean intensity at each of :data:`EDGE_DISTANCES` (pixels,
     the rounded Euclidean distance to the LV label border: -1 the LV pixels touching it, +1 the myocardium
     pixels next to the LV), scaled so that the interior normal myocardium (touching no other label, as in
-    :func:`rim_ratio`) is 0 and the deep LV blood (<= -4) is 1; NaN at 0 (no pixel) and where a distance has fewer than 3 pixels. None when the
-    slice lacks either reference (fewer than 5 pixels) or they do not differ."""
+    :func:`rim_ratio`) is 0 and the deep LV blood (<= -4) is 1; NaN at 0 (no pixel) and where a distance
+    has fewer than 3 pixels. None when the slice lacks either reference (fewer than 5 pixels) or they do not
+    differ."""
     from scipy.ndimage import binary_dilation, distance_transform_edt
 
     lv, myo = lab == LV, lab == MYO
