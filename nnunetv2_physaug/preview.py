@@ -124,9 +124,6 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
     if not maps_dir.is_dir():
         raise FileNotFoundError(f"tissue-map folder {maps_dir} not found; make the maps with physaug-reverse")
     protocol = protocol_with_settings(preset, settings)
-    if family is not None and family not in {f.family for f in protocol.families}:
-        raise ValueError(f"family {family!r} is not in protocol {protocol.name!r} "
-                         f"({', '.join(f.family for f in protocol.families)})")
     case = case or case_from_image(image)
     img = _load_volume(image, "image").astype(np.float32)
     maps, _ = read_case_maps(maps_dir, case, reference_image=image)

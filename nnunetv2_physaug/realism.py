@@ -46,6 +46,15 @@ def _nib_array(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
 
 
+def interior_myocardium(lab: np.ndarray) -> np.ndarray:
+    """Myocardium pixels of one 2D slice that touch no other label (4-neighbourhood): the reference of
+    :func:`rim_ratio` and :func:`edge_profile`."""
+    from scipy.ndimage import binary_dilation
+
+    myo = lab == MYO
+    return myo & ~binary_dilation(~myo)
+
+
 def rim_ratio(img: np.ndarray, lab: np.ndarray, normal: Optional[np.ndarray] = None) -> Optional[float]:
     """Mean of the endocardial rim (myocardium pixels touching blood) / mean of the interior myocardium
     (not touching any other label) of one 2D slice, both over ``normal`` myocardium (bool mask; default the
@@ -53,9 +62,8 @@ def rim_ratio(img: np.ndarray, lab: np.ndarray, normal: Optional[np.ndarray] = N
     None when either has fewer than MIN_PIXELS."""
     from scipy.ndimage import binary_dilation
 
-    myo = lab == MYO
-    rim = myo & binary_dilation(np.isin(lab, (1, LV)))
-    interior = myo & ~binary_dilation(~myo)
+    rim = (lab == MYO) & binary_dilation(np.isin(lab, (1, LV)))
+    interior = interior_myocardium(lab)
     if normal is not None:
         rim, interior = rim & normal, interior & normal
     if rim.sum() < MIN_PIXELS or interior.sum() < MIN_PIXELS or img[interior].mean() <= 0:
@@ -75,13 +83,13 @@ def edge_profile(img: np.ndarray, lab: np.ndarray, normal: np.ndarray) -> Option
     :func:`rim_ratio`) is 0 and the deep LV blood (<= -4) is 1; NaN at 0 (no pixel) and where a distance
     has fewer than 3 pixels. None when the slice lacks either reference (fewer than 5 pixels) or they do not
     differ."""
-    from scipy.ndimage import binary_dilation, distance_transform_edt
+    from scipy.ndimage import distance_transform_edt
 
-    lv, myo = lab == LV, lab == MYO
+    lv = lab == LV
     if lv.sum() < MIN_PIXELS or normal.sum() < MIN_PIXELS:
         return None
     d = np.where(lv, -np.rint(distance_transform_edt(lv)), np.rint(distance_transform_edt(~lv)))
-    deep, interior = lv & (d <= -4), normal & ~binary_dilation(~myo)
+    deep, interior = lv & (d <= -4), normal & interior_myocardium(lab)
     if deep.sum() < 5 or interior.sum() < 5:
         return None
     hi, lo = float(img[deep].mean()), float(img[interior].mean())

@@ -68,6 +68,6 @@ def test_chessboard_distance_equals_scipy(max_steps):
         assert got.dtype == torch.float32
         np.testing.assert_array_equal(got.numpy(), truth)
         # the torch loop that runs on GPU tensors, here on CPU ones
-        full = lambda shape, value, dtype: torch.full(shape, value, dtype=torch.float32)  # noqa: E731
-        got_t = _distance_loop(torch.from_numpy(source), torch.from_numpy(within), max_steps, full, torch.clone)
+        dist = torch.full(source.shape, float(max_steps), dtype=torch.float32)
+        got_t = _distance_loop(torch.from_numpy(source), torch.from_numpy(within), dist, max_steps, torch.clone)
         np.testing.assert_array_equal(got_t.numpy(), truth)

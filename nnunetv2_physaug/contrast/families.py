@@ -364,8 +364,8 @@ class TSE(Family):
     of the tissues in it, so a myocardium pixel that shares its volume with blood has a long T2 and,
     outside the blood label, escapes the suppression: T2-weighted renders then show a bright rim
     along the endocardium (rim / interior myocardium 1.53 on renders of MyoPS maps vs 0.95 on real
-    T2-weighted images; 1.05 over normal myocardium). With 1, non-blood pixels next to blood are rendered as two compartments:
-    blood share of M0 ``w = (T2 - T2_tissue) / (T2_blood - T2_tissue)`` (:meth:`RenderContext.blood_share`;
+    T2-weighted images; 1.05 over normal myocardium). With 1, non-blood pixels next to blood are rendered as
+    two compartments: blood share of M0 ``w = (T2 - T2_tissue) / (T2_blood - T2_tissue)`` (:meth:`RenderContext.blood_share`;
     T2 is the M0-weighted mean of the compartments; T1/T2 of the compartments are the region medians over
     myocardium and blood), ``S = M0 [(1 - w) SE(T1_tissue, T2_tissue) + w blood_factor SE(T1_blood,
     T2_blood)]``, so only the blood compartment is suppressed (MyoPS maps: rim / interior 1.53 -> 0.62;

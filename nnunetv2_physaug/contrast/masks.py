@@ -53,14 +53,15 @@ def chessboard_distance(source: torch.Tensor, within: torch.Tensor, max_steps: i
     A pixel of ``within`` next to ``source`` (8-neighbourhood) is at 1; pixels further than ``max_steps``,
     and every pixel outside ``within``, hold ``max_steps``."""
     if source.device.type == "cpu":  # numpy masks ops on small maps cost a few us, torch's ~5x more
-        return torch.from_numpy(_distance_loop(source.numpy(), within.numpy(), max_steps, np.full, np.copy))
-    full = lambda shape, value, dtype: torch.full(shape, value, dtype=torch.float32, device=source.device)  # noqa: E731
-    return _distance_loop(source, within, max_steps, full, torch.clone)
+        dist = np.full(source.shape, float(max_steps), dtype=np.float32)
+        return torch.from_numpy(_distance_loop(source.numpy(), within.numpy(), dist, max_steps, np.copy))
+    dist = torch.full(source.shape, float(max_steps), dtype=torch.float32, device=source.device)
+    return _distance_loop(source, within, dist, max_steps, torch.clone)
 
 
-def _distance_loop(source: Mask, within: Mask, max_steps: int, full: Callable, copy: Callable[[Mask], Mask]) -> Mask:
-    """:func:`chessboard_distance` on numpy arrays or torch tensors (``full``/``copy`` of that library)."""
-    dist = full(source.shape, float(max_steps), dtype=np.float32)
+def _distance_loop(source: Mask, within: Mask, dist: Mask, max_steps: int, copy: Callable[[Mask], Mask]) -> Mask:
+    """:func:`chessboard_distance` on numpy arrays or torch tensors (``copy`` of that library): fills ``dist``
+    (``max_steps`` everywhere) with the step at which each pixel of ``within`` is reached, and returns it."""
     reached = copy(source)
     for step in range(1, max_steps + 1):
         grown = _dilate_by_shifts(reached, copy)

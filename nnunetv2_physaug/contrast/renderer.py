@@ -197,13 +197,13 @@ class RenderContext:
         blood = self.blood_mask()
         if not bool(blood.any()):
             return
-        (t1_b, t2_b), (t1_t, t2_t) = self.compartment_medians()
+        _, (t1_t, t2_t) = self.compartment_medians()
         depth = float(params.get("wall_layer_px", 1.0))
         steps = math.ceil(depth) + 1  # pixels not reached hold ceil(L) + 1 >= L + 1: share 0 there
         r = chessboard_distance(~blood, blood, steps)
         f = r.sub_(1.0).div_(-depth).add_(1.0).clamp_(min=0.0).mul_(share).mul_(blood)
-        self.t1 = torch.lerp(self.t1, torch.full_like(self.t1, t1_t), f)
-        self.t2 = torch.lerp(self.t2, torch.full_like(self.t2, t2_t), f)
+        self.t1 = torch.lerp(self.t1, self.t1.new_tensor(t1_t), f)
+        self.t2 = torch.lerp(self.t2, self.t2.new_tensor(t2_t), f)
         self.cache.pop("blood_share", None)
 
     def gd_concentration(self, blood: float, myocardium: float, other: float, params: dict) -> torch.Tensor:

@@ -459,8 +459,8 @@ class nnUNetTrainerPhysAugCavityBorderGd_5epochs(nnUNetTrainerPhysAug_5epochs):
     (``w [Gd]_blood + (1 - w) [Gd]_tissue``, the converse of ``cavity_tissue``). In ``wide`` the label decides,
     so the endocardial rim of LGE renders is nulled with the myocardium (rim / interior myocardium 0.68 on
     MyoPS maps) while real LGE shows a bright rim of partial volume (1.23 over the whole label, 1.55 over
-    normal myocardium, ``check_realism.py``); with it 2.51 and the blood / normal myocardium ratio 3.9 (48 % inside real LGE's range). Aimed at the
-    LV / myocardium border on LGE (LV called myocardium 15 %, myocardium called LV 10 %, ``--cv``); an ablation
+    normal myocardium, ``check_realism.py``); with it 2.51 and the blood / normal myocardium ratio 3.9 (48 %
+    inside real LGE's range). Aimed at the LV / myocardium border on LGE (LV called myocardium 15 %, myocardium called LV 10 %, ``--cv``); an ablation
     when it was made, part of ``wide`` since 2026-12-02 (renders as ``nnUNetTrainerPhysAug_5epochs`` does)."""
 
     physaug_protocol_settings = BORDER_GD
@@ -469,7 +469,8 @@ class nnUNetTrainerPhysAugCavityBorderGd_5epochs(nnUNetTrainerPhysAug_5epochs):
 class nnUNetTrainerPhysAugCavityReadoutMixBorderGd_5epochs(nnUNetTrainerPhysAug_5epochs):
     """Ablation: both of the last two (``CavityReadoutMix`` and ``CavityBorderGd``): LGE renders of MyoPS maps
     then show rim / interior myocardium 1.41 (real 1.23 over the whole label, 1.55 over normal myocardium) and
-    blood / normal myocardium 2.02 (real 2.45; 43 % of ``lge``, 53 % of ``psir`` renders inside real LGE's 10-90 % range)."""
+    blood / normal myocardium 2.02 (real 2.45; 43 % of ``lge``, 53 % of ``psir`` renders inside real LGE's 10-90 %
+    range)."""
 
     physaug_protocol_settings = (*MIXED_READOUT, *BORDER_GD)
 
