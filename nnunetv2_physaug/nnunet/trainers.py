@@ -29,11 +29,11 @@ from typing import Optional
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.training.nnUNetTrainer.variants.training_length import nnUNetTrainer_Xepochs as _stock_lengths
 
 from ..maps.folder import CacheMismatchError, TissueMapFolder
 from .env import require_nnunet_paths
 from .dataset import PhysAugTrainingDataset
+from .lengths import add_length_variants
 
 MAPS_DIR_ENV = "PHYSAUG_MAPS_DIR"
 PROTOCOL_ENV = "PHYSAUG_PROTOCOL"
@@ -187,83 +187,13 @@ class nnUNetTrainerPhysAugPathology(nnUNetTrainerPhysAug):
     physaug_protocol = "wide_pathology"
 
 
-# Training-length variants pair one-to-one with nnU-Net's own nnUNetTrainer_Xepochs: inheriting from
-# the stock class keeps its __init__ (same signature, same num_epochs), so a comparison changes
-# nothing but the augmentation.
-class nnUNetTrainerPhysAug_1epoch(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_1epoch):
-    """``nnUNetTrainer_1epoch`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_5epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_5epochs):
-    """``nnUNetTrainer_5epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_10epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_10epochs):
-    """``nnUNetTrainer_10epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_20epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_20epochs):
-    """``nnUNetTrainer_20epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_50epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_50epochs):
-    """``nnUNetTrainer_50epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_100epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_100epochs):
-    """``nnUNetTrainer_100epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_250epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_250epochs):
-    """``nnUNetTrainer_250epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_500epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_500epochs):
-    """``nnUNetTrainer_500epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_750epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_750epochs):
-    """``nnUNetTrainer_750epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_2000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_2000epochs):
-    """``nnUNetTrainer_2000epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_4000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_4000epochs):
-    """``nnUNetTrainer_4000epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_8000epochs(nnUNetTrainerPhysAug, _stock_lengths.nnUNetTrainer_8000epochs):
-    """``nnUNetTrainer_8000epochs`` with PhysAug: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_paper_5epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_5epochs):
-    """``nnUNetTrainer_5epochs`` with the paper setting: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAug_paper_50epochs(nnUNetTrainerPhysAug_paper, _stock_lengths.nnUNetTrainer_50epochs):
-    """``nnUNetTrainer_50epochs`` with the paper setting: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAugPathology_5epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_5epochs):
-    """``nnUNetTrainer_5epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAugPathology_10epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_10epochs):
-    """``nnUNetTrainer_10epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAugPathology_20epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_20epochs):
-    """``nnUNetTrainer_20epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAugPathology_50epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_50epochs):
-    """``nnUNetTrainer_50epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
-
-
-class nnUNetTrainerPhysAugPathology_100epochs(nnUNetTrainerPhysAugPathology, _stock_lengths.nnUNetTrainer_100epochs):
-    """``nnUNetTrainer_100epochs`` with the ``wide_pathology`` preset: same epochs, same everything else."""
+# Training-length variants pair one-to-one with nnU-Net's own nnUNetTrainer_Xepochs (generated, .lengths):
+# each inherits the stock class's __init__ (same signature, same num_epochs), so a comparison changes nothing
+# but the augmentation.
+PUBLIC_TRAINERS = (nnUNetTrainerPhysAug, nnUNetTrainerPhysAug_paper, nnUNetTrainerPhysAug_GRE,
+                   nnUNetTrainerPhysAug_IR, nnUNetTrainerPhysAugPathology)
+for _trainer in PUBLIC_TRAINERS:
+    add_length_variants(_trainer, globals())
 
 
 # ----------------------------------------------------------------------------- ablations

@@ -41,3 +41,24 @@ class nnUNetTrainer_e2e(_BudgetTrainer):
 
 class nnUNetTrainerPhysAug_e2e(nnUNetTrainerPhysAug, nnUNetTrainer_e2e):
     pass
+
+
+# the peers (nnunetv2_physaug.nnunet.peer_trainers) at the smoke budget
+from nnunetv2_physaug.nnunet.peer_trainers import (nnUNetTrainerGINIPA, nnUNetTrainerLocationScaleSBF,  # noqa: E402
+                                                   nnUNetTrainerPhysAugLocationScaleHalf, nnUNetTrainerPhysAugGINIPA)
+
+
+class nnUNetTrainerGINIPA_smoke(nnUNetTrainerGINIPA, nnUNetTrainer_smoke):
+    pass
+
+
+class nnUNetTrainerLocationScaleSBF_smoke(nnUNetTrainerLocationScaleSBF, nnUNetTrainer_smoke):
+    pass
+
+
+class nnUNetTrainerPhysAugGINIPA_smoke(nnUNetTrainerPhysAugGINIPA, nnUNetTrainer_smoke):
+    pass
+
+
+class nnUNetTrainerPhysAugLocationScaleHalf_smoke(nnUNetTrainerPhysAugLocationScaleHalf, nnUNetTrainer_smoke):
+    pass
