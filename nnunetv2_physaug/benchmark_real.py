@@ -319,7 +319,7 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from .evaluate import score_folder
 
-    register_ext_trainers()
+    register_ext_trainers(experiments=True)
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
     for d in [root / "_labels" / s for s in SEQUENCES] + [root / r.name / s for r in runs for s in SEQUENCES]:

@@ -121,7 +121,7 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
     """Predict and score every (model, domain) pair; write the report files; return the rows."""
     from tqdm import tqdm
 
-    register_ext_trainers()  # the predictor re-imports the trainer class named in the checkpoint
+    register_ext_trainers(experiments=True)  # the predictor re-imports the trainer class named in the checkpoint
     models = [Path(m) for m in models]
     out_dir = Path(out_dir)
     _check_inputs(models, domains)

@@ -16,11 +16,11 @@ class StepError(RuntimeError):
 
 
 def pipeline_env(work: Path) -> dict:
-    """Environment of the steps: nnU-Net's paths inside ``work`` (created), our trainers registered,
-    CPU-friendly defaults for nnU-Net's worker counts (kept when already set) and a headless matplotlib."""
+    """Environment of the steps: nnU-Net's paths inside ``work`` (created), our trainers registered (the
+    ablation trainers of the experiments folder too: benchmarks compare them), CPU-friendly defaults for nnU-Net's worker counts (kept when already set) and a headless matplotlib."""
     env = dict(os.environ)
     env.update(nnunet_paths(work))
-    register_ext_trainers(env)
+    register_ext_trainers(env, experiments=True)
     env.setdefault("nnUNet_def_n_proc", "1")
     env.setdefault("nnUNet_n_proc_DA", "1")
     env.setdefault("nnUNet_compile", "f")

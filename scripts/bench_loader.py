@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     os.environ["nnUNet_n_proc_DA"] = "0"  # SingleThreadedAugmenter for both
     os.environ["nnUNet_def_n_proc"] = "1"
     from nnunetv2_physaug.nnunet.env import register_ext_trainers
-    register_ext_trainers()
+    register_ext_trainers(experiments=True)
     import torch
     torch.set_num_threads(1)
 
@@ -215,7 +215,7 @@ def main(argv=None) -> None:
         cls = recursive_find_trainer_class_by_name(args.trainer)
         p_default = cls.physaug_p_render
         if p_default is None:
-            p_default = load_protocol(os.environ.get("PHYSAUG_PROTOCOL") or cls.physaug_protocol).p_render
+            p_default = load_protocol(cls.physaug_protocol).p_render
         loaders = {"stock": _loader("nnUNetTrainer", dataset), "default": _loader(args.trainer, dataset),
                    "p1": _loader(args.trainer, dataset, p_render=1.0),
                    "p0": _loader(args.trainer, dataset, p_render=0.0)}

@@ -15,13 +15,14 @@ BIN = Path(sys.executable).parent
 
 
 def nnunet_env(root: Path, **extra) -> dict:
-    """os.environ plus nnU-Net paths under ``root``, our ext-trainer folder and low process counts."""
+    """os.environ plus nnU-Net paths under ``root``, our ext-trainer folders (the experiments' too) and low
+    process counts."""
     from nnunetv2_physaug.nnunet.env import nnunet_paths, register_ext_trainers
     env = dict(os.environ)
     env.update(nnunet_paths(root))
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[k]).mkdir(parents=True, exist_ok=True)
-    register_ext_trainers(env)
+    register_ext_trainers(env, experiments=True)
     env["nnUNet_def_n_proc"] = "1"
     env["nnUNet_n_proc_DA"] = "0"
     env["nnUNet_compile"] = "f"

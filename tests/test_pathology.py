@@ -401,7 +401,7 @@ def test_crop_renders_take_the_compartment_medians_of_the_case_draw():
 def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
     from nnunetv2_physaug.contrast import protocol_with_settings
     from nnunetv2_physaug.nnunet.run_identity import protocol_sha256
-    from nnunetv2_physaug.nnunet.trainers import CAVITY_TISSUE_FAMILIES, GD_FAMILIES, NO_CAVITY_TISSUE
+    from nnunetv2_physaug.nnunet.experiments import CAVITY_TISSUE_FAMILIES, GD_FAMILIES
     old = load_protocol("wide_pathology")  # a preset written before the parameter existed
     proto = old.to_dict()
     # left out of the dict at its default, filled in on loading: files written before the parameter
@@ -417,10 +417,11 @@ def test_cavity_tissue_defaults_to_off_and_protocols_without_it_load():
     assert {f.family for f in wide.families if f.params.get("cavity_tissue") == (1.0, 1.0)} == set(CAVITY_TISSUE_FAMILIES)
     # border Gd joined wide on 2026-12-02 (LGE, PSIR, perfusion); the wide of before renders without it
     assert {f.family for f in wide.families if f.params.get("blood_partial_volume") == (1.0, 1.0)} == set(GD_FAMILIES)
-    off = protocol_with_settings("wide", NO_CAVITY_TISSUE)
+    off = load_protocol("wide_v1")  # the preset version of that wide
     d = off.to_dict()
     assert not any("cavity_tissue" in fam["params"] for fam in d["families"])
     assert not any("blood_partial_volume" in fam["params"] for fam in d["families"] if fam["family"] != "tse")
+    assert protocol_with_settings("wide_v1") == off
     d.update(name="wide", description="All sequence families with label-aware Gd uptake, B1 / receive-bias fields "
                                       "and Rician noise")
     assert protocol_sha256(protocol_from_dict(d)) == "1b4c0eb0d0a67261"

@@ -272,16 +272,16 @@ def test_missing_maps_error_names_cases_and_command(toy, monkeypatch, tmp_path):
     from nnunetv2_physaug.nnunet.trainers import MissingTissueMapsError
 
     env, folder = toy
-    monkeypatch.setenv("PHYSAUG_MAPS_DIR", str(tmp_path / "empty"))
-    monkeypatch.setenv("PHYSAUG_COMPUTE_MISSING", "0")
     tr = _trainer(env, folder)
+    monkeypatch.setattr(tr, "physaug_maps_dir", lambda: tmp_path / "empty")
+    tr.physaug_compute_missing = False
     with pytest.raises(MissingTissueMapsError) as e:
         tr.get_tr_and_val_datasets()
     msg = str(e.value)
     assert "toy_00" in msg and "physaug-reverse -i" in msg and str(tmp_path / "empty") in msg
 
 
-def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_path):
+def test_protocol_attribute_selects_a_custom_protocol_file(toy, monkeypatch, tmp_path):
     from nnunetv2_physaug.contrast import load_protocol
 
     env, folder = toy
@@ -292,8 +292,8 @@ def test_protocol_env_var_selects_a_custom_protocol_file(toy, monkeypatch, tmp_p
     data["name"] = "only_gre"
     import yaml
     custom.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("PHYSAUG_PROTOCOL", str(custom))
     tr = _trainer(env, folder)
+    tr.physaug_protocol = str(custom)
     tr.physaug_p_render = 1.0
     wrapped, _ = tr.get_tr_and_val_datasets()
     view = wrapped.load_case(wrapped.identifiers[0])[0]
@@ -306,9 +306,8 @@ def test_missing_maps_are_computed_on_the_fly_by_default(toy, monkeypatch, tmp_p
 
     env, folder = toy
     maps_dir = tmp_path / "fresh_maps"
-    monkeypatch.setenv("PHYSAUG_MAPS_DIR", str(maps_dir))
-    monkeypatch.delenv("PHYSAUG_COMPUTE_MISSING", raising=False)
     tr = _trainer(env, folder)
+    monkeypatch.setattr(tr, "physaug_maps_dir", lambda: maps_dir)
     wrapped, _ = tr.get_tr_and_val_datasets()
     assert TissueMapFolder(maps_dir).complete_cases() == sorted(wrapped.identifiers)  # training cases only
     assert read_manifest(maps_dir)["estimator"]
@@ -389,8 +388,8 @@ def test_each_load_draws_one_of_k_posterior_samples(toy, monkeypatch, tmp_path):
         a = np.asarray(img.dataobj, np.float32)
         k2 = np.stack([a, a * 3.0], axis=-1)  # two different "posterior samples"
         write_case_maps(maps_dir, img_path.name[:-len("_0000.nii.gz")], k2, k2 + 100.0, k2 + 5.0, img.affine)
-    monkeypatch.setenv("PHYSAUG_MAPS_DIR", str(maps_dir))
     tr = _trainer(env, folder)
+    monkeypatch.setattr(tr, "physaug_maps_dir", lambda: maps_dir)
     tr.physaug_p_render = 1.0
     wrapped, _ = tr.get_tr_and_val_datasets()
     key = wrapped.identifiers[0]
@@ -427,8 +426,8 @@ def test_run_identity_recorded_and_a_continued_run_with_other_settings_stops(toy
     data["families"][0]["params"]["flip_deg"] = [3, 31]
     custom = tmp_path / "wide.yaml"
     custom.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("PHYSAUG_PROTOCOL", str(custom))
     tr3 = _trainer(env, folder)
+    tr3.physaug_protocol = str(custom)
     tr3.physaug_p_render = 1.0
     tr3.current_epoch = 3
     with pytest.raises(RunIdentityError, match="protocol_sha256"):
@@ -442,8 +441,6 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     """Each ablation trainer's loader (and a pickled copy, as a worker gets it) renders with the preset's
     option switched; the readout-train settings are the ones ``wide_pathology.yaml`` itself holds."""
     from nnunetv2_physaug.contrast import load_protocol, protocol_with_settings
-    from nnunetv2_physaug.nnunet.trainers import NO_CAVITY_TISSUE
-
     env, folder = toy
 
     def params(protocol, family):
@@ -455,7 +452,7 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     pathology = load_protocol("wide_pathology")
     wide = load_protocol("wide")
     # the ablations were measured against wide before cavity_tissue joined it, and keep that wide
-    old_wide = protocol_with_settings("wide", NO_CAVITY_TISSUE)
+    old_wide = load_protocol("wide_v1")
     assert old_wide.families != wide.families
     seen = {}
     for name in ("nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerPhysAugReadout_5epochs",
@@ -552,21 +549,16 @@ def test_ablation_variants_apply_their_settings_in_the_loader_and_its_workers(to
     assert [f for f in mix.families if f.family not in ("lge", "psir")] == \
         [f for f in cav.families if f.family not in ("lge", "psir")]
     assert mix.imperfections == wide.imperfections and not mix.pathology
-    # CavityBorderGd: CavityTissue with the Gd families' border option, which is wide now; with ReadoutMix too
-    border = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityBorderGd_5epochs")
-                                       .get_tr_and_val_datasets()[0])).renderer.protocol
-    both_lge = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugCavityReadoutMixBorderGd_5epochs")
-                                         .get_tr_and_val_datasets()[0])).renderer.protocol
-    assert border.families == wide.families
-    for f, w, m, b in zip(border.families, cav.families, mix.families, both_lge.families):
+    # wide_v3 (border Gd) is CavityTissue with the Gd families' border option
+    v3 = load_protocol("wide_v3")
+    assert v3.families == wide.families and v3.imperfections == wide.imperfections
+    for f, w in zip(v3.families, cav.families):
         if f.family in gd_families:
             assert f.params["blood_partial_volume"] == (1.0, 1.0) != w.params["blood_partial_volume"]
             assert {k: v for k, v in f.params.items() if k != "blood_partial_volume"} == \
                 {k: v for k, v in w.params.items() if k != "blood_partial_volume"}
-            assert b.params == dict(m.params, blood_partial_volume=(1.0, 1.0))
         else:
-            assert f == w and b == m
-    assert border.imperfections == both_lge.imperfections == wide.imperfections
+            assert f == w
     # SlowFlow: wide now with two-compartment black blood whose wall blood keeps 0-100 % of its signal
     slow = pickle.loads(pickle.dumps(_trainer(env, folder, "nnUNetTrainerPhysAugSlowFlow_5epochs")
                                      .get_tr_and_val_datasets()[0])).renderer.protocol

@@ -16,8 +16,11 @@ def main(argv=None) -> None:
     parser.add_argument("--paths", metavar="ROOT", default=None,
                         help="also print nnUNet_raw, nnUNet_preprocessed and nnUNet_results as "
                              "ROOT/nnUNet_raw, ROOT/nnUNet_preprocessed, ROOT/nnUNet_results")
+    parser.add_argument("--experiments", action="store_true",
+                        help="also add the folder of the ablation trainers of the realism options "
+                             "(docs/experiments/; not needed for the public trainers and the peers)")
     args = parser.parse_args(argv)
-    print(shell_exports(args.paths))
+    print(shell_exports(args.paths, experiments=args.experiments))
 
 
 if __name__ == "__main__":

@@ -50,9 +50,13 @@ from .imperfections import IMPERFECTIONS, INTEGER_PARAMS
 from .pathology import INTEGER_PARAMS as PATHOLOGY_INTEGER_PARAMS, PATHOLOGY
 
 __all__ = ["ProtocolError", "FamilySpec", "ImperfectionSpec", "LabelSpec", "PostprocessSpec", "Protocol",
-           "PRESETS", "load_protocol", "save_protocol", "protocol_from_dict"]
+           "PRESETS", "PRESET_VERSIONS", "load_protocol", "save_protocol", "protocol_from_dict"]
 
 PRESETS: tuple[str, ...] = ("paper", "wide", "wide_pathology", "paper_gre", "paper_ir")
+#: ``{version name: (preset file, settings)}``: every version a preset has had (``presets/versions.yaml``)
+PRESET_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    name: (v["file"], tuple(v["settings"])) for name, v in yaml.safe_load(
+        resources.files("nnunetv2_physaug.contrast").joinpath("presets/versions.yaml").read_text()).items()}
 PROTOCOL_SUFFIXES = (".yaml", ".yml", ".json")
 Range = tuple[float, float]
 
@@ -327,7 +331,13 @@ def _parse_text(text: str, suffix: str, source: str) -> Any:
 
 
 def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
-    """Load and validate a protocol: a preset name (see :data:`PRESETS`) or a .yaml/.yml/.json path."""
+    """Load and validate a protocol: a preset name (see :data:`PRESETS`), a preset version (``wide_v2``, see
+    :data:`PRESET_VERSIONS`) or a .yaml/.yml/.json path."""
+    if isinstance(name_or_path, str) and name_or_path in PRESET_VERSIONS:
+        file, settings = PRESET_VERSIONS[name_or_path]
+        d = _with_settings(load_protocol(file).to_dict(), settings, file)
+        d["name"] = name_or_path
+        return protocol_from_dict(d, f"preset version {name_or_path} ({file} with settings {list(settings)})")
     if isinstance(name_or_path, str) and name_or_path in PRESETS:
         text = resources.files("nnunetv2_physaug.contrast").joinpath(f"presets/{name_or_path}.yaml").read_text()
         return protocol_from_dict(_parse_text(text, ".yaml", f"{name_or_path}.yaml"), f"{name_or_path}.yaml")
@@ -370,21 +380,8 @@ def _set_family_share(families: list[dict], family: str, share: Any, item: str) 
         f["probability"] *= scale_mine if f["family"] == family else scale_rest
 
 
-def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[str] = ()) -> Protocol:
-    """``name_or_path`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied.
-
-    VALUE is a number (a fixed value) or ``[low, high]`` (a range); every family entry named FAMILY gets
-    it. ``EFFECT.PARAM=VALUE`` sets the probability or a range of an imperfection or pathology entry the
-    protocol has (``relaxation_scaling.probability=0.5``). ``FAMILY.probability=P`` sets the share of renders of FAMILY (all its entries together) to P and
-    rescales the other families so that they keep their proportions and the total stays 1. The name of
-    the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and run records
-    tell the variants apart. Used by ``check_realism --set`` and by trainer variants
-    (``physaug_protocol_settings``), e.g. ablations of one preset option.
-    """
-    protocol = load_protocol(name_or_path)
-    if not settings:
-        return protocol
-    d = protocol.to_dict()
+def _with_settings(d: dict, settings: Sequence[str], name_or_path) -> dict:
+    """A protocol dict ``d`` (of ``name_or_path``) with ``FAMILY.PARAM=VALUE`` settings applied, in place."""
     for item in settings:
         key, _, value = str(item).partition("=")
         family, _, param = key.strip().partition(".")
@@ -411,6 +408,24 @@ def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[s
                                 f"(it has {', '.join(sorted(schema))})")
         for f in fams:
             f["params"][param] = v
+    return d
+
+
+def protocol_with_settings(name_or_path: str | os.PathLike, settings: Sequence[str] = ()) -> Protocol:
+    """``name_or_path`` (preset or file) with ``FAMILY.PARAM=VALUE`` settings applied.
+
+    VALUE is a number (a fixed value) or ``[low, high]`` (a range); every family entry named FAMILY gets
+    it. ``EFFECT.PARAM=VALUE`` sets the probability or a range of an imperfection or pathology entry the
+    protocol has (``relaxation_scaling.probability=0.5``). ``FAMILY.probability=P`` sets the share of renders of FAMILY (all its entries together) to P and
+    rescales the other families so that they keep their proportions and the total stays 1. The name of
+    the result says what was set (``wide+tse.blood_partial_volume=1``), so reports and run records
+    tell the variants apart. Used by ``check_realism --set`` and by trainer variants
+    (``physaug_protocol_settings``), e.g. ablations of one preset option.
+    """
+    protocol = load_protocol(name_or_path)
+    if not settings:
+        return protocol
+    d = _with_settings(protocol.to_dict(), settings, name_or_path)
     d["name"] = d["name"] + "+" + ",".join(str(s).replace(" ", "") for s in settings)
     return protocol_from_dict(d, f"{name_or_path} with settings {list(settings)}")
 

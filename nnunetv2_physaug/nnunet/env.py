@@ -18,22 +18,29 @@ NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
 def ext_trainer_dir() -> str:
-    """Absolute path of the folder to list in ``nnUNet_extTrainer``."""
+    """Absolute path of the folder to list in ``nnUNet_extTrainer`` (the public trainers and the peers)."""
     return str(Path(str(resources.files("nnunetv2_physaug.nnunet") / "nnunet_ext")).resolve())
 
 
-def ext_trainer_value(current: Optional[str]) -> str:
-    """``current`` (an os.pathsep-separated list, may be empty) with our folder appended once."""
-    ours = ext_trainer_dir()
+def experiments_dir() -> str:
+    """Absolute path of the opt-in folder of the ablation trainers (:mod:`nnunetv2_physaug.nnunet.experiments`)."""
+    return str(Path(str(resources.files("nnunetv2_physaug.nnunet") / "experiments_ext")).resolve())
+
+
+def ext_trainer_value(current: Optional[str], experiments: bool = False) -> str:
+    """``current`` (an os.pathsep-separated list, may be empty) with our folder (and, with ``experiments``,
+    the experiments folder) appended once."""
     parts = [p for p in (current or "").split(os.pathsep) if p.strip()]
-    if ours not in parts:
-        parts.append(ours)
+    for ours in (ext_trainer_dir(), experiments_dir()) if experiments else (ext_trainer_dir(),):
+        if ours not in parts:
+            parts.append(ours)
     return os.pathsep.join(parts)
 
 
-def register_ext_trainers(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Add our shim folder to ``environ['nnUNet_extTrainer']`` (inherited by child processes)."""
-    environ[EXT_TRAINER_VAR] = ext_trainer_value(environ.get(EXT_TRAINER_VAR))
+def register_ext_trainers(environ: MutableMapping[str, str] = os.environ, experiments: bool = False) -> str:
+    """Add our shim folder (and, with ``experiments``, the experiments folder) to
+    ``environ['nnUNet_extTrainer']`` (inherited by child processes)."""
+    environ[EXT_TRAINER_VAR] = ext_trainer_value(environ.get(EXT_TRAINER_VAR), experiments)
     return environ[EXT_TRAINER_VAR]
 
 
@@ -46,9 +53,11 @@ def nnunet_paths(root: os.PathLike | str) -> dict[str, str]:
 
 
 def shell_exports(root: Optional[os.PathLike | str] = None,
-                  environ: MutableMapping[str, str] = os.environ) -> str:
-    """POSIX shell lines that set ``nnUNet_extTrainer`` (and, with ``root``, nnU-Net's paths)."""
-    lines = [f"export {EXT_TRAINER_VAR}={shlex.quote(ext_trainer_value(environ.get(EXT_TRAINER_VAR)))}"]
+                  environ: MutableMapping[str, str] = os.environ, experiments: bool = False) -> str:
+    """POSIX shell lines that set ``nnUNet_extTrainer`` (with ``experiments``, the ablation trainers too; with
+    ``root``, nnU-Net's paths)."""
+    value = ext_trainer_value(environ.get(EXT_TRAINER_VAR), experiments)
+    lines = [f"export {EXT_TRAINER_VAR}={shlex.quote(value)}"]
     if root is not None:
         lines += [f"export {k}={shlex.quote(v)}" for k, v in nnunet_paths(root).items()]
     return "\n".join(lines)

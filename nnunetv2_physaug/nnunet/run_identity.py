@@ -1,9 +1,9 @@
 """What a PhysAug training run used, written into its fold folder (``physaug_run.json``).
 
-``PHYSAUG_PROTOCOL``, ``PHYSAUG_MAPS_DIR`` and ``PHYSAUG_PRIOR`` change what a trainer trains on
-without changing nnU-Net's results folder, so the fold folder records them: the protocol (name and a
-hash of its full content), the tissue-map folder and its estimator identity, p_render, the
-normalisation statistics and the package version. A continued run (``nnUNetv2_train ... --c``) whose
+A trainer class names its experiment, but the tissue maps it reads (and a protocol file it names) can
+change on disk without changing nnU-Net's results folder, so the fold folder records what was used: the
+protocol (name and a hash of its full content), the tissue-map folder and its estimator identity, the prior,
+p_render, the normalisation statistics and the package version. A continued run (``nnUNetv2_train ... --c``) whose
 settings differ from the record stops with an error that lists the differences.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def record(output_folder: Path, identity: dict, continuing: bool) -> Path:
             lines = "\n".join(f"  {k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise RunIdentityError(
                 f"{path}: this run continues one made with other PhysAug settings:\n{lines}\nContinue with the "
-                f"original settings (PHYSAUG_PROTOCOL / PHYSAUG_MAPS_DIR / PHYSAUG_PRIOR), or train a new run "
+                f"original protocol file and tissue maps, or train a new run "
                 f"(without --c, or as another trainer variant: nnU-Net's convention is one class per experiment)")
     atomic_write_json(path, dict(identity, package_version=__version__))
     return path
