@@ -357,4 +357,34 @@ def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_pa
                              "rows": [{"model": "B", "sequence": s, "mean_fg_dice": 0.5} for s in ("C0", "LGE", "T2")]}))
     assert len(br.earlier_rows(f, "B", settings)) == 3
     with pytest.raises(br.BenchmarkError, match="--map-samples must be at least 1"):
-        br.run_benchmark(tmp_path / "Train", tmp_path / "w2", "cv", map_samples=0)
+        br.run_benchmark(br.BenchConfig(tmp_path / "Train", tmp_path / "w2", "cv", map_samples=0))
+
+
+def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
+    """``--peers`` adds every peer at the budget after the named trainers; seconds per epoch come from nnU-Net's
+    own log lines (written here as nnU-Net writes them) and the report gives them beside the baseline's."""
+    from nnunetv2_physaug.realbench.scoring import seconds_per_epoch
+
+    cfg = br.BenchConfig(tmp_path, tmp_path, "cv", budget=10, peers=True, variants=["nnUNetTrainerGINIPA_10epochs"])
+    assert cfg.trainers() == ["nnUNetTrainer_10epochs", "nnUNetTrainerPhysAug_10epochs", "nnUNetTrainerGINIPA_10epochs",
+                              "nnUNetTrainerLocationScale_10epochs", "nnUNetTrainerDA5_10epochs",
+                              "nnUNetTrainerPhysAugGINIPA_10epochs", "nnUNetTrainerPhysAugLocationScale_10epochs"]
+    assert br.BenchConfig(tmp_path, tmp_path, "cv", budget=1, peers=True).trainers()[2] == "nnUNetTrainerGINIPA_1epoch"
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    runs = [br.Run("A", "A", "P", 913), br.Run("B", "B", "P", 913), br.Run("B_r1", "B", "P_r1", 913, 1)]
+    for run, fold, times in ((runs[0], "0", (10.0, 12.0)), (runs[1], "0", (30.0,)), (runs[2], "1", (34.0, 35.0))):
+        out = tmp_path / "results" / "Dataset913_MyoPS" / f"{run.trainer}__{run.plans}__2d" / f"fold_{fold}"
+        out.mkdir(parents=True)
+        (out / "training_log_2026_1_1_00_00_00.txt").write_text("".join(
+            f"2026-01-01 00:00:00.000000: Epoch {i}\n2026-01-01 00:00:01.000000: Epoch time: {t:.2f} s\n"
+            for i, t in enumerate(times)))
+    (tmp_path / "nnUNet_raw").mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "nnUNet_raw"))
+    (tmp_path / "nnUNet_raw" / "Dataset913_MyoPS").mkdir()
+    cost = seconds_per_epoch(runs, ["0", "1"])
+    assert cost == {"A": pytest.approx(11.0), "B": pytest.approx(33.0)}
+    rows = [{"model": m, "sequence": s, "mean_fg_dice": 0.5, "dice_per_label": {"1": 0.5, "2": 0.5, "3": 0.5},
+             "pathology": {p: {"as_myocardium": 0.5, "as_LV": 0.1} for p in ("scar", "edema")},
+             "seconds_per_epoch": cost[m]} for m in ("A", "B") for s in br.SEQUENCES]
+    md = br.markdown_report(rows, "A")
+    assert "| s / epoch | 11 | 33 |" in md and "| x baseline | 1.00 | 3.00 |" in md
