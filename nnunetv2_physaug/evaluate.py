@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from .fileio import atomic_write_bytes, atomic_write_json
 from .nnunet import run_identity
+from .nnunet.checkpoints import UnsafeCheckpointError, check_model_checkpoints
 from .nnunet.env import register_ext_trainers
 
 
@@ -127,6 +128,11 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
     _check_inputs(models, domains)
     if (out_dir / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite to evaluate again")
+    for m in models:  # before anything is written: every checkpoint exists and loads without running code
+        try:
+            check_model_checkpoints(m, folds, checkpoint)
+        except UnsafeCheckpointError as e:
+            raise EvaluationError(str(e)) from None
     checked = set()
     for m in models:
         ds = json.loads((m / "dataset.json").read_text())

@@ -77,3 +77,48 @@ def test_report_files_and_table(tmp_path):
     assert csv_lines[2] == "B,cine,2,0.5000,0.4000,0.5000,0.6000"
     assert markdown_table(rows).splitlines()[2] == "| cine | 0.900 | 0.500 |"
     assert (tmp_path / "dice.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class _Payload:
+    """Unpickling this runs os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoints_are_read_without_running_their_code(tmp_path):
+    import torch
+    from nnunetv2_physaug.evaluate import evaluate
+
+    model = _model(tmp_path)
+    (model / "fold_0").mkdir()
+    marker = tmp_path / "payload_ran"
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer",
+                "payload": _Payload(marker)}, model / "fold_0" / "checkpoint_final.pth")
+    d = _domain(tmp_path, np.ones((4, 4, 2)))
+    with pytest.raises(EvaluationError, match=r"fold_0/checkpoint_final.pth: refused"):
+        evaluate([model], [d], tmp_path / "out", folds=[0], progress=False)
+    assert not marker.exists(), "the payload ran"
+    assert not (tmp_path / "out").exists(), "nothing written"
+    # what nnU-Net's trainer saves (weights, optimizer state, numpy floats in its log) loads
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "optimizer_state": {"state": {}, "param_groups": [{"lr": 0.01}]},
+                "logging": {"ema_fg_dice": [np.float64(0.5), np.float32(0.25)], "epoch_end_timestamps": [1.0]},
+                "_best_ema": np.float64(0.5), "current_epoch": 5, "init_args": {"plans": {}, "configuration": "2d",
+                "fold": 0, "dataset_json": {}, "device": torch.device("cpu")}, "trainer_name": "nnUNetTrainer",
+                "inference_allowed_mirroring_axes": (0, 1)}, model / "fold_0" / "checkpoint_final.pth")
+    from nnunetv2_physaug.nnunet.checkpoints import check_model_checkpoints
+    check_model_checkpoints(model, [0])
+    with pytest.raises(EvaluationError, match=r"fold_1/checkpoint_final.pth: checkpoint not found"):
+        evaluate([model], [d], tmp_path / "out", folds=[1], progress=False)
+
+
+def test_bad_fold_is_a_usage_error(capsys):
+    from nnunetv2_physaug.cli.evaluate import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["-m", "x", "-t", "a=b:c", "-o", "o", "-f", "x"])
+    assert e.value.code == 2 and "a fold is a whole number >= 0 or 'all'" in capsys.readouterr().err

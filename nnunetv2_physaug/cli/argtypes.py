@@ -37,3 +37,16 @@ def torch_device(text: str) -> str:
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
     return text
+
+
+def fold(text: str):
+    """An nnU-Net fold: a whole number >= 0 or ``all``."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold is a whole number >= 0 or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a fold is a whole number >= 0 or 'all', got {value}")
+    return value

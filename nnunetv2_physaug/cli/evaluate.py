@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..evaluate import Domain, EvaluationError, evaluate, markdown_table, resolve_model_dirs, run_lines
+from .argtypes import fold
 
 
 def main(argv=None) -> None:
@@ -22,7 +23,7 @@ def main(argv=None) -> None:
     parser.add_argument("-c", "--configuration", default="2d", help="configuration (with -tr; default 2d)")
     parser.add_argument("-tr", "--trainers", nargs="+", default=None, help="trainer names (with -d)")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default 0)")
+    parser.add_argument("-f", "--folds", nargs="+", type=fold, default=[0], help="folds to ensemble (default 0)")
     parser.add_argument("-o", "--output", required=True, help="output folder for predictions and the report")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="device (default cpu)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (2x slower on CPU)")
@@ -36,8 +37,7 @@ def main(argv=None) -> None:
             models = resolve_model_dirs(args.dataset, args.configuration, args.trainers, args.plans)
         else:
             parser.error("give model folders with -m, or -d DATASET with -tr TRAINER [TRAINER ...]")
-        folds = [f if f == "all" else int(f) for f in args.folds]
-        rows = evaluate(models, [Domain.parse(s) for s in args.domains], args.output, folds=folds,
+        rows = evaluate(models, [Domain.parse(s) for s in args.domains], args.output, folds=args.folds,
                         device=args.device, tta=args.tta, overwrite=args.overwrite, checkpoint=args.chk)
     except (EvaluationError, FileExistsError) as e:
         print(f"physaug-evaluate: error: {e}", file=sys.stderr)
