@@ -39,7 +39,31 @@ def test_unknown_names_and_regions_are_errors_that_say_what_to_pass():
         tissues_from_label_names({"background": 0, "heart": [1, 2, 3]})
 
 
+@pytest.mark.parametrize("labels,match", [
+    ({"background": 0, "RV": 1.7}, r"labels\['RV'\] is 1.7; a label value is a whole number"),
+    ({"background": 0, "RV": "one"}, r"labels\['RV'\] is 'one'"),
+    ({"background": 0, "RV": True}, r"labels\['RV'\] is True"),
+    ({"background": 0, "RV": 1, "LV": 1}, "labels 'RV' and 'LV' both have the value 1"),
+    (["background", "RV"], "'labels' is a list, not a mapping"),
+])
+def test_malformed_label_dicts_are_errors_naming_the_file_and_key(labels, match):
+    with pytest.raises(LabelTissueError, match=match) as e:
+        tissues_from_label_names(labels, "/d/dataset.json")
+    assert "/d/dataset.json" in str(e.value)
+    assert tissues_from_label_names({"background": 0, "RV": 1.0}) == {1: "blood"}  # 1.0 is 1
+
+
+def test_dataset_json_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "dataset.json").write_bytes('{"labels": {"background": 0, "Myokard\u00e4": 2}}'.encode("latin-1"))
+    with pytest.raises(LabelTissueError, match=r"dataset.json: not UTF-8 text"):
+        resolve_label_tissues(tmp_path / "imagesTr")
+
+
 def test_parse_override():
+    with pytest.raises(LabelTissueError, match="label 1 is given twice"):
+        parse_label_tissues("1=blood,1=myocardium")
+    assert parse_label_tissues("1=blood,1=blood") == {1: "blood"}
     assert parse_label_tissues("1=blood, 2=myocardium,3=Blood") == {1: "blood", 2: "myocardium", 3: "blood"}
     for bad in ("1=bone", "x=blood", "0=blood", "", "1:blood"):
         with pytest.raises(LabelTissueError):

@@ -291,6 +291,35 @@ def test_bad_folder_level_input_is_a_clear_error(tmp_path):
     assert not (tmp_path / "tissueMapsTr").exists()  # nothing was started
 
 
+def test_labels_that_match_no_case_duplicate_inputs_and_o_equal_to_labels_are_refused(tmp_path, capsys):
+    images = make_dataset(tmp_path, 3)
+    other = tmp_path / "other_labels"
+    other.mkdir()
+    for i in range(3):  # another dataset's names: no case has its label here
+        nib.save(nib.Nifti1Image(np.zeros((40, 34, 3), np.int16), AFFINE), other / f"patient{i:03d}.nii.gz")
+    with pytest.raises(SystemExit, match=r"--labels .*other_labels has no label file for any of the 3 case\(s\) "
+                                         r"\(looked for case00.nii.gz, ...; it holds patient000.nii.gz"):
+        run_cli("-i", str(images), "--labels", str(other))
+    assert not (tmp_path / "tissueMapsTr").exists()
+    with pytest.raises(SystemExit, match="is the images or labels folder"):
+        run_cli("-i", str(images), "-o", str(tmp_path / "labelsTr"))  # the labels folder found beside the images
+    # some cases without labels: estimated, and said so
+    (tmp_path / "labelsTr" / "case01.nii.gz").unlink()
+    run_cli("-i", str(images))
+    out = capsys.readouterr().out
+    assert "WARNING: 1 case(s) had no label file and were estimated without labels" in out and "case01" in out
+    assert read_manifest(tmp_path / "tissueMapsTr")["cases"]["case01"]["labels"] is False
+    # two files for one case's image (or label): which one is meant is not guessed
+    vol, _ = ring_case(seed=5)
+    nib.save(nib.Nifti1Image(vol, AFFINE), images / "case00_0000.nii")
+    with pytest.raises(SystemExit, match=r"case 'case00' has two files for channel 0000"):
+        run_cli("-i", str(images), "--overwrite")
+    (images / "case00_0000.nii").unlink()
+    nib.save(nib.Nifti1Image(np.zeros((40, 34, 3), np.int16), AFFINE), tmp_path / "labelsTr" / "case02.nii")
+    with pytest.raises(SystemExit, match=r"case 'case02' has two label files"):
+        run_cli("-i", str(images), "--overwrite")
+
+
 def test_cli_with_a_diffusion_prior_records_its_hash(tmp_path, capsys):
     from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
 

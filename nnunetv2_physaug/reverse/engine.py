@@ -35,8 +35,8 @@ from . import shard as sharding
 from .base import SliceEstimator
 from .label_tissues import LabelTissueError, resolve_label_tissues
 from .rng import slice_generator
-from .io import (ReverseInputError, default_labels_dir, default_maps_dir, image_shape, list_cases, load_image,
-                 load_labels)
+from .io import (ReverseInputError, check_label_coverage, default_labels_dir, default_maps_dir, image_shape,
+                 list_cases, load_image, load_labels)
 from .forward import BSSFPForwardModel
 from .qc import fit_scale, nrmse_pct
 
@@ -61,6 +61,8 @@ class ReverseSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     qc: dict[str, dict] = field(default_factory=dict)
+    #: cases of this shard that had no label file in the labels folder (estimated without labels)
+    unlabelled: list[str] = field(default_factory=list)
     seconds: float = 0.0
     n_slices: int = 0
 
@@ -78,6 +80,10 @@ class ReverseSummary:
             worst = max(self.qc, key=lambda c: self.qc[c]["nrmse_pct"])
             lines.append(f"  data consistency (bSSFP re-render NRMSE): mean {nr.mean():.3g} %, "
                          f"max {nr.max():.3g} % ({worst})")
+        if self.unlabelled:
+            shown = ", ".join(self.unlabelled[:5]) + (" ..." if len(self.unlabelled) > 5 else "")
+            lines.append(f"  WARNING: {len(self.unlabelled)} case(s) had no label file and were estimated without "
+                         f"labels (blood and myocardium from intensity classes only): {shown}")
         for case, msg in self.failed.items():
             lines.append(f"  FAILED {case}: {msg}")
         return "\n".join(lines)
@@ -262,15 +268,17 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
     maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
     if maps_dir.exists() and not maps_dir.is_dir():
         raise ReverseInputError(f"-o {maps_dir} is a file, not a folder; give a folder for the maps")
-    if maps_dir.resolve() == Path(images_dir).resolve() or (labels_dir not in (None, AUTO)
+    labels_given = labels_dir not in (None, AUTO)
+    if labels_dir == AUTO:
+        labels_dir = default_labels_dir(images_dir)
+    if maps_dir.resolve() == Path(images_dir).resolve() or (labels_dir is not None
                                                              and maps_dir.resolve() == Path(labels_dir).resolve()):
         raise ReverseInputError(f"the maps folder {maps_dir} is the images or labels folder; maps written there "
                                 f"would be read as images by the next run. Use another -o (default: "
                                 f"{default_maps_dir(images_dir)})")
-    if labels_dir == AUTO:
-        labels_dir = default_labels_dir(images_dir)
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise ReverseInputError(f"label folder {labels_dir} does not exist; pass an existing folder or no labels")
+    unlabelled = check_label_coverage(labels_dir, selected, labels_given) if labels_dir is not None else []
     dev = resolve_device(device)
     if estimator is None:
         estimator = make_estimator("label")
@@ -284,7 +292,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
     folder = TissueMapFolder(maps_dir)
     ident_hash = folder.establish(identity, overwrite)
     summary = ReverseSummary(maps_dir=maps_dir, estimator=identity["estimator"],
-                             prior_hash=identity["prior_hash"], shard=shard)
+                             prior_hash=identity["prior_hash"], shard=shard,
+                             unlabelled=[c for c in unlabelled if c in mine])
     if not overwrite:
         folder.reconcile(ident_hash, mine)
     todo = []

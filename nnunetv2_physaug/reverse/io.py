@@ -43,6 +43,7 @@ def list_cases(images_dir: os.PathLike | str) -> dict[str, Path]:
                                 "holding CASE_0000.nii.gz files (-i)")
     cases: dict[str, Path] = {}
     channels: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], Path] = {}
     for p in sorted(d.iterdir()):
         if p.name.startswith(".") or not p.is_file() or not _NIFTI_RE.search(p.name):
             continue  # hidden files (e.g. editors' temp files) and non-image files are not cases
@@ -50,6 +51,11 @@ def list_cases(images_dir: os.PathLike | str) -> dict[str, Path]:
         if m is None:
             raise ReverseInputError(f"image {p} does not follow the nnU-Net naming CASE_XXXX.nii.gz "
                                     "(4-digit channel suffix, e.g. patient001_frame01_0000.nii.gz); rename it")
+        key = (m["case"], m["channel"])
+        if key in seen:  # CASE_0000.nii beside CASE_0000.nii.gz: which one is the image?
+            raise ReverseInputError(f"case {m['case']!r} has two files for channel {m['channel']}: {seen[key]} and "
+                                    f"{p}; keep one (nnU-Net reads one file ending per dataset)")
+        seen[key] = p
         channels.setdefault(m["case"], []).append(m["channel"])
         if m["channel"] == "0000":
             cases[m["case"]] = p
@@ -128,11 +134,9 @@ def load_labels(labels_dir: Optional[os.PathLike | str], case: str, shape: tuple
     """
     if labels_dir is None:
         return None
-    path = Path(labels_dir) / f"{case}.nii.gz"
-    if not path.is_file():
-        path = Path(labels_dir) / f"{case}.nii"
-        if not path.is_file():
-            return None
+    path = label_file(labels_dir, case)
+    if path is None:
+        return None
     try:
         img = nib.load(str(path))
         lab = np.asarray(img.dataobj)
@@ -152,6 +156,33 @@ def load_labels(labels_dir: Optional[os.PathLike | str], case: str, shape: tuple
                                 f"labels are integers (a label resampled with linear interpolation? use nearest "
                                 f"neighbour)")
     return rounded.astype(np.int64)
+
+
+def label_file(labels_dir: os.PathLike | str, case: str) -> Optional[Path]:
+    """``labels_dir/CASE.nii.gz`` or ``CASE.nii`` (the one that exists), None without one; both is an error."""
+    gz, plain = Path(labels_dir) / f"{case}.nii.gz", Path(labels_dir) / f"{case}.nii"
+    if gz.is_file() and plain.is_file():
+        raise ReverseInputError(f"case {case!r} has two label files, {gz} and {plain}; keep one")
+    return gz if gz.is_file() else plain if plain.is_file() else None
+
+
+def check_label_coverage(labels_dir: os.PathLike | str, cases: list[str], given: bool) -> list[str]:
+    """The cases of ``cases`` that have no label file in ``labels_dir`` (they are estimated without labels).
+
+    Raises:
+        ReverseInputError: no case has a label file (a labels folder of another dataset, or labels named
+            other than ``CASE.nii.gz``): estimating every case without labels is not what was asked.
+    """
+    missing = [c for c in cases if label_file(labels_dir, c) is None]
+    if cases and len(missing) == len(cases):
+        found = sorted(p.name for p in Path(labels_dir).iterdir() if _NIFTI_RE.search(p.name))[:3]
+        how = "--labels" if given else "the labels folder found beside the images"
+        raise ReverseInputError(
+            f"{how} {labels_dir} has no label file for any of the {len(cases)} case(s) (looked for "
+            f"{cases[0]}.nii.gz, ...; it holds {', '.join(found) if found else 'no NIfTI files'}). Labels are named "
+            f"like their image without the channel suffix (CASE_0000.nii.gz -> CASE.nii.gz); pass the matching "
+            f"folder, or --no-labels to estimate without labels")
+    return missing
 
 
 def default_maps_dir(images_dir: os.PathLike | str) -> Path:

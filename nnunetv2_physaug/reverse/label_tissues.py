@@ -49,21 +49,39 @@ def tissue_of_name(name: str) -> Optional[str]:
     return None
 
 
+def _label_value(name: str, value: object, source: str) -> int:
+    """A label's value as nnU-Net needs it: a whole number >= 0 (``1`` or ``1.0``; not ``1.7``, ``"one"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value \
+            or value < 0:
+        raise LabelTissueError(f"{source}: labels[{name!r}] is {value!r}; a label value is a whole number >= 0 "
+                               f"(nnU-Net's dataset.json: \"labels\": {{\"background\": 0, \"RV\": 1, ...}})")
+    return int(value)
+
+
 def tissues_from_label_names(labels: Mapping[str, object], source: str = "dataset.json") -> dict[int, str]:
     """Label value -> tissue from nnU-Net's ``labels`` dict (name -> int, or a list for regions)."""
+    if not isinstance(labels, Mapping):
+        raise LabelTissueError(f"{source}: 'labels' is a {type(labels).__name__}, not a mapping of name -> value "
+                               f"(e.g. {{\"background\": 0, \"RV\": 1}}); fix it or pass --label-tissues")
     out: dict[int, str] = {}
+    names: dict[int, str] = {}
     unknown = []
     for name, value in labels.items():
-        if name.lower() == "background":
+        if str(name).lower() == "background":
             continue
         if isinstance(value, (list, tuple)):
             raise LabelTissueError(f"{source}: label {name!r} is a region ({value}); give the tissues of the label "
                                    f"values with --label-tissues VALUE=blood|myocardium|other,...")
-        tissue = tissue_of_name(name)
+        value = _label_value(name, value, source)
+        if value in names:
+            raise LabelTissueError(f"{source}: labels {names[value]!r} and {name!r} both have the value {value}; "
+                                   f"each value names one structure")
+        names[value] = name
+        tissue = tissue_of_name(str(name))
         if tissue is None:
             unknown.append(f"{name}={value}")
             continue
-        out[int(value)] = tissue
+        out[value] = tissue
     if unknown:
         example = ",".join(v.split("=")[1] + "=myocardium" for v in unknown[:2])
         raise LabelTissueError(f"{source}: cannot tell the tissue of label(s) {', '.join(unknown)} from the name; "
@@ -84,6 +102,11 @@ def parse_label_tissues(text: str) -> dict[int, str]:
         value = int(m.group(1))
         if value == 0:
             raise LabelTissueError("--label-tissues: 0 is the background and has no tissue")
+        if value < 0:
+            raise LabelTissueError(f"--label-tissues: {part!r}: label values are whole numbers >= 1")
+        if value in out and out[value] != m.group(2).lower():
+            raise LabelTissueError(f"--label-tissues: label {value} is given twice ({value}={out[value]} and {part}); "
+                                   f"give each value one tissue")
         out[value] = m.group(2).lower()
     if not out:
         raise LabelTissueError("--label-tissues is empty; e.g. 1=blood,2=myocardium,3=blood")
@@ -100,9 +123,13 @@ def resolve_label_tissues(images_dir: os.PathLike | str, override: Optional[str 
     ds_json = Path(images_dir).parent / "dataset.json"
     if ds_json.is_file():
         try:
-            labels = json.loads(ds_json.read_text())["labels"]
+            labels = json.loads(ds_json.read_text(encoding="utf-8"))["labels"]
+        except UnicodeDecodeError as e:
+            raise LabelTissueError(f"{ds_json}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8 "
+                                   f"(nnU-Net reads dataset.json as UTF-8 JSON) or pass --label-tissues") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LabelTissueError(f"{ds_json}: cannot read its 'labels' ({e}); fix it or pass --label-tissues") from e
+            raise LabelTissueError(f"{ds_json}: cannot read its 'labels' ({type(e).__name__}: {e}); fix it or pass "
+                                   f"--label-tissues") from None
         return tissues_from_label_names(labels, str(ds_json)), str(ds_json)
     return dict(ACDC_LABEL_TISSUES), "ACDC convention (no dataset.json beside the images)"
 
