@@ -110,5 +110,6 @@ def test_maps_that_do_not_reproduce_the_image_fail_the_case(tmp_path):
     assert "NRMSE" in s.failed["case00"] and "max_nrmse" in s.failed["case00"]
     assert not list((tmp_path / "maps").glob("*_M0.nii.gz"))
     # the same run with a looser bound writes them (the bound, not the estimator, decided)
-    s = run_reverse(images, tmp_path / "maps2", estimator=Ignorant(), progress=False, max_nrmse_pct=1000.0)
+    s = run_reverse(images, tmp_path / "maps2", estimator=Ignorant(), progress=False, max_nrmse_pct=1000.0,
+                    accept_implausible=True)
     assert sorted(s.done) == ["case00", "case01"]

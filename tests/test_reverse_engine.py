@@ -57,8 +57,8 @@ def run_cli(*args: str) -> None:
     cli_main([*args, "--no-progress"])
 
 
-#: untrained test priors cannot fit the images; the re-render bound is the subject of its own test
-UNTRAINED = ("--max-nrmse", "1000")
+#: untrained test priors cannot fit the images nor give a heart's T1/T2; both checks have tests of their own
+UNTRAINED = ("--max-nrmse", "1000", "--accept-implausible")
 
 
 def test_cli_end_to_end_resume_overwrite_mismatch(tmp_path, capsys):
@@ -344,6 +344,45 @@ def test_cli_with_a_diffusion_prior_records_its_hash(tmp_path, capsys):
         run_cli("-i", str(images), "-o", str(out), "--prior", str(priors[1]), "--preset", "fast", "--samples", "2")
 
 
+def test_an_untrained_prior_fails_the_physiological_check_unless_accepted(tmp_path, capsys):
+    """A prior with random weights fits the image only through M0 (NRMSE bound relaxed here); the T1/T2 of the
+    labelled blood and myocardium then lie far from a heart's: the case fails and names the values, and
+    --accept-implausible writes it. The weight-free estimator's maps of the same images pass (the other tests)."""
+    from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
+
+    images = make_dataset(tmp_path, 1, shape=(36, 30, 2))
+    torch.manual_seed(0)
+    PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(tmp_path / "prior")
+    args = ("-i", str(images), "-o", str(tmp_path / "maps"), "--prior", str(tmp_path / "prior"), "--max-nrmse", "1000")
+    with pytest.raises(SystemExit) as e:
+        run_cli(*args)
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert "FAILED case00" in out and "outside the physiological range" in out and "--accept-implausible" in out
+    assert not list((tmp_path / "maps").glob("*_T1.nii.gz"))
+    run_cli(*args, "--accept-implausible")
+    qc = read_manifest(tmp_path / "maps")["cases"]["case00"]
+    assert set(qc["tissue_medians_ms"]) == {"blood", "myocardium"}
+
+
+def test_plausible_medians_of_labelled_tissue():
+    from nnunetv2_physaug.reverse.qc import implausible_medians, labelled_tissue_medians
+
+    labels = np.zeros((4, 5, 2), np.int64)
+    labels[:2] = 3
+    labels[2:, :2] = 2
+    maps = np.zeros((2, 2, 3, 4, 5))  # (Z, K, 3, X, Y)
+    maps[:, :, 1], maps[:, :, 2] = 860.0, 30.0
+    maps[:, 0, 1, :2], maps[:, 1, 1, :2], maps[:, :, 2, :2] = 1500.0, 1700.0, 260.0  # blood, two samples
+    maps[:, :, 1, 2:, :2], maps[:, :, 2, 2:, :2] = 1000.0, 50.0
+    med = labelled_tissue_medians(maps, labels, {"blood": (1, 3), "myocardium": (2,)})
+    assert med == {"blood": {"T1": 1600.0, "T2": 260.0}, "myocardium": {"T1": 1000.0, "T2": 50.0}}
+    assert implausible_medians(med) == []
+    assert implausible_medians({"myocardium": {"T1": 2251.0, "T2": 177.0}}) == \
+        ["myocardium T1 2251 ms (600-1600)", "myocardium T2 177 ms (25-100)"]
+    assert implausible_medians({"blood": {"T1": float("nan"), "T2": 250.0}}) == ["blood T1 nan ms (800-2600)"]
+
+
 def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
     from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
 
@@ -417,7 +456,7 @@ def test_prior_maps_do_not_depend_on_batch_size(tmp_path, preset, options):
         est = make_estimator("diffusion", prior=tmp_path / "prior", preset=preset,
                              sampler_options=dict(options, micro_batch=1))
         run_reverse(images, tmp_path / name, estimator=est, batch_size=batch, n_samples=2, progress=False,
-                    max_nrmse_pct=1000.0)  # an untrained prior does not fit the images
+                    max_nrmse_pct=1000.0, accept_implausible=True)  # an untrained prior does not fit the images
         results[name] = _maps_of(tmp_path / name, cases)
     for name in ("b", "c"):
         for c in cases:

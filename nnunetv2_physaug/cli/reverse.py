@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "gets no maps (default: 30)")
     p.add_argument("--field", choices=["1.5T", "3T"], default="1.5T",
                    help="field strength of the tissue table used by --method label (default: 1.5T)")
+    p.add_argument("--accept-implausible", action="store_true",
+                   help="write maps whose labelled blood or myocardium have a median T1 or T2 outside the "
+                        "physiological range (by default such a case fails: an untrained or wrong prior, or a "
+                        "wrong --label-tissues)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo finished cases and replace a folder made with other settings")
@@ -116,6 +120,7 @@ def main(argv=None) -> None:
                               labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
                               batch_size=args.batch_size, n_samples=args.samples, shard=shard,
                               overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress,
+                              accept_implausible=args.accept_implausible,
                               **({"max_nrmse_pct": args.max_nrmse} if args.max_nrmse is not None else {}))
     except errors as e:
         sys.exit(f"physaug-reverse: error: {e}")

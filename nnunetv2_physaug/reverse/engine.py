@@ -38,7 +38,7 @@ from .rng import slice_generator
 from .io import (ReverseInputError, check_label_coverage, default_labels_dir, default_maps_dir, image_shape,
                  list_cases, load_image, load_labels)
 from .forward import BSSFPForwardModel
-from .qc import fit_scale, nrmse_pct
+from .qc import implausible_medians, labelled_tissue_medians, fit_scale, nrmse_pct
 
 #: ``labels_dir="auto"``: use the sibling labelsTr folder when it exists.
 AUTO = "auto"
@@ -203,12 +203,23 @@ MAX_NRMSE_PCT = 30.0
 
 
 def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model: BSSFPForwardModel,
-                max_nrmse_pct: float = MAX_NRMSE_PCT) -> dict:
+                max_nrmse_pct: float = MAX_NRMSE_PCT, tissue_values: Optional[dict] = None,
+                accept_implausible: bool = False) -> dict:
     maps, qc = _finish_maps(work.image, work.maps, model)
     if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
         raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
                              f"{qc['nrmse_pct']:.1f} % > {max_nrmse_pct:g} % (max_nrmse); not written. A prior that "
                              f"does not fit these images, or images that are not bSSFP?")
+    if work.labels is not None and tissue_values:
+        # a fit to the image alone passes for maps of any scale (M0 absorbs it): the labelled tissues' T1/T2
+        # must also be a heart's
+        medians = labelled_tissue_medians(maps, work.labels, tissue_values)
+        qc["tissue_medians_ms"] = medians
+        bad = implausible_medians(medians)
+        if bad and not accept_implausible:
+            raise TissueMapError(f"case {work.case}: the median T1/T2 of its labelled tissues are outside the "
+                                 f"physiological range: {'; '.join(bad)}; not written. An untrained or wrong prior, "
+                                 f"or a wrong label-tissue mapping? --accept-implausible writes such maps anyway")
     for key in sorted({k for q in work.slice_qc for k, v in q.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}):
         vals = [q[key] for q in work.slice_qc if key in q]
@@ -223,12 +234,27 @@ def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model
     return qc
 
 
+def _tissue_values(estimator: Optional[SliceEstimator], images_dir: PathLike) -> Optional[dict]:
+    """``{"blood": values, "myocardium": values}`` of the label-tissue mapping for the plausibility check: the
+    label estimator's own, else the dataset's (dataset.json beside the images, else ACDC); None when the
+    dataset's label names do not say (the check is then skipped)."""
+    from .label_tissues import values_of
+
+    mapping = getattr(estimator, "label_tissues", None)
+    if mapping is None:
+        try:
+            mapping, _ = resolve_label_tissues(images_dir)
+        except LabelTissueError:
+            return None
+    return {t: values_of(mapping, t) for t in ("blood", "myocardium")}
+
+
 def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                 estimator: Optional[SliceEstimator] = None, labels_dir: Union[None, PathLike, str] = AUTO,
                 device: Union[str, torch.device] = "cpu", batch_size: int = 16, n_samples: int = 1,
                 shard: Optional[tuple[int, int]] = None, overwrite: bool = False,
                 cases: Optional[list[str]] = None, seed: int = 0, progress: bool = True,
-                max_nrmse_pct: float = MAX_NRMSE_PCT) -> ReverseSummary:
+                max_nrmse_pct: float = MAX_NRMSE_PCT, accept_implausible: bool = False) -> ReverseSummary:
     """Estimate tissue maps for the images of an nnU-Net image folder.
 
     Args:
@@ -248,6 +274,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
         progress: show a tqdm bar over slices.
         max_nrmse_pct: a case whose maps re-render its image with a larger NRMSE (percent) fails
             (listed in ``failed``, no maps written) instead of passing with a bad QC figure.
+        accept_implausible: write maps whose labelled blood / myocardium have median T1 or T2 outside
+            :data:`~.qc.PLAUSIBLE_MEDIANS_MS` (by default such a case fails like one above ``max_nrmse_pct``).
     Returns:
         a :class:`ReverseSummary`; per-case input errors are collected in ``failed``, not raised.
     Raises:
@@ -279,6 +307,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise ReverseInputError(f"label folder {labels_dir} does not exist; pass an existing folder or no labels")
     unlabelled = check_label_coverage(labels_dir, selected, labels_given) if labels_dir is not None else []
+    tissue_values = _tissue_values(estimator, images_dir) if labels_dir is not None else None
     dev = resolve_device(device)
     if estimator is None:
         estimator = make_estimator("label")
@@ -344,7 +373,8 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             w.remaining -= 1
             if w.remaining == 0:
                 try:
-                    summary.qc[c] = _write_case(folder, w, ident_hash, estimator.forward_model, max_nrmse_pct)
+                    summary.qc[c] = _write_case(folder, w, ident_hash, estimator.forward_model, max_nrmse_pct,
+                                                tissue_values, accept_implausible)
                     summary.done.append(c)
                 except TissueMapError as e:
                     summary.failed[c] = str(e)

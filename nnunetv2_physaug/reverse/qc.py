@@ -71,3 +71,49 @@ def mape_pct(estimate: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) ->
         return float("nan")
     est, tru = estimate[mask].double(), truth[mask].double()
     return float(100.0 * ((est - tru).abs() / tru.abs().clamp_min(_EPS)).mean())
+
+
+#: Physiological ranges (ms) of the median T1 and T2 of a case's labelled blood and myocardium, wide enough for
+#: 1.5 T and 3 T, native and moderately contrast-enhanced blood, and disease (reference values at 1.5 T:
+#: myocardium 950-1050 / 45-56 ms, blood 1450-1650 / 250-290 ms; 3 T: myocardium ~1050-1180 / ~50 ms, blood
+#: ~1900 / ~270 ms; physics/data/tissues.toml). Maps outside them come from an estimator that did not fit (an
+#: untrained or wrong prior, a wrong latent mapping), not from a heart.
+PLAUSIBLE_MEDIANS_MS: dict[str, dict[str, tuple[float, float]]] = {
+    "myocardium": {"T1": (600.0, 1600.0), "T2": (25.0, 100.0)},
+    "blood": {"T1": (800.0, 2600.0), "T2": (80.0, 500.0)},
+}
+
+
+def labelled_tissue_medians(maps, labels, tissue_values: dict[str, tuple[int, ...]]) -> dict[str, dict[str, float]]:
+    """Median T1 and T2 (ms) over the pixels of each tissue's label values, all slices and samples.
+
+    Args:
+        maps: (Z, K, 3, X, Y) maps [M0, T1 ms, T2 ms] (numpy).
+        labels: (X, Y, Z) integer labels (numpy).
+        tissue_values: ``{"blood": (1, 3), "myocardium": (2,)}``.
+    Returns:
+        ``{tissue: {"T1": ms, "T2": ms}}`` for the tissues with labelled pixels.
+    """
+    import numpy as np
+
+    lab = np.moveaxis(labels, 2, 0)  # (Z, X, Y)
+    out = {}
+    for tissue, values in tissue_values.items():
+        mask = np.isin(lab, values)
+        if not values or not mask.any():
+            continue
+        # (Z, K, X, Y) -> (Z, X, Y, K): the mask picks pixels, every sample of them counts
+        out[tissue] = {name: float(np.median(np.moveaxis(maps[:, :, ch], 1, 3)[mask]))
+                       for name, ch in (("T1", 1), ("T2", 2))}
+    return out
+
+
+def implausible_medians(medians: dict[str, dict[str, float]]) -> list[str]:
+    """The medians outside :data:`PLAUSIBLE_MEDIANS_MS`, each as ``"myocardium T1 2251 ms (600-1600)"``."""
+    bad = []
+    for tissue, values in medians.items():
+        for name, value in values.items():
+            lo, hi = PLAUSIBLE_MEDIANS_MS[tissue][name]
+            if not lo <= value <= hi:  # NaN fails too
+                bad.append(f"{tissue} {name} {value:.0f} ms ({lo:g}-{hi:g})")
+    return bad
