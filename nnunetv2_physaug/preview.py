@@ -20,7 +20,7 @@ import numpy as np
 
 from .contrast import ContrastRenderer, protocol_with_settings
 from .fileio import atomic_write_bytes
-from .maps.store import read_case_maps
+from .maps.store import TissueMapError, read_case_maps
 
 __all__ = ["make_preview", "PreviewResult", "sheet_size_px", "case_from_image", "COLUMNS", "DPI"]
 
@@ -72,6 +72,26 @@ def _load_volume(path: Path, what: str) -> np.ndarray:
         raise ValueError(f"{what} {path} has shape {a.shape}; expected a 3D volume (X, Y, Z). For a 4D cine, "
                          "save the frame to preview as its own 3D file")
     return a
+
+
+def _refuse_incomplete_or_stale(maps_dir: Path, case: str, image: Path, labels: Optional[os.PathLike | str]) -> None:
+    """Raise :class:`TissueMapError` when the folder marks ``case`` unfinished, or its maps were made from
+    another image (or label file) than the ones given: a preview of them would show the wrong case."""
+    from .maps.folder import TissueMapFolder, input_digest
+
+    folder = TissueMapFolder(maps_dir)
+    if folder.identity_hash() is None:
+        return  # a user's own maps: nothing records what they were made from
+    if not folder.is_complete(case):
+        raise TissueMapError(f"{maps_dir}: the maps of case {case} are unfinished (an interrupted or failed "
+                             f"physaug-reverse run); rerun the physaug-reverse command that made the folder")
+    current = input_digest(image, labels)
+    if labels is None:
+        del current["labels"]  # no label file given: the image alone says which case this is
+    if not folder.is_complete(case, inputs=current):
+        raise TissueMapError(f"{maps_dir}: the maps of case {case} were made from another image or label file than "
+                             f"{image}{' and ' + str(labels) if labels else ''} (replaced since?); rerun "
+                             f"physaug-reverse on that image's folder to redo them (it redoes stale cases)")
 
 
 def _caption(params: dict) -> str:
@@ -126,6 +146,7 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
     protocol = protocol_with_settings(preset, settings)
     case = case or case_from_image(image)
     img = _load_volume(image, "image").astype(np.float32)
+    _refuse_incomplete_or_stale(maps_dir, case, image, labels)
     maps, _ = read_case_maps(maps_dir, case, reference_image=image)
     maps = maps[..., 0]  # (3, X, Y, Z): first posterior sample
     z = img.shape[2] // 2 if slice_index is None else slice_index

@@ -126,3 +126,24 @@ def test_preview_settings_and_family_reach_the_renderings(tmp_path, monkeypatch)
     assert out.is_file() and len(captured) == 3
     for params in captured:
         assert params["family"] == "tse" and params["te_ms"] == 77.0 and 0.1 <= params["blood_factor"] <= 0.2
+
+
+def test_preview_refuses_stale_or_unfinished_maps(tmp_path, capsys):
+    """Maps made by physaug-reverse for one image are not previewed beside another image of the same name, and
+    a case the folder marks unfinished is refused."""
+    from nnunetv2_physaug.reverse import run_reverse
+
+    image, _, _ = synthetic_case(tmp_path)
+    maps_dir = tmp_path / "reversed"
+    run_reverse(image.parent, maps_dir, progress=False)
+    out = tmp_path / "p.png"
+    main(["--image", str(image), "--maps", str(maps_dir), "-o", str(out)])  # fresh maps: fine
+    data = nib.load(image)
+    nib.save(nib.Nifti1Image(np.asarray(data.dataobj) * 1.5 + 1.0, data.affine), image)  # another image, same name
+    with pytest.raises(SystemExit):
+        main(["--image", str(image), "--maps", str(maps_dir), "-o", str(out), "--overwrite"])
+    assert "were made from another image or label file" in capsys.readouterr().err
+    (maps_dir / "qc" / "heart_001.json").unlink()  # as a killed run leaves it
+    with pytest.raises(SystemExit):
+        main(["--image", str(image), "--maps", str(maps_dir), "-o", str(out), "--overwrite"])
+    assert "unfinished" in capsys.readouterr().err

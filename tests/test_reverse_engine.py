@@ -497,3 +497,41 @@ def test_a_prior_is_identified_by_all_of_it_not_only_its_weights(tmp_path, capsy
     sc["prediction_type"] = "epsilon" if sc.get("prediction_type") != "epsilon" else "v_prediction"
     sched.write_text(json.dumps(sc))
     assert PhysicsPrior.from_pretrained(folder).hash not in (base, changed)
+
+
+def test_maps_of_a_replaced_image_or_label_are_stale_and_redone(tmp_path, capsys):
+    """A case's record holds the size and sha256 of the image and label it was made from: replacing either
+    (same name, other content) makes its maps stale, so a rerun redoes that case only, and the folder's
+    ``missing`` names it for the trainer."""
+    from nnunetv2_physaug.maps.folder import input_digest
+
+    images = make_dataset(tmp_path, 3)
+    labels = tmp_path / "labelsTr"
+    run_cli("-i", str(images))
+    maps_dir = tmp_path / "tissueMapsTr"
+    before = _maps_of(maps_dir, ["case00", "case01", "case02"])
+    capsys.readouterr()
+    vol, lab = ring_case(seed=7)  # another patient under case01's name
+    nib.save(nib.Nifti1Image(vol, AFFINE), images / "case01_0000.nii.gz")
+    folder = TissueMapFolder(maps_dir)
+    now = {c: input_digest(images / f"{c}_0000.nii.gz", labels / f"{c}.nii.gz") for c in ("case00", "case01", "case02")}
+    assert folder.missing(["case00", "case01", "case02"], inputs=now) == ["case01"]
+    run_cli("-i", str(images))
+    assert "1 done, 2 skipped" in capsys.readouterr().out
+    after = _maps_of(maps_dir, ["case00", "case01", "case02"])
+    assert not np.allclose(after["case01"], before["case01"])
+    np.testing.assert_array_equal(after["case00"], before["case00"])
+    # the label alone replaced: redone too
+    lab2 = lab.copy()
+    lab2[lab2 == 2] = 3
+    nib.save(nib.Nifti1Image(lab2, AFFINE), labels / "case02.nii.gz")
+    run_cli("-i", str(images))
+    assert "1 done, 2 skipped" in capsys.readouterr().out
+    # maps made without labels stay valid whatever label file exists (and a record without inputs does not)
+    run_cli("-i", str(images), "-o", str(tmp_path / "nolab"), "--no-labels")
+    capsys.readouterr()
+    assert TissueMapFolder(tmp_path / "nolab").missing(["case00"], inputs={"case00": now["case00"]}) == []
+    rec = json.loads((maps_dir / "qc" / "case00.json").read_text())
+    rec.pop("inputs")
+    (maps_dir / "qc" / "case00.json").write_text(json.dumps(rec))
+    assert folder.missing(["case00"], inputs={"case00": now["case00"]}) == ["case00"]

@@ -81,6 +81,29 @@ def _file_digest(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
+def input_digest(image: os.PathLike | str, labels: Optional[os.PathLike | str] = None) -> dict:
+    """What a case's maps were made from: size and sha256 of its image file and of its label file (None
+    when made without labels). Recorded in the commit record; a changed input makes the maps stale."""
+    return {"image": _file_digest(Path(image)), "labels": _file_digest(Path(labels)) if labels else None}
+
+
+def inputs_match(recorded: Optional[dict], current: Optional[dict]) -> bool:
+    """Whether maps made from ``recorded`` inputs are maps of the ``current`` ones: the same image, and the
+    same label file when the maps were made with labels (maps made without labels stay valid whatever label
+    file exists now, e.g. ``--no-labels``); ``current`` without a ``labels`` key checks the image only. No
+    record of the inputs (a folder written before they were recorded) is a mismatch: such maps are redone
+    rather than trusted."""
+    if current is None:
+        return True
+    if not isinstance(recorded, dict):
+        return False
+    if recorded.get("image") != current.get("image"):
+        return False
+    if "labels" not in current:
+        return True
+    return recorded.get("labels") is None or recorded.get("labels") == current.get("labels")
+
+
 def _package_version() -> str:
     from .. import __version__
     return __version__
@@ -273,12 +296,14 @@ class TissueMapFolder:
             return None
         return record if isinstance(record, dict) else None
 
-    def is_complete(self, case: str, ident_hash: Optional[str] = None) -> bool:
+    def is_complete(self, case: str, ident_hash: Optional[str] = None, inputs: Optional[dict] = None) -> bool:
         """Whether ``case`` has finished maps of this folder's identity (the module docstring's rule).
 
         Args:
             case: case identifier.
             ident_hash: the identity the maps must have; default the manifest's.
+            inputs: :func:`input_digest` of the case's image and labels now; maps made from other inputs
+                are stale, i.e. not complete (:func:`inputs_match`). None: not checked.
         """
         if not self._files_exist(case):
             return False
@@ -288,6 +313,8 @@ class TissueMapFolder:
                 return True  # a user's own maps: no record says what they should be
         record = self.read_record(case)
         if record is None or record.get("identity_hash") != ident_hash:
+            return False
+        if not inputs_match(record.get("inputs"), inputs):
             return False
         files = record.get("files")
         if not isinstance(files, dict):
@@ -306,10 +333,13 @@ class TissueMapFolder:
         ident_hash = ident_hash or self.identity_hash()  # the manifest is read once, not once per case
         return [c for c in self.cases_with_files() if self.is_complete(c, ident_hash)]
 
-    def missing(self, cases: Iterable[str], ident_hash: Optional[str] = None) -> list[str]:
-        """The cases of ``cases`` that are not complete (in the given order)."""
+    def missing(self, cases: Iterable[str], ident_hash: Optional[str] = None,
+                inputs: Optional[dict[str, dict]] = None) -> list[str]:
+        """The cases of ``cases`` that are not complete (in the given order); ``inputs``: ``{case:
+        input_digest}`` of the cases whose inputs are checked (stale maps count as missing)."""
         ident_hash = ident_hash or self.identity_hash()
-        return [c for c in cases if not self.is_complete(c, ident_hash)]
+        inputs = inputs or {}
+        return [c for c in cases if not self.is_complete(c, ident_hash, inputs.get(c))]
 
     # --- writing -------------------------------------------------------------------------------
     def try_lock_case(self, case: str, blocking: bool = False) -> Optional[FileLock]:
@@ -317,7 +347,7 @@ class TissueMapFolder:
         return FileLock.acquire(self.path / CASE_LOCK_DIRNAME / f"{case}.lock", blocking)
 
     def write_case(self, case: str, m0: np.ndarray, t1: np.ndarray, t2: np.ndarray, affine: np.ndarray,
-                   ident_hash: str, qc: dict) -> None:
+                   ident_hash: str, qc: dict, inputs: Optional[dict] = None) -> None:
         """Write and commit the maps of ``case`` (caller holds its lock, see :meth:`try_lock_case`).
 
         Args:
@@ -325,11 +355,13 @@ class TissueMapFolder:
             affine: 4x4 voxel-to-world matrix of the case's image.
             ident_hash: the identity hash returned by :meth:`establish`.
             qc: JSON-serialisable QC figures, recorded in the commit record and the manifest.
+            inputs: :func:`input_digest` of what the maps were made from, recorded for staleness checks.
         """
         self._begin_case(case)
         write_case_maps(self.path, case, m0, t1, t2, affine, overwrite=True)
         files = {name: _file_digest(self.map_path(case, name)) for name in MAP_NAMES}
-        atomic_write_json(self.record_path(case), {"identity_hash": ident_hash, "files": files, "qc": qc})
+        atomic_write_json(self.record_path(case), {"identity_hash": ident_hash, "files": files, "qc": qc,
+                                                   "inputs": inputs})
         with self.manifest_lock():
             manifest = self.manifest()
             cases = dict(manifest.get("cases") or {})

@@ -79,21 +79,37 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
         files = get_filenames_of_train_images_and_targets(str(raw), self.dataset_json)
         return {k: v["images"][0] for k, v in files.items()}
 
+    def _input_digests(self, cases: list[str]) -> dict[str, dict]:
+        """``{case: input_digest}`` of the raw image and label of each case (maps of other inputs are stale);
+        empty when the raw dataset is absent."""
+        from ..maps.folder import input_digest
+
+        images = self._raw_images()
+        labels_dir = self.physaug_raw_dataset_folder() / "labelsTr"
+        ending = self.dataset_json.get("file_ending", ".nii.gz")
+        out = {}
+        for c in cases:
+            if c in images:
+                label = labels_dir / f"{c}{ending}"
+                out[c] = input_digest(images[c], label if label.is_file() else None)
+        return out
+
     # --- maps ----------------------------------------------------------------------------------
     def physaug_prepare_maps(self, cases: list[str]) -> Path:
         """Make sure every training case has raw maps, then align them to this configuration."""
         from ..maps.align import align_dataset_maps
 
         maps_dir = self.physaug_maps_dir()
-        missing = TissueMapFolder(maps_dir).missing(cases)
+        missing = TissueMapFolder(maps_dir).missing(cases, inputs=self._input_digests(cases))
         if missing:
             if self.physaug_should_compute_missing():
                 self._compute_missing_maps(maps_dir, missing)
             else:
                 shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
                 raise MissingTissueMapsError(
-                    f"{len(missing)} training case(s) have no complete tissue maps in {maps_dir} (missing, or left "
-                    f"unfinished by an interrupted run): {shown}. Make them with\n"
+                    f"{len(missing)} training case(s) have no complete tissue maps in {maps_dir} (missing, left "
+                    f"unfinished by an interrupted run, or made from an image or label file replaced since): "
+                    f"{shown}. Make them with\n"
                     f"    physaug-reverse -i {self.physaug_raw_dataset_folder() / 'imagesTr'} -o {maps_dir}\n"
                     f"(or link {maps_dir} to the folder that holds them).")
         return align_dataset_maps(maps_dir, self.preprocessed_dataset_folder_base, self.plans_manager,

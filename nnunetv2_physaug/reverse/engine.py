@@ -29,14 +29,14 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..maps.folder import FileLock, TissueMapFolder
+from ..maps.folder import FileLock, TissueMapFolder, input_digest
 from ..maps.store import TissueMapError
 from . import shard as sharding
 from .base import SliceEstimator
 from .label_tissues import LabelTissueError, resolve_label_tissues
 from .rng import slice_generator
 from .io import (ReverseInputError, check_label_coverage, default_labels_dir, default_maps_dir, image_shape,
-                 list_cases, load_image, load_labels)
+                 label_file, list_cases, load_image, load_labels)
 from .forward import BSSFPForwardModel
 from .qc import implausible_medians, labelled_tissue_medians, fit_scale, nrmse_pct
 
@@ -204,7 +204,7 @@ MAX_NRMSE_PCT = 30.0
 
 def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model: BSSFPForwardModel,
                 max_nrmse_pct: float = MAX_NRMSE_PCT, tissue_values: Optional[dict] = None,
-                accept_implausible: bool = False) -> dict:
+                accept_implausible: bool = False, inputs: Optional[dict] = None) -> dict:
     maps, qc = _finish_maps(work.image, work.maps, model)
     if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
         raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
@@ -230,7 +230,7 @@ def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model
         a = np.transpose(maps[:, :, ch], (2, 3, 0, 1))     # (Z, K, X, Y) -> (X, Y, Z, K)
         arrays.append(a[..., 0] if a.shape[-1] == 1 else a)
     qc["seconds"] = round(time.perf_counter() - work.t0, 3)
-    folder.write_case(work.case, *arrays, affine=work.affine, ident_hash=ident_hash, qc=qc)
+    folder.write_case(work.case, *arrays, affine=work.affine, ident_hash=ident_hash, qc=qc, inputs=inputs)
     return qc
 
 
@@ -325,9 +325,12 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                              unlabelled=[c for c in unlabelled if c in mine])
     if not overwrite:
         folder.reconcile(ident_hash, mine)
+    # what each case's maps are made from: maps of an image (or labels) replaced since are stale and redone
+    inputs = {c: input_digest(all_cases[c], label_file(labels_dir, c) if labels_dir is not None else None)
+              for c in mine}
     todo = []
     for c in mine:
-        if not overwrite and folder.is_complete(c, ident_hash):
+        if not overwrite and folder.is_complete(c, ident_hash, inputs[c]):
             summary.skipped.append(c)
         else:
             todo.append(c)
@@ -374,7 +377,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
             if w.remaining == 0:
                 try:
                     summary.qc[c] = _write_case(folder, w, ident_hash, estimator.forward_model, max_nrmse_pct,
-                                                tissue_values, accept_implausible)
+                                                tissue_values, accept_implausible, inputs[c])
                     summary.done.append(c)
                 except TissueMapError as e:
                     summary.failed[c] = str(e)
@@ -386,7 +389,7 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
 
     def start(c: str) -> None:
         """Queue the slices of case ``c`` (its lock is held)."""
-        if not overwrite and folder.is_complete(c, ident_hash):  # another process finished it meanwhile
+        if not overwrite and folder.is_complete(c, ident_hash, inputs[c]):  # another process finished it meanwhile
             summary.skipped.append(c)
             bar.update(shapes[c][2])
             release(c)
@@ -451,7 +454,7 @@ def fill_missing_maps(images_dir: PathLike, maps_dir: PathLike, cases: list[str]
         ReverseError: some cases failed (the message lists each with its reason).
         CacheMismatchError, ReverseInputError, PriorError: as for :func:`run_reverse` / the prior.
     """
-    todo = sorted(set(TissueMapFolder(maps_dir).missing(cases)))
+    todo = sorted(set(cases))  # run_reverse skips the complete ones (same image and labels as recorded)
     if not todo:
         return []
     label_tissues = None
