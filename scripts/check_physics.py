@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare every closed-form signal equation with the independent Bloch simulator (tests/bloch.py).
+"""Compare every closed-form signal equation with the independent Bloch simulator (nnunetv2_physaug/physics/bloch.py).
 
 Run with no arguments: ``.venv/bin/python scripts/check_physics.py``. Prints one row per equation
 with the largest relative error over a sweep of cardiac tissues (1.5 T and 3 T blood, myocardium,
@@ -22,16 +22,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import bloch  # noqa: E402
-
-from nnunetv2_physaug.physics import signal as sig  # noqa: E402
+from nnunetv2_physaug.physics import bloch
+from nnunetv2_physaug.physics import signal as sig
 
 T1T2 = [(1550.0, 270.0), (1000.0, 50.0), (343.0, 58.0), (1900.0, 270.0), (1120.0, 48.0), (382.0, 68.0),
         (856.0, 27.0), (4000.0, 2000.0)]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-# test helper modules (nnunet_helpers, bloch, fake_datasets) live beside the tests
+# the test helper module (helpers.py) lives beside the tests
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -9,7 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from test_maps_folder import interrupted_overwrite, make_dataset, run_reverse, CASES, N_CASES
+from helpers import interrupted_overwrite, make_dataset, N_CASES
+from nnunetv2_physaug.reverse import run_reverse
 root = Path(tempfile.mkdtemp())
 images = make_dataset(root, N_CASES, labels=True)
 run_reverse(images, root / "seed0", seed=0, progress=False)

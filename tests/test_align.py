@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nnunet_helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
 
 DATASET_ID = 961
 

@@ -1,4 +1,4 @@
-"""Dataset converters (ACDC, M&Ms, M&Ms-2) on tiny fake source trees (tests/fake_datasets.py).
+"""Dataset converters (ACDC, M&Ms, M&Ms-2) on tiny fake source trees (tests/helpers.py).
 
 Truth comes from the fake builders (the anatomy masks in ACDC convention, the frame index encoded
 in the intensities, the metadata they wrote) and from nnU-Net itself (SimpleITKIO geometry,
@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fake_datasets import (FRAME_STEP, LV_VOXEL, MNMS2_ROWS, MNMS_CASES, MNMS_CSV, MYO_VOXEL, RV_VOXEL,
+from helpers import (FRAME_STEP, LV_VOXEL, MNMS2_ROWS, MNMS_CASES, MNMS_CSV, MYO_VOXEL, RV_VOXEL,
                            SPACING, affine, anatomy_image, label_volume, make_fake_acdc, make_fake_mnms,
                            make_fake_mnms2)
 from nnunetv2_physaug.conversion import (METADATA_KEY, ConversionError, convert_acdc, convert_mnms,

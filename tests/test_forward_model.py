@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import bloch
+from nnunetv2_physaug.physics import bloch
 from nnunetv2_physaug.reverse.forward import FORWARD_MODEL, BSSFPForwardModel
 from nnunetv2_physaug.reverse.prior import LatentMapping
 
@@ -50,7 +50,7 @@ def test_the_engine_renders_with_the_estimators_model(tmp_path):
     """QC and M0 harmonisation use the estimator's own model: a 30-degree estimator re-renders its image exactly."""
     from nnunetv2_physaug.maps import read_manifest
     from nnunetv2_physaug.reverse import LabelEstimator, run_reverse
-    from test_reverse_engine import make_dataset
+    from helpers import make_dataset
 
     images = make_dataset(tmp_path, 1)
     est = LabelEstimator()

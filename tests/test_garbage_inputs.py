@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_reverse_engine import AFFINE, make_dataset
+from helpers import AFFINE, make_dataset
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -19,64 +19,7 @@ import pytest
 
 from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps, read_manifest
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
-from test_reverse_engine import _SLOW_WRITER, PY, _subprocess_env, make_dataset
-
-N_CASES = 5
-CASES = [f"case{i:02d}" for i in range(N_CASES)]
-
-
-def _same_maps(a: Path, b: Path, case: str) -> bool:
-    return np.array_equal(read_case_maps(a, case)[0], read_case_maps(b, case)[0])
-
-
-def interrupted_overwrite(root: Path, images: Path, seed0: Path, seed1: Path, delay_s: float) -> dict:
-    """Copy the seed-0 folder, start ``--overwrite --seed 1`` into it, SIGKILL it mid-case, classify the cases.
-
-    Returns ``{"complete": [...], "incomplete": [...], "mixed": [...], "two_runs": [...]}``: *mixed* = the
-    folder calls the case complete but its maps are not exactly the seed-1 reference (the defect);
-    *two_runs* = its files come from both runs (expected for the case being written when killed).
-    """
-    out = root / "maps"
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(seed0, out)
-    proc = subprocess.Popen([PY, "-c", _SLOW_WRITER, "-i", str(images), "-o", str(out), "--overwrite", "--seed", "1",
-                             "--batch-size", "1", "--no-progress"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_subprocess_env())
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:  # wait until a map is being written, then a little longer
-            if list(out.glob(".tmp-*.nii.gz")):
-                break
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.01)
-        else:
-            pytest.fail("the overwrite run wrote nothing in time")
-        time.sleep(delay_s)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    folder = TissueMapFolder(out)
-    result: dict = {"complete": [], "incomplete": [], "mixed": [], "two_runs": []}
-    for c in CASES:
-        if folder.is_complete(c):
-            result["complete"].append(c)
-            if not _same_maps(out, seed1, c):
-                result["mixed"].append(c)
-        else:
-            result["incomplete"].append(c)
-        origins = set()
-        for name in ("M0", "T1", "T2"):
-            data = folder.map_path(c, name).read_bytes()
-            origins.add("0" if data == (seed0 / f"{c}_{name}.nii.gz").read_bytes() else
-                        "1" if data == (seed1 / f"{c}_{name}.nii.gz").read_bytes() else "?")
-        if len(origins) > 1:
-            result["two_runs"].append(c)
-    return result
-
+from helpers import CASES, N_CASES, PY, interrupted_overwrite, make_dataset, same_maps, subprocess_env
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
@@ -85,7 +28,7 @@ def references(tmp_path_factory):
     run_reverse(images, root / "seed0", seed=0, progress=False)
     run_reverse(images, root / "seed1", seed=1, progress=False)
     for c in CASES:  # the two settings give different maps, so a mix would be visible
-        assert not _same_maps(root / "seed0", root / "seed1", c)
+        assert not same_maps(root / "seed0", root / "seed1", c)
     return images, root / "seed0", root / "seed1"
 
 
@@ -102,7 +45,7 @@ def test_killed_overwrite_leaves_no_case_that_mixes_runs(tmp_path, references):
         fill_missing_maps(images, folder.path, CASES, progress=False)
     s = run_reverse(images, folder.path, seed=1, progress=False)  # the interrupted command, rerun, resumes
     assert sorted(s.done) == r["incomplete"] and sorted(s.skipped) == r["complete"]
-    assert all(_same_maps(folder.path, seed1, c) for c in CASES)
+    assert all(same_maps(folder.path, seed1, c) for c in CASES)
 
 
 def test_truncated_or_replaced_map_is_incomplete_and_redone(tmp_path, references):
@@ -119,7 +62,7 @@ def test_truncated_or_replaced_map_is_incomplete_and_redone(tmp_path, references
     assert folder.missing(CASES) == ["case01", "case03", "case04"]
     s = run_reverse(images, out, seed=1, progress=False)
     assert sorted(s.done) == ["case01", "case03", "case04"] and len(s.skipped) == N_CASES - 3
-    assert all(_same_maps(out, seed1, c) for c in CASES)
+    assert all(same_maps(out, seed1, c) for c in CASES)
 
 
 _RUN_AND_REPORT = """
@@ -134,7 +77,7 @@ def test_two_unsharded_runs_into_one_folder_never_compute_a_case_twice(tmp_path)
     images = make_dataset(tmp_path, 8)
     out = tmp_path / "maps"
     procs = [subprocess.Popen([PY, "-c", _RUN_AND_REPORT, str(images), str(out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=_subprocess_env()) for _ in range(2)]
+                              stderr=subprocess.PIPE, text=True, env=subprocess_env()) for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     reports = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]

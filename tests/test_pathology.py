@@ -1,6 +1,6 @@
 """Simulated myocardial pathology and the LGE readout train.
 
-Truth: an event-by-event Bloch simulation (tests/bloch.py) for the readout's approach to steady
+Truth: an event-by-event Bloch simulation (nnunetv2_physaug/physics/bloch.py) for the readout's approach to steady
 state; geometry computed here independently (atan2 about the drawn LV centre, scipy's Euclidean
 distance transform) for scar/edema placement; physics direction (scar brighter than normal
 myocardium on LGE, edema brighter on T2-weighted TSE) for the renders.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_dilation, distance_transform_edt
 
-import bloch
+from nnunetv2_physaug.physics import bloch
 from nnunetv2_physaug.contrast import ContrastRenderer, ProtocolError, load_protocol
 from nnunetv2_physaug.contrast.pathology import draw_pathology
 from nnunetv2_physaug.contrast.protocol import protocol_from_dict

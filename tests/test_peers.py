@@ -157,7 +157,7 @@ def test_saliency_map_is_coarse_and_spans_0_to_1():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from nnunet_helpers import environ_from, nnunet_env, plan_and_preprocess, write_toy_dataset
+    from helpers import environ_from, nnunet_env, plan_and_preprocess, write_toy_dataset
 
     root = tmp_path_factory.mktemp("peers")
     env = nnunet_env(root)
@@ -170,7 +170,7 @@ def toy(tmp_path_factory):
 
 def _trainer(env, folder, name):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunet_helpers import load_json
+    from helpers import load_json
 
     pp = Path(env["nnUNet_preprocessed"]) / folder.name
     plans = load_json(pp / "nnUNetPlans.json")
@@ -232,7 +232,7 @@ def test_peer_probability_leaves_the_other_images_as_they_are(toy):
 
 @pytest.mark.slow
 def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
-    from nnunet_helpers import run
+    from helpers import run
 
     env, folder = toy
     for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScaleSBF_smoke",

@@ -1,6 +1,6 @@
 """Signal equations and tissue table checked against an independent Bloch simulation and known limits.
 
-The oracle is ``tests/bloch.py`` (rotation + relaxation matrices in numpy float64, run to steady
+The oracle is ``nnunetv2_physaug/physics/bloch.py`` (rotation + relaxation matrices in numpy float64, run to steady
 state over many TRs); it does not use the closed forms. Times in ms, angles in degrees.
 
 Tolerances:
@@ -26,7 +26,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bloch  # noqa: E402
+from nnunetv2_physaug.physics import bloch  # noqa: E402
 
 from nnunetv2_physaug.physics import signal as sig  # noqa: E402
 from nnunetv2_physaug.physics.tissues import FIELD_STRENGTHS, TISSUES, TissueProperties, tissue, tissue_table  # noqa: E402

@@ -20,38 +20,7 @@ from nnunetv2_physaug.physics import bssfp
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
 from nnunetv2_physaug.reverse.shard import parse_shard, resolve_shard, shard_cases
 
-PY = sys.executable
-AFFINE = np.array([[0.0, -1.4, 0.0, 30.0], [1.4, 0.0, 0.0, -12.0], [0.0, 0.0, 9.0, 4.0], [0.0, 0.0, 0.0, 1.0]])
-
-
-def ring_case(shape=(40, 34, 3), seed=0, scale=500.0) -> tuple[np.ndarray, np.ndarray]:
-    """A bSSFP-like volume (X, Y, Z) of concentric rings (LV blood, myocardium, muscle) and its labels."""
-    rng = np.random.default_rng(seed)
-    x, y, z = shape
-    xx, yy = np.meshgrid(np.arange(x), np.arange(y), indexing="ij")
-    r = np.hypot(xx - x / 2, yy - y / 2)
-    lab = np.zeros((x, y), np.int16)
-    lab[r < 6] = 3
-    lab[(r >= 6) & (r < 9)] = 2
-    m0 = np.select([lab == 3, lab == 2, r < 15], [0.95, 0.8, 0.75], 0.05)
-    t1 = np.select([lab == 3, lab == 2], [1550.0, 1000.0], 860.0)
-    t2 = np.select([lab == 3, lab == 2], [270.0, 50.0], 30.0)
-    img = bssfp(torch.tensor(m0), torch.tensor(t1), torch.tensor(t2), 45.0, 0.0, short_tr=True).numpy()
-    vol = np.stack([img * scale * (1 + 0.1 * k) + rng.normal(0, 0.5, img.shape) for k in range(z)], -1)
-    return np.abs(vol).astype(np.float32), np.repeat(lab[:, :, None], z, 2)
-
-
-def make_dataset(root: Path, n: int, shape=(40, 34, 3), labels=True) -> Path:
-    (root / "imagesTr").mkdir(parents=True)
-    if labels:
-        (root / "labelsTr").mkdir()
-    for i in range(n):
-        vol, lab = ring_case(shape, seed=i)
-        nib.save(nib.Nifti1Image(vol, AFFINE), root / "imagesTr" / f"case{i:02d}_0000.nii.gz")
-        if labels:
-            nib.save(nib.Nifti1Image(lab, AFFINE), root / "labelsTr" / f"case{i:02d}.nii.gz")
-    return root / "imagesTr"
-
+from helpers import AFFINE, PY, SLOW_WRITER, make_dataset, ring_case, subprocess_env
 
 def run_cli(*args: str) -> None:
     cli_main([*args, "--no-progress"])
@@ -161,19 +130,12 @@ def test_shard_assignment_is_disjoint_and_complete(monkeypatch):
     assert resolve_shard((1, 2)) == (1, 2)  # an explicit --shard wins
 
 
-def _subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def test_concurrent_shards_fill_one_folder(tmp_path):
     images = make_dataset(tmp_path, 6)
     out = tmp_path / "maps"
     procs = [subprocess.Popen([PY, "-m", "nnunetv2_physaug.cli.reverse", "-i", str(images), "-o", str(out),
                                "--shard", f"{i}/2", "--batch-size", "2", "--no-progress"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env())
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
              for i in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -185,23 +147,11 @@ def test_concurrent_shards_fill_one_folder(tmp_path):
     assert not list(out.rglob(".tmp-*"))
 
 
-_SLOW_WRITER = """
-import sys, time, nibabel
-_save = nibabel.save
-def slow_save(img, path):  # keep each temp file on disk for a while so the kill lands mid-write
-    _save(img, path)
-    time.sleep(0.25)
-nibabel.save = slow_save
-from nnunetv2_physaug.cli.reverse import main
-main(sys.argv[1:])
-"""
-
-
 def test_killed_run_resumes_without_half_files(tmp_path):
     images = make_dataset(tmp_path, 5)
     out = tmp_path / "maps"
-    proc = subprocess.Popen([PY, "-c", _SLOW_WRITER, "-i", str(images), "-o", str(out), "--batch-size", "1",
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_subprocess_env())
+    proc = subprocess.Popen([PY, "-c", SLOW_WRITER, "-i", str(images), "-o", str(out), "--batch-size", "1",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
     deadline = time.time() + 90
     try:
         # wait until one case is finished and another one is half written (a temp file on disk)

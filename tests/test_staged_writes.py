@@ -92,7 +92,7 @@ def test_full_disk_is_a_message_naming_the_file(tmp_path, monkeypatch, capsys):
     """ENOSPC while writing maps: a one-line error with the file and what to do, no case left committed."""
     import nibabel
 
-    from test_reverse_engine import make_dataset
+    from helpers import make_dataset
     from nnunetv2_physaug.cli.reverse import main
     from nnunetv2_physaug.maps import TissueMapFolder
 

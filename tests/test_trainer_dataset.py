@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
 
 DATASET_ID = 963
 

@@ -1,24 +1,247 @@
-"""Tiny fake source trees of ACDC, M&Ms and M&Ms-2 with the real folder names, file names and
-metadata files (Info.cfg, information CSVs), for testing the converters without the data.
+"""Shared test helpers, the one module tests import them from (no test imports another test).
 
-Volumes are 16 x 16 x 4 (X, Y, Z) with a plausible short-axis anatomy: an LV cavity disk, a
-myocardial ring around it and an RV crescent beside it, on a dim noisy background. Ground truth
-that the tests check against is returned by the builders:
-
-* every cine frame ``t`` carries its index in the intensity (``anatomy + FRAME_STEP * t``), so the
-  extracted frame can be identified from the voxel values;
-* the LV/RV blobs are at fixed, known voxels (:data:`LV_VOXEL`, :data:`RV_VOXEL`,
-  :data:`MYO_VOXEL`) and are written with each dataset's own label convention, so a missing or
-  wrong 1 <-> 3 swap is visible; the ES LV is smaller than the ED LV, so ED and ES labels differ.
+- nnU-Net in temporary folders: :func:`nnunet_env`, :func:`environ_from`, :func:`run`, :func:`write_toy_dataset`,
+  :func:`plan_and_preprocess`, :func:`load_json`.
+- Reverse imaging inputs: :func:`ring_case`, :func:`make_dataset` (bSSFP renderings of concentric rings at 1.5 T
+  reference values), :func:`subprocess_env`, :data:`SLOW_WRITER` and :func:`interrupted_overwrite` (a
+  ``physaug-reverse --overwrite`` killed while it writes).
+- Fake source trees of ACDC, M&Ms, M&Ms-2 and MyoPS with the real folder and file names, for the converters.
+  Volumes are 16 x 16 x 4 (X, Y, Z) with a plausible short-axis anatomy: an LV cavity disk, a myocardial ring
+  around it and an RV crescent beside it, on a dim noisy background. Every cine frame ``t`` carries its index in
+  the intensity (``anatomy + FRAME_STEP * t``); the LV/RV blobs are at fixed, known voxels (:data:`LV_VOXEL`,
+  :data:`RV_VOXEL`, :data:`MYO_VOXEL`) and are written with each dataset's own label convention, so a missing or
+  wrong 1 <-> 3 swap is visible; the ES LV is smaller than the ED LV.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
+
+from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps
+from nnunetv2_physaug.physics import bssfp
+
+BIN = Path(sys.executable).parent
+
+
+def nnunet_env(root: Path, **extra) -> dict:
+    """os.environ plus nnU-Net paths under ``root``, our ext-trainer folders (the experiments' too) and low
+    process counts."""
+    from nnunetv2_physaug.nnunet.env import nnunet_paths, register_ext_trainers
+    env = dict(os.environ)
+    env.update(nnunet_paths(root))
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[k]).mkdir(parents=True, exist_ok=True)
+    register_ext_trainers(env, experiments=True)
+    env["nnUNet_def_n_proc"] = "1"
+    env["nnUNet_n_proc_DA"] = "0"
+    env["nnUNet_compile"] = "f"
+    env["MPLBACKEND"] = "Agg"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@contextlib.contextmanager
+def environ_from(env: dict, keys=("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")):
+    """Set ``keys`` of ``env`` in this process's os.environ for the duration (for in-process nnU-Net calls)."""
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script of this venv; fail the test with its output when it fails."""
+    exe = str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0]
+    proc = subprocess.run([exe, *cmd[1:]], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_toy_dataset(raw: Path, dataset_id: int, name: str, n_cases: int, channel_name: str = "MRI",
+                      seed: int = 0, with_maps: bool = True) -> Path:
+    """A small 3-label ring dataset with anisotropic, case-varying spacing and a zero border.
+
+    Images are written with nibabel (X, Y, Z). With ``with_maps`` the raw tissue maps are written
+    too: M0 = image, T1 = image + 100, T2 = image + 5 (so alignment can be checked against nnU-Net's
+    own preprocessing of the image).
+    """
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from nnunetv2_physaug.maps import write_case_maps
+
+    rng = np.random.default_rng(seed)
+    folder = raw / f"Dataset{dataset_id:03d}_{name}"
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        nx, ny, nz = 40 + 2 * i, 36, 5
+        sp = (1.2 + 0.15 * i, 1.4, 6.0)
+        x, y = np.meshgrid(np.arange(nx) - nx / 2 + 0.5, np.arange(ny) - ny / 2 + 0.5, indexing="ij")
+        r = np.hypot(x, y)
+        lab2d = np.zeros((nx, ny), np.uint8)
+        lab2d[r < 14] = 2
+        lab2d[r < 9] = 3
+        lab2d[(np.abs(x + 12) < 3) & (np.abs(y) < 6)] = 1
+        lab = np.repeat(lab2d[..., None], nz, axis=2)
+        img = np.where(lab == 3, 300.0, np.where(lab == 2, 80.0, np.where(lab == 1, 250.0, 40.0)))
+        img = img + rng.normal(0, 5, img.shape)
+        img[:3] = 0  # a zero border so nnU-Net's crop to nonzero does something
+        img[:, -2:] = 0
+        img = np.clip(img, 0, None).astype(np.float32)
+        aff = np.diag([*sp, 1.0])
+        case = f"toy_{i:03d}"
+        nib.save(nib.Nifti1Image(img, aff), folder / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, aff), folder / "labelsTr" / f"{case}.nii.gz")
+        if with_maps:
+            write_case_maps(folder / "tissueMapsTr", case, img, img + 100.0, img + 5.0, aff)
+    generate_dataset_json(str(folder), {0: channel_name}, {"background": 0, "RV": 1, "MLV": 2, "LVC": 3},
+                          n_cases, ".nii.gz", dataset_name=folder.name)
+    return folder
+
+
+def plan_and_preprocess(env: dict, dataset_id: int, configs=("2d",)) -> None:
+    # nnunetv2 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA) and crashes on 0
+    env = {**env, "nnUNet_n_proc_DA": "1"}
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configs, "-np",
+         *(["1"] * len(configs)), "-npfp", "1", "--verify_dataset_integrity"], env)
+
+
+def load_json(p: Path) -> dict:
+    return json.loads(Path(p).read_text())
+
+
+# ----------------------------------------------------------------------------- reverse imaging inputs
+
+PY = sys.executable
+AFFINE = np.array([[0.0, -1.4, 0.0, 30.0], [1.4, 0.0, 0.0, -12.0], [0.0, 0.0, 9.0, 4.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def ring_case(shape=(40, 34, 3), seed=0, scale=500.0) -> tuple[np.ndarray, np.ndarray]:
+    """A bSSFP-like volume (X, Y, Z) of concentric rings (LV blood, myocardium, muscle) and its labels."""
+    rng = np.random.default_rng(seed)
+    x, y, z = shape
+    xx, yy = np.meshgrid(np.arange(x), np.arange(y), indexing="ij")
+    r = np.hypot(xx - x / 2, yy - y / 2)
+    lab = np.zeros((x, y), np.int16)
+    lab[r < 6] = 3
+    lab[(r >= 6) & (r < 9)] = 2
+    m0 = np.select([lab == 3, lab == 2, r < 15], [0.95, 0.8, 0.75], 0.05)
+    t1 = np.select([lab == 3, lab == 2], [1550.0, 1000.0], 860.0)
+    t2 = np.select([lab == 3, lab == 2], [270.0, 50.0], 30.0)
+    img = bssfp(torch.tensor(m0), torch.tensor(t1), torch.tensor(t2), 45.0, 0.0, short_tr=True).numpy()
+    vol = np.stack([img * scale * (1 + 0.1 * k) + rng.normal(0, 0.5, img.shape) for k in range(z)], -1)
+    return np.abs(vol).astype(np.float32), np.repeat(lab[:, :, None], z, 2)
+
+
+def make_dataset(root: Path, n: int, shape=(40, 34, 3), labels=True) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    if labels:
+        (root / "labelsTr").mkdir()
+    for i in range(n):
+        vol, lab = ring_case(shape, seed=i)
+        nib.save(nib.Nifti1Image(vol, AFFINE), root / "imagesTr" / f"case{i:02d}_0000.nii.gz")
+        if labels:
+            nib.save(nib.Nifti1Image(lab, AFFINE), root / "labelsTr" / f"case{i:02d}.nii.gz")
+    return root / "imagesTr"
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+SLOW_WRITER = """
+import sys, time, nibabel
+_save = nibabel.save
+def slow_save(img, path):  # keep each temp file on disk for a while so the kill lands mid-write
+    _save(img, path)
+    time.sleep(0.25)
+nibabel.save = slow_save
+from nnunetv2_physaug.cli.reverse import main
+main(sys.argv[1:])
+"""
+
+
+N_CASES = 5
+CASES = [f"case{i:02d}" for i in range(N_CASES)]
+
+
+def same_maps(a: Path, b: Path, case: str) -> bool:
+    return np.array_equal(read_case_maps(a, case)[0], read_case_maps(b, case)[0])
+
+
+def interrupted_overwrite(root: Path, images: Path, seed0: Path, seed1: Path, delay_s: float) -> dict:
+    """Copy the seed-0 folder, start ``--overwrite --seed 1`` into it, SIGKILL it mid-case, classify the cases.
+
+    Returns ``{"complete": [...], "incomplete": [...], "mixed": [...], "two_runs": [...]}``: *mixed* = the
+    folder calls the case complete but its maps are not exactly the seed-1 reference (the defect);
+    *two_runs* = its files come from both runs (expected for the case being written when killed).
+    """
+    out = root / "maps"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(seed0, out)
+    proc = subprocess.Popen([PY, "-c", SLOW_WRITER, "-i", str(images), "-o", str(out), "--overwrite", "--seed", "1",
+                             "--batch-size", "1", "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # wait until a map is being written, then a little longer
+            if list(out.glob(".tmp-*.nii.gz")):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        else:
+            pytest.fail("the overwrite run wrote nothing in time")
+        time.sleep(delay_s)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    folder = TissueMapFolder(out)
+    result: dict = {"complete": [], "incomplete": [], "mixed": [], "two_runs": []}
+    for c in CASES:
+        if folder.is_complete(c):
+            result["complete"].append(c)
+            if not same_maps(out, seed1, c):
+                result["mixed"].append(c)
+        else:
+            result["incomplete"].append(c)
+        origins = set()
+        for name in ("M0", "T1", "T2"):
+            data = folder.map_path(c, name).read_bytes()
+            origins.add("0" if data == (seed0 / f"{c}_{name}.nii.gz").read_bytes() else
+                        "1" if data == (seed1 / f"{c}_{name}.nii.gz").read_bytes() else "?")
+        if len(origins) > 1:
+            result["two_runs"].append(c)
+    return result
+
+
+# ----------------------------------------------------------------------------- fake source trees
 
 SHAPE = (16, 16, 4)
 SPACING = (1.25, 1.25, 8.0)  # mm

@@ -1,4 +1,5 @@
-"""A small, independent Bloch simulator used as the test oracle for ``nnunetv2_physaug.physics``.
+"""A small, independent Bloch simulator: the oracle of the tests and of ``scripts/check_physics.py`` for
+the closed-form signal equations of :mod:`nnunetv2_physaug.physics.signal`.
 
 It knows nothing about the closed-form signal equations: it only rotates and relaxes one
 magnetisation vector, event by event, in numpy float64, and runs sequences to steady state by
