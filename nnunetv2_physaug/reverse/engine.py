@@ -2,21 +2,12 @@
 
 Volumes are cut into slices along Z (nibabel axis order (X, Y, Z); a slice is (X, Y) = (H, W));
 slices of consecutive cases with the same in-plane shape and the same label availability are
-batched into one :meth:`SliceEstimator.estimate` call. When all slices of a case are estimated,
-the case is finished:
-
-* **Per-case M0 harmonisation.** Estimators explain each slice up to its own global scale (the
-  diffusion samplers normalise every slice by its percentiles). M0 of each slice and sample is
-  rescaled so that the bSSFP rendering of the whole volume is proportional to the image with one
-  factor (the median of the slice factors), keeping the relative intensity of slices of one case.
-* T1/T2 are clamped to >= 1 ms and M0 to >= 0 (the clamp of DESIGN §6; estimators may return 0).
-* QC: ``nrmse_pct`` = data-consistency NRMSE of the whole volume with one scale (mean over samples),
-  ``nrmse_pct_slice_max`` = worst per-slice NRMSE, plus the means of the estimator's numeric
-  per-slice figures (``slice_mean_<name>``).
-* Written in the image's geometry (3D, or 4D with K samples on the last axis) and committed by
-  :class:`nnunetv2_physaug.maps.folder.TissueMapFolder`. A process computes a case only while
-  holding the case's lock; a case another process is computing is done last, after waiting for that
-  process, and then only if it did not finish it.
+batched into one :meth:`SliceEstimator.estimate` call. The run is planned first (:func:`_plan`: inputs
+checked, the folder's identity established, finished cases skipped), slices are batched by
+:class:`_SliceBatcher`, and a case whose slices are all estimated is finished by
+:mod:`.case_writer` (M0 harmonised, QC, committed). A process computes a case only while holding the
+case's lock; a case another process is computing is done last, after waiting for that process, and then
+only if it did not finish it.
 """
 from __future__ import annotations
 
@@ -37,8 +28,7 @@ from .label_tissues import LabelTissueError, resolve_label_tissues
 from .rng import slice_generator
 from .io import (ReverseInputError, check_label_coverage, default_labels_dir, default_maps_dir, image_shape,
                  label_file, list_cases, load_image, load_labels)
-from .forward import BSSFPForwardModel
-from .qc import implausible_medians, labelled_tissue_medians, fit_scale, nrmse_pct
+from .case_writer import MAX_NRMSE_PCT, CaseWork, write_case
 
 #: ``labels_dir="auto"``: use the sibling labelsTr folder when it exists.
 AUTO = "auto"
@@ -163,77 +153,6 @@ def make_estimator(method: str = "label", prior: Union[None, PathLike, object] =
     raise ValueError(f"unknown method {method!r}; choose 'label' or 'diffusion'")
 
 
-@dataclass
-class _CaseWork:
-    case: str
-    image: np.ndarray          # (X, Y, Z) float32
-    affine: np.ndarray
-    labels: Optional[np.ndarray]
-    t0: float
-    maps: Optional[np.ndarray] = None   # (Z, K, 3, X, Y)
-    slice_qc: list = field(default_factory=list)
-    remaining: int = 0
-
-
-def _finish_maps(image: np.ndarray, maps: np.ndarray, model: BSSFPForwardModel) -> tuple[np.ndarray, dict]:
-    """Clamp, harmonise M0 across slices, and compute the case QC with the estimator's forward model.
-    image (X,Y,Z), maps (Z,K,3,X,Y)."""
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, 2, 0))).double()  # (Z, X, Y)
-    m = torch.from_numpy(maps).double()
-    m[:, :, 0].clamp_(min=0.0)
-    m[:, :, 1:].clamp_(min=1.0)
-    r = model.render_maps(m)                                 # (Z, K, X, Y)
-    c = fit_scale(x[:, None], r)                             # (Z, K) slice factors
-    valid = c > 0
-    ref = c[valid].median() if bool(valid.any()) else torch.tensor(1.0, dtype=c.dtype)
-    factor = torch.where(valid, c / ref, torch.ones_like(c))
-    m[:, :, 0] *= factor[:, :, None, None]
-    r = r * factor[:, :, None, None]
-    per_sample = nrmse_pct(x[:, None].permute(1, 0, 2, 3), r.permute(1, 0, 2, 3), dims=(-3, -2, -1))  # (K,)
-    per_slice = nrmse_pct(x[:, None], r).mean(dim=1)        # (Z,)
-    qc = {"nrmse_pct": float(per_sample.mean()), "nrmse_pct_slice_max": float(per_slice.max()),
-          "n_slices": int(x.shape[0]), "n_samples": int(m.shape[1])}
-    return m.float().numpy(), qc
-
-
-#: default largest bSSFP re-render NRMSE (percent) of a case's maps; above it the case fails. The weight-free
-#: estimator re-renders exactly, the fast sampler to ~0.2-0.6 %, the paper sampler to ~10-15 % on phantoms;
-#: maps of a broken prior or a wrong latent mapping miss by far more.
-MAX_NRMSE_PCT = 30.0
-
-
-def _write_case(folder: TissueMapFolder, work: _CaseWork, ident_hash: str, model: BSSFPForwardModel,
-                max_nrmse_pct: float = MAX_NRMSE_PCT, tissue_values: Optional[dict] = None,
-                accept_implausible: bool = False, inputs: Optional[dict] = None) -> dict:
-    maps, qc = _finish_maps(work.image, work.maps, model)
-    if not qc["nrmse_pct"] <= max_nrmse_pct:  # also catches NaN
-        raise TissueMapError(f"case {work.case}: its maps re-render the bSSFP image with NRMSE "
-                             f"{qc['nrmse_pct']:.1f} % > {max_nrmse_pct:g} % (max_nrmse); not written. A prior that "
-                             f"does not fit these images, or images that are not bSSFP?")
-    if work.labels is not None and tissue_values:
-        # a fit to the image alone passes for maps of any scale (M0 absorbs it): the labelled tissues' T1/T2
-        # must also be a heart's
-        medians = labelled_tissue_medians(maps, work.labels, tissue_values)
-        qc["tissue_medians_ms"] = medians
-        bad = implausible_medians(medians)
-        if bad and not accept_implausible:
-            raise TissueMapError(f"case {work.case}: the median T1/T2 of its labelled tissues are outside the "
-                                 f"physiological range: {'; '.join(bad)}; not written. An untrained or wrong prior, "
-                                 f"or a wrong label-tissue mapping? --accept-implausible writes such maps anyway")
-    for key in sorted({k for q in work.slice_qc for k, v in q.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}):
-        vals = [q[key] for q in work.slice_qc if key in q]
-        qc[f"slice_mean_{key}"] = float(np.mean(vals))
-    qc["labels"] = work.labels is not None
-    arrays = []
-    for ch in range(3):
-        a = np.transpose(maps[:, :, ch], (2, 3, 0, 1))     # (Z, K, X, Y) -> (X, Y, Z, K)
-        arrays.append(a[..., 0] if a.shape[-1] == 1 else a)
-    qc["seconds"] = round(time.perf_counter() - work.t0, 3)
-    folder.write_case(work.case, *arrays, affine=work.affine, ident_hash=ident_hash, qc=qc, inputs=inputs)
-    return qc
-
-
 def _tissue_values(estimator: Optional[SliceEstimator], images_dir: PathLike) -> Optional[dict]:
     """``{"blood": values, "myocardium": values}`` of the label-tissue mapping for the plausibility check: the
     label estimator's own, else the dataset's (dataset.json beside the images, else ACDC); None when the
@@ -249,56 +168,63 @@ def _tissue_values(estimator: Optional[SliceEstimator], images_dir: PathLike) ->
     return {t: values_of(mapping, t) for t in ("blood", "myocardium")}
 
 
-def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
-                estimator: Optional[SliceEstimator] = None, labels_dir: Union[None, PathLike, str] = AUTO,
-                device: Union[str, torch.device] = "cpu", batch_size: int = 16, n_samples: int = 1,
-                shard: Optional[tuple[int, int]] = None, overwrite: bool = False,
-                cases: Optional[list[str]] = None, seed: int = 0, progress: bool = True,
-                max_nrmse_pct: float = MAX_NRMSE_PCT, accept_implausible: bool = False) -> ReverseSummary:
-    """Estimate tissue maps for the images of an nnU-Net image folder.
+@dataclass
+class ReverseConfig:
+    """How :func:`run_reverse` works (every field has a default).
 
-    Args:
-        images_dir: folder of ``CASE_0000.nii.gz`` 3D images (channel 0000 is used).
-        maps_dir: output folder; default ``<images_dir>/../tissueMapsTr``.
+    Attributes:
         estimator: a :class:`SliceEstimator`; default the weight-free ``LabelEstimator``.
-        labels_dir: label folder (``CASE.nii.gz``, ACDC convention); ``"auto"`` = the sibling
-            ``labelsTr`` when it exists; None = no labels. Cases without a label file get none.
+        labels_dir: label folder (``CASE.nii.gz``); ``"auto"`` = the sibling ``labelsTr`` when it exists;
+            None = no labels. Cases without a label file get none (and a warning); a folder matching no
+            case is an error.
         device: torch device for the estimator's inputs.
         batch_size: slices per estimator call.
         n_samples: K maps per case (written as 4D when K > 1).
         shard: ``(i, n)`` to process the i-th of n disjoint case shares; default from the
             torch.distributed / torchrun rank (RANK, WORLD_SIZE), else all cases.
         overwrite: redo finished cases and replace a folder made with other settings.
-        cases: restrict to these case identifiers (all must exist in ``images_dir``).
+        cases: restrict to these case identifiers (all must exist in the images folder).
         seed: base seed of the estimator's random numbers.
         progress: show a tqdm bar over slices.
         max_nrmse_pct: a case whose maps re-render its image with a larger NRMSE (percent) fails
             (listed in ``failed``, no maps written) instead of passing with a bad QC figure.
         accept_implausible: write maps whose labelled blood / myocardium have median T1 or T2 outside
             :data:`~.qc.PLAUSIBLE_MEDIANS_MS` (by default such a case fails like one above ``max_nrmse_pct``).
-    Returns:
-        a :class:`ReverseSummary`; per-case input errors are collected in ``failed``, not raised.
-    Raises:
-        ReverseInputError: missing/empty images folder, wrong file naming, unknown cases.
-        CacheMismatchError: ``maps_dir`` holds maps made with other settings (without ``overwrite``).
     """
-    from tqdm.auto import tqdm
+    estimator: Optional[SliceEstimator] = None
+    labels_dir: Union[None, PathLike, str] = AUTO
+    device: Union[str, torch.device] = "cpu"
+    batch_size: int = 16
+    n_samples: int = 1
+    shard: Optional[tuple[int, int]] = None
+    overwrite: bool = False
+    cases: Optional[list[str]] = None
+    seed: int = 0
+    progress: bool = True
+    max_nrmse_pct: float = MAX_NRMSE_PCT
+    accept_implausible: bool = False
 
-    t_start = time.perf_counter()
-    if batch_size < 1 or n_samples < 1:
-        raise ValueError(f"batch_size ({batch_size}) and n_samples ({n_samples}) must be >= 1")
-    all_cases = list_cases(images_dir)
-    if cases is not None:
-        unknown = sorted(set(cases) - set(all_cases))
-        if unknown:
-            raise ReverseInputError(f"cases {unknown} have no image {{case}}_0000.nii.gz in {images_dir}")
-    selected = sorted(set(cases)) if cases is not None else list(all_cases)
-    maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
+
+@dataclass
+class _Plan:
+    """The work of one run, decided before any slice is estimated (:func:`_plan`)."""
+    cfg: ReverseConfig
+    estimator: SliceEstimator
+    device: torch.device
+    images: dict[str, Path]
+    labels_dir: Optional[Path]
+    folder: TissueMapFolder
+    ident_hash: str
+    summary: ReverseSummary
+    todo: list[str]
+    shapes: dict[str, tuple[int, int, int]]
+    inputs: dict[str, dict]
+    tissue_values: Optional[dict]
+
+
+def _check_folders(images_dir: PathLike, maps_dir: Path, labels_dir: Optional[Path]) -> None:
     if maps_dir.exists() and not maps_dir.is_dir():
         raise ReverseInputError(f"-o {maps_dir} is a file, not a folder; give a folder for the maps")
-    labels_given = labels_dir not in (None, AUTO)
-    if labels_dir == AUTO:
-        labels_dir = default_labels_dir(images_dir)
     if maps_dir.resolve() == Path(images_dir).resolve() or (labels_dir is not None
                                                              and maps_dir.resolve() == Path(labels_dir).resolve()):
         raise ReverseInputError(f"the maps folder {maps_dir} is the images or labels folder; maps written there "
@@ -306,136 +232,189 @@ def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, *,
                                 f"{default_maps_dir(images_dir)})")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise ReverseInputError(f"label folder {labels_dir} does not exist; pass an existing folder or no labels")
+
+
+def _plan(images_dir: PathLike, maps_dir: Optional[PathLike], cfg: ReverseConfig) -> _Plan:
+    """Check the inputs, establish the folder's identity and list the cases to compute (the others skipped)."""
+    if cfg.batch_size < 1 or cfg.n_samples < 1:
+        raise ValueError(f"batch_size ({cfg.batch_size}) and n_samples ({cfg.n_samples}) must be >= 1")
+    all_cases = list_cases(images_dir)
+    if cfg.cases is not None:
+        unknown = sorted(set(cfg.cases) - set(all_cases))
+        if unknown:
+            raise ReverseInputError(f"cases {unknown} have no image {{case}}_0000.nii.gz in {images_dir}")
+    selected = sorted(set(cfg.cases)) if cfg.cases is not None else list(all_cases)
+    maps_dir = Path(maps_dir) if maps_dir is not None else default_maps_dir(images_dir)
+    labels_given = cfg.labels_dir not in (None, AUTO)
+    labels_dir = default_labels_dir(images_dir) if cfg.labels_dir == AUTO else cfg.labels_dir
+    labels_dir = Path(labels_dir) if labels_dir is not None else None
+    _check_folders(images_dir, maps_dir, labels_dir)
     unlabelled = check_label_coverage(labels_dir, selected, labels_given) if labels_dir is not None else []
-    tissue_values = _tissue_values(estimator, images_dir) if labels_dir is not None else None
-    dev = resolve_device(device)
-    if estimator is None:
-        estimator = make_estimator("label")
-    shard = sharding.resolve_shard(shard)
+    tissue_values = _tissue_values(cfg.estimator, images_dir) if labels_dir is not None else None
+    dev = resolve_device(cfg.device)
+    estimator = cfg.estimator if cfg.estimator is not None else make_estimator("label")
+    shard = sharding.resolve_shard(cfg.shard)
     mine = sharding.shard_cases(selected, shard)
 
-    identity = estimator.identity()
-    identity = {"estimator": identity["estimator"], "prior_hash": identity.get("prior_hash"),
-                "parameters": {**identity.get("parameters", {}), "n_samples": int(n_samples), "seed": int(seed),
+    ident = estimator.identity()
+    identity = {"estimator": ident["estimator"], "prior_hash": ident.get("prior_hash"),
+                "parameters": {**ident.get("parameters", {}), "n_samples": int(cfg.n_samples), "seed": int(cfg.seed),
                                "slice_axis": "Z (nibabel axis 2)", "m0_harmonisation": "per case, median slice scale"}}
     folder = TissueMapFolder(maps_dir)
-    ident_hash = folder.establish(identity, overwrite)
-    summary = ReverseSummary(maps_dir=maps_dir, estimator=identity["estimator"],
-                             prior_hash=identity["prior_hash"], shard=shard,
-                             unlabelled=[c for c in unlabelled if c in mine])
-    if not overwrite:
+    ident_hash = folder.establish(identity, cfg.overwrite)
+    summary = ReverseSummary(maps_dir=maps_dir, estimator=identity["estimator"], prior_hash=identity["prior_hash"],
+                             shard=shard, unlabelled=[c for c in unlabelled if c in mine])
+    if not cfg.overwrite:
         folder.reconcile(ident_hash, mine)
     # what each case's maps are made from: maps of an image (or labels) replaced since are stale and redone
     inputs = {c: input_digest(all_cases[c], label_file(labels_dir, c) if labels_dir is not None else None)
               for c in mine}
-    todo = []
+    todo, shapes = [], {}
     for c in mine:
-        if not overwrite and folder.is_complete(c, ident_hash, inputs[c]):
+        if not cfg.overwrite and folder.is_complete(c, ident_hash, inputs[c]):
             summary.skipped.append(c)
-        else:
-            todo.append(c)
-
-    shapes: dict[str, tuple[int, int, int]] = {}
-    for c in list(todo):
+            continue
         try:
             shapes[c] = image_shape(all_cases[c])
+            todo.append(c)
         except ReverseInputError as e:
             summary.failed[c] = str(e)
-            todo.remove(c)
-    bar = tqdm(total=sum(s[2] for s in shapes.values() if s), unit="slice", disable=not progress,
-               desc=f"reverse ({estimator.name})")
+    return _Plan(cfg, estimator, dev, all_cases, labels_dir, folder, ident_hash, summary, todo, shapes, inputs,
+                 tissue_values)
 
-    pending: dict[str, _CaseWork] = {}
-    locks: dict[str, FileLock] = {}
-    queue: list[tuple[str, int]] = []
 
-    def release(c: str) -> None:
-        lock = locks.pop(c, None)
+class _SliceBatcher:
+    """Queues the slices of the cases it starts, estimates them ``batch_size`` at a time (only slices of one
+    in-plane shape and labelling share a batch) and writes each case when its last slice is back; holds the
+    lock of every case it is computing."""
+
+    def __init__(self, plan: _Plan, bar) -> None:
+        self.plan, self.bar = plan, bar
+        self.pending: dict[str, CaseWork] = {}
+        self.locks: dict[str, FileLock] = {}
+        self.queue: list[tuple[str, int]] = []
+
+    def release(self, c: str) -> None:
+        lock = self.locks.pop(c, None)
         if lock is not None:
             lock.release()
 
-    def flush() -> None:
-        if not queue:
+    def release_all(self) -> None:
+        for c in list(self.locks):
+            self.release(c)
+
+    def _skip(self, c: str, reason: Optional[str] = None) -> None:
+        if reason is None:
+            self.plan.summary.skipped.append(c)
+        else:
+            self.plan.summary.failed[c] = reason
+        self.bar.update(self.plan.shapes[c][2])
+        self.release(c)
+
+    def start(self, c: str, lock: FileLock) -> None:
+        """Queue the slices of case ``c`` (``lock``: its case lock, now held by this batcher)."""
+        p, cfg = self.plan, self.plan.cfg
+        self.locks[c] = lock
+        if not cfg.overwrite and p.folder.is_complete(c, p.ident_hash, p.inputs[c]):
+            return self._skip(c)  # another process finished it meanwhile
+        try:
+            vol, affine = load_image(p.images[c])
+            labels = load_labels(p.labels_dir, c, vol.shape)
+            if labels is not None and hasattr(p.estimator, "check_labels"):
+                p.estimator.check_labels(labels, where=f"label file of case {c} in {p.labels_dir}")
+        except (ReverseInputError, LabelTissueError) as e:
+            return self._skip(c, str(e))
+        x, y, nz = vol.shape
+        self.pending[c] = CaseWork(case=c, image=vol, affine=affine, labels=labels, t0=time.perf_counter(),
+                                    maps=np.empty((nz, cfg.n_samples, 3, x, y), np.float32), remaining=nz)
+        for z in range(nz):
+            if self.queue:
+                head = self.pending[self.queue[0][0]]
+                if (len(self.queue) >= cfg.batch_size or head.image.shape[:2] != vol.shape[:2]
+                        or (head.labels is None) != (labels is None)):
+                    self.flush()
+            self.queue.append((c, z))
+
+    def flush(self) -> None:
+        """Estimate the queued slices; write every case whose last slice came back."""
+        if not self.queue:
             return
-        works = [pending[c] for c, _ in queue]
-        imgs = torch.from_numpy(np.stack([w.image[:, :, z] for w, (_, z) in zip(works, queue)])).to(dev)
+        p, cfg, queue = self.plan, self.plan.cfg, self.queue
+        works = [self.pending[c] for c, _ in queue]
+        imgs = torch.from_numpy(np.stack([w.image[:, :, z] for w, (_, z) in zip(works, queue)])).to(p.device)
         labs = None
         if works[0].labels is not None:
-            labs = torch.from_numpy(np.stack([w.labels[:, :, z] for w, (_, z) in zip(works, queue)])).to(dev)
-        gens = [slice_generator(seed, c, z, dev) for c, z in queue]  # streams belong to the slice
+            labs = torch.from_numpy(np.stack([w.labels[:, :, z] for w, (_, z) in zip(works, queue)])).to(p.device)
+        gens = [slice_generator(cfg.seed, c, z, p.device) for c, z in queue]  # streams belong to the slice
         with torch.no_grad():
-            est = estimator.estimate(imgs, labs, n_samples, gens)
+            est = p.estimator.estimate(imgs, labs, cfg.n_samples, gens)
         out = est.maps.detach().to("cpu", torch.float32).numpy()
-        if out.shape != (len(queue), n_samples, 3) + tuple(imgs.shape[1:]):
-            raise RuntimeError(f"estimator {estimator.name} returned maps of shape {out.shape}, expected "
-                               f"{(len(queue), n_samples, 3) + tuple(imgs.shape[1:])}")
+        expected = (len(queue), cfg.n_samples, 3) + tuple(imgs.shape[1:])
+        if out.shape != expected:
+            raise RuntimeError(f"estimator {p.estimator.name} returned maps of shape {out.shape}, expected {expected}")
         for i, (c, z) in enumerate(queue):
-            w = pending[c]
+            w = self.pending[c]
             w.maps[z] = out[i]
             w.slice_qc.append(est.qc[i] if i < len(est.qc) else {})
             w.remaining -= 1
             if w.remaining == 0:
-                try:
-                    summary.qc[c] = _write_case(folder, w, ident_hash, estimator.forward_model, max_nrmse_pct,
-                                                tissue_values, accept_implausible, inputs[c])
-                    summary.done.append(c)
-                except TissueMapError as e:
-                    summary.failed[c] = str(e)
-                del pending[c]
-                release(c)
-        bar.update(len(queue))
-        summary.n_slices += len(queue)
+                self._finish(w)
+        self.bar.update(len(queue))
+        p.summary.n_slices += len(queue)
         queue.clear()
 
-    def start(c: str) -> None:
-        """Queue the slices of case ``c`` (its lock is held)."""
-        if not overwrite and folder.is_complete(c, ident_hash, inputs[c]):  # another process finished it meanwhile
-            summary.skipped.append(c)
-            bar.update(shapes[c][2])
-            release(c)
-            return
+    def _finish(self, w: CaseWork) -> None:
+        p, cfg = self.plan, self.plan.cfg
         try:
-            vol, affine = load_image(all_cases[c])
-            labels = load_labels(labels_dir, c, vol.shape)
-            if labels is not None and hasattr(estimator, "check_labels"):
-                estimator.check_labels(labels, where=f"label file of case {c} in {labels_dir}")
-        except (ReverseInputError, LabelTissueError) as e:
-            summary.failed[c] = str(e)
-            bar.update(shapes[c][2])
-            release(c)
-            return
-        x, y, nz = vol.shape
-        work = _CaseWork(case=c, image=vol, affine=affine, labels=labels, t0=time.perf_counter(),
-                         maps=np.empty((nz, n_samples, 3, x, y), np.float32), remaining=nz)
-        pending[c] = work
-        for z in range(nz):
-            if queue:
-                head = pending[queue[0][0]]
-                if (len(queue) >= batch_size or head.image.shape[:2] != vol.shape[:2]
-                        or (head.labels is None) != (labels is None)):
-                    flush()
-            queue.append((c, z))
+            p.summary.qc[w.case] = write_case(p.folder, w, p.ident_hash, p.estimator.forward_model, cfg.max_nrmse_pct,
+                                               p.tissue_values, cfg.accept_implausible, p.inputs[w.case])
+            p.summary.done.append(w.case)
+        except TissueMapError as e:
+            p.summary.failed[w.case] = str(e)
+        del self.pending[w.case]
+        self.release(w.case)
 
+
+def run_reverse(images_dir: PathLike, maps_dir: Optional[PathLike] = None, config: Optional[ReverseConfig] = None,
+                **settings) -> ReverseSummary:
+    """Estimate tissue maps for the images of an nnU-Net image folder.
+
+    Args:
+        images_dir: folder of ``CASE_0000.nii.gz`` 3D images (channel 0000 is used).
+        maps_dir: output folder; default ``<images_dir>/../tissueMapsTr``.
+        config: a :class:`ReverseConfig`; or give its fields as keyword ``settings``.
+    Returns:
+        a :class:`ReverseSummary`; per-case input errors are collected in ``failed``, not raised.
+    Raises:
+        ReverseInputError: missing/empty images folder, wrong file naming, unknown cases, labels matching no case.
+        CacheMismatchError: ``maps_dir`` holds maps made with other settings (without ``overwrite``).
+    """
+    from tqdm.auto import tqdm
+
+    if config is not None and settings:
+        raise TypeError("give run_reverse either a ReverseConfig or its fields as keywords, not both")
+    t_start = time.perf_counter()
+    plan = _plan(images_dir, maps_dir, config or ReverseConfig(**settings))
+    bar = tqdm(total=sum(s[2] for s in plan.shapes.values()), unit="slice", disable=not plan.cfg.progress,
+               desc=f"reverse ({plan.estimator.name})")
+    batcher = _SliceBatcher(plan, bar)
     try:
         busy = []  # cases another process is computing: done last, once it has let go of them
-        for c in todo:
-            lock = folder.try_lock_case(c)
+        for c in plan.todo:
+            lock = plan.folder.try_lock_case(c)
             if lock is None:
                 busy.append(c)
                 continue
-            locks[c] = lock
-            start(c)
+            batcher.start(c, lock)
         for c in busy:
-            flush()  # hold no case lock while waiting for another process's
-            locks[c] = folder.try_lock_case(c, blocking=True)
-            start(c)
-        flush()
+            batcher.flush()  # hold no case lock while waiting for another process's
+            batcher.start(c, plan.folder.try_lock_case(c, blocking=True))
+        batcher.flush()
     finally:
         bar.close()
-        for c in list(locks):
-            release(c)
-    summary.seconds = time.perf_counter() - t_start
-    return summary
+        batcher.release_all()
+    plan.summary.seconds = time.perf_counter() - t_start
+    return plan.summary
 
 
 def fill_missing_maps(images_dir: PathLike, maps_dir: PathLike, cases: list[str],
