@@ -31,8 +31,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -162,16 +163,11 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: int = 128, steps: int = 20000,
-                batch_size: int = 16, lr: float = 1e-4, resume: bool = True, device: Optional[str] = None,
-                unet_config: str | dict | None = "paper", checkpoint_every: int = 500, seed: int = 0,
-                ema_decay: float = 0.9999, overwrite: bool = False, progress: bool = True,
-                prediction_type: str = "v_prediction", beta_schedule: str = "squaredcos_cap_v2") -> Path:
-    """Train (or resume training) a prior and save it as a diffusers folder ``--prior`` loads.
+@dataclass
+class PriorTrainingConfig:
+    """How :func:`train_prior` trains (every field has a default).
 
-    Args:
-        maps_dir: training maps (store format).
-        out_dir: output prior folder; also holds ``checkpoint/state.pt`` while training.
+    Attributes:
         size: prior grid side in pixels (the paper: 128).
         steps: total optimisation steps (a resumed run continues up to this number).
         batch_size: examples per step and per process.
@@ -187,103 +183,165 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str, size: i
         prediction_type: what the network predicts, "epsilon" (the authors' prior), "v_prediction"
             (default) or "sample"; see the module docstring for why v.
         beta_schedule: the noise schedule, "squaredcos_cap_v2" (cosine, default) or "linear" (the authors').
-    Returns:
-        ``out_dir``.
     """
+    size: int = 128
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-4
+    resume: bool = True
+    device: Optional[str] = None
+    unet_config: Union[str, dict, None] = "paper"
+    checkpoint_every: int = 500
+    seed: int = 0
+    ema_decay: float = 0.9999
+    overwrite: bool = False
+    progress: bool = True
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "squaredcos_cap_v2"
+
+
+@dataclass
+class _Training:
+    """One process's training state: network (and its DDP wrapper), schedule, optimiser, EMA, batch generator."""
+    unet: torch.nn.Module
+    model: torch.nn.Module
+    scheduler: object
+    abar: torch.Tensor
+    opt: torch.optim.Optimizer
+    ema: object
+    gen: torch.Generator
+    run_config: dict
+    rank: int
+    world: int
+    start: int = 0
+
+    def checkpoint(self, step: int, path: Path) -> None:
+        """Save everything a resume needs; every rank's batch generator state is gathered on rank 0."""
+        states = [self.gen.get_state()]
+        if self.world > 1:
+            import torch.distributed as dist
+            states = [None] * self.world
+            dist.all_gather_object(states, self.gen.get_state())
+        if self.rank == 0:
+            _atomic_torch_save({"step": step, "model": self.unet.state_dict(), "optimizer": self.opt.state_dict(),
+                                "ema": self.ema.state_dict(), "generators": states,
+                                "run_config": json.dumps(self.run_config)}, path)
+        _barrier(self.world)
+
+
+def _check_choices(cfg: PriorTrainingConfig) -> None:
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise PriorTrainingError(f"prediction_type {cfg.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+    if cfg.beta_schedule not in BETA_SCHEDULES:
+        raise PriorTrainingError(f"beta_schedule {cfg.beta_schedule!r} is not one of {', '.join(BETA_SCHEDULES)}")
+
+
+def _build(cfg: PriorTrainingConfig, unet_kwargs: dict, run_config: dict, dev: torch.device, rank: int,
+           world: int) -> _Training:
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_NAME
-    if not resume and not overwrite and (ckpt_path.exists() or (out_dir / "unet").exists()):
-        raise FileExistsError(f"{out_dir} already holds a prior or a training checkpoint; resume it "
-                              "(default) or pass --overwrite to start afresh")
-    rank, world, dev, owns_group = _dist_setup(device)
-    mapping = LatentMapping()
-    cfg = _resolve_unet_config(unet_config, size)
-    if prediction_type not in PREDICTION_TYPES:
-        raise PriorTrainingError(f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-    if beta_schedule not in BETA_SCHEDULES:
-        raise PriorTrainingError(f"beta_schedule {beta_schedule!r} is not one of {', '.join(BETA_SCHEDULES)}")
-    run_config = {"size": size, "unet_config": cfg, "mapping": mapping.__dict__, "batch_size": batch_size,
-                  "lr": lr, "seed": seed, "ema_decay": ema_decay, "prediction_type": prediction_type,
-                  "beta_schedule": beta_schedule}
+    torch.manual_seed(cfg.seed)
+    unet = UNet2DModel(**unet_kwargs).to(dev)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule,
+                              prediction_type=cfg.prediction_type)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + rank)
+    return _Training(unet, unet, scheduler, scheduler.alphas_cumprod.to(dev, torch.float32), opt, ema, gen,
+                     run_config, rank, world)
 
-    data = load_training_latents(maps_dir, size, mapping).to(dev)
-    torch.manual_seed(seed)
-    unet = UNet2DModel(**cfg).to(dev)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, prediction_type=prediction_type)
-    abar = scheduler.alphas_cumprod.to(dev, torch.float32)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75)
-    gen = torch.Generator(device="cpu").manual_seed(seed + rank)
-    start = 0
 
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        saved = json.loads(state["run_config"])
-        if saved != json.loads(json.dumps(run_config)):
-            diff = sorted(k for k in run_config if saved.get(k) != json.loads(json.dumps(run_config))[k])
-            raise PriorTrainingError(f"checkpoint {ckpt_path} was made with other settings ({', '.join(diff)}); "
-                                     "rerun with the same settings, or pass --no-resume --overwrite to start afresh")
-        unet.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        ema.to(dev)
-        if rank < len(state["generators"]):  # a run resumed on more processes seeds the new ranks afresh
-            gen.set_state(state["generators"][rank])
-        start = int(state["step"])
+def _resume(tr: _Training, ckpt_path: Path, dev: torch.device) -> None:
+    """Load a checkpoint made with the same settings into ``tr`` (its step becomes ``tr.start``)."""
+    state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+    saved, now = json.loads(state["run_config"]), json.loads(json.dumps(tr.run_config))
+    if saved != now:
+        diff = sorted(k for k in now if saved.get(k) != now[k])
+        raise PriorTrainingError(f"checkpoint {ckpt_path} was made with other settings ({', '.join(diff)}); "
+                                 "rerun with the same settings, or pass --no-resume --overwrite to start afresh")
+    tr.unet.load_state_dict(state["model"])
+    tr.opt.load_state_dict(state["optimizer"])
+    tr.ema.load_state_dict(state["ema"])
+    tr.ema.to(dev)
+    if tr.rank < len(state["generators"]):  # a run resumed on more processes seeds the new ranks afresh
+        tr.gen.set_state(state["generators"][tr.rank])
+    tr.start = int(state["step"])
 
-    model = unet
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(unet, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def checkpoint(step: int) -> None:
-        # every rank's batch generator state is needed to resume exactly: gather them on rank 0
-        states = [gen.get_state()]
-        if world > 1:
-            import torch.distributed as dist
-            states = [None] * world
-            dist.all_gather_object(states, gen.get_state())
-        if rank == 0:
-            _atomic_torch_save({"step": step, "model": unet.state_dict(), "optimizer": opt.state_dict(),
-                                "ema": ema.state_dict(), "generators": states,
-                                "run_config": json.dumps(run_config)}, ckpt_path)
-        _barrier(world)
-
-    bar = tqdm(total=steps, initial=start, desc="train prior", unit="step", disable=not progress or rank != 0,
-               dynamic_ncols=True)
+def _train_steps(tr: _Training, data: torch.Tensor, cfg: PriorTrainingConfig, dev: torch.device,
+                 ckpt_path: Path) -> None:
+    """Steps ``tr.start .. cfg.steps``: a random batch of latents, augmented, noised at a random time step,
+    and the network's prediction regressed on the target of ``cfg.prediction_type``."""
+    bar = tqdm(total=cfg.steps, initial=tr.start, desc="train prior", unit="step",
+               disable=not cfg.progress or tr.rank != 0, dynamic_ncols=True)
     smooth = None
-    unet.train()
-    for step in range(start, steps):
-        idx = torch.randint(data.shape[0], (batch_size,), generator=gen).to(dev)
-        x0 = _augment(data[idx], gen)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        t = torch.randint(abar.shape[0], (batch_size,), generator=gen).to(dev)
-        a = abar[t].view(-1, 1, 1, 1)
+    tr.unet.train()
+    for step in range(tr.start, cfg.steps):
+        idx = torch.randint(data.shape[0], (cfg.batch_size,), generator=tr.gen).to(dev)
+        x0 = _augment(data[idx], tr.gen)
+        noise = torch.randn(x0.shape, generator=tr.gen).to(dev)
+        t = torch.randint(tr.abar.shape[0], (cfg.batch_size,), generator=tr.gen).to(dev)
+        a = tr.abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(x_t, t).sample, training_target(prediction_type, x0, noise, a))
-        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(tr.model(x_t, t).sample, training_target(cfg.prediction_type, x0, noise, a))
+        tr.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        ema.step(unet.parameters())
+        tr.opt.step()
+        tr.ema.step(tr.unet.parameters())
         lv = float(loss.detach())
         smooth = lv if smooth is None else 0.95 * smooth + 0.05 * lv
         bar.update(1)
         bar.set_postfix(loss=f"{smooth:.4f}")
-        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            checkpoint(step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            tr.checkpoint(step + 1, ckpt_path)
     bar.close()
-    if start < steps:
-        checkpoint(steps)
+    if tr.start < cfg.steps:
+        tr.checkpoint(cfg.steps, ckpt_path)
+
+
+def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str,
+                config: Optional[PriorTrainingConfig] = None, **settings) -> Path:
+    """Train (or resume training) a prior and save it as a diffusers folder ``--prior`` loads.
+
+    Args:
+        maps_dir: training maps (store format).
+        out_dir: output prior folder; also holds ``checkpoint/state.pt`` while training.
+        config: a :class:`PriorTrainingConfig`; or give its fields as keyword ``settings``.
+    Returns:
+        ``out_dir``.
+    """
+    if config is not None and settings:
+        raise TypeError("give train_prior either a PriorTrainingConfig or its fields as keywords, not both")
+    cfg = config or PriorTrainingConfig(**settings)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_NAME
+    if not cfg.resume and not cfg.overwrite and (ckpt_path.exists() or (out_dir / "unet").exists()):
+        raise FileExistsError(f"{out_dir} already holds a prior or a training checkpoint; resume it "
+                              "(default) or pass --overwrite to start afresh")
+    rank, world, dev, owns_group = _dist_setup(cfg.device)
+    mapping = LatentMapping()
+    unet_kwargs = _resolve_unet_config(cfg.unet_config, cfg.size)
+    _check_choices(cfg)
+    run_config = {"size": cfg.size, "unet_config": unet_kwargs, "mapping": mapping.__dict__,
+                  "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "ema_decay": cfg.ema_decay,
+                  "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule}
+
+    data = load_training_latents(maps_dir, cfg.size, mapping).to(dev)
+    tr = _build(cfg, unet_kwargs, run_config, dev, rank, world)
+    if cfg.resume and ckpt_path.exists():
+        _resume(tr, ckpt_path, dev)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        tr.model = DistributedDataParallel(tr.unet, device_ids=[dev.index] if dev.type == "cuda" else None)
+    _train_steps(tr, data, cfg, dev, ckpt_path)
 
     if rank == 0:
-        final = copy.deepcopy(unet).eval()
-        ema.copy_to(final.parameters())
-        PhysicsPrior(final, scheduler, mapping).save_pretrained(
+        final = copy.deepcopy(tr.unet).eval()
+        tr.ema.copy_to(final.parameters())
+        PhysicsPrior(final, tr.scheduler, mapping).save_pretrained(
             out_dir, overwrite=True,
-            extra_config={"training": {"steps": max(steps, start), "maps_dir": str(maps_dir),
+            extra_config={"training": {"steps": max(cfg.steps, tr.start), "maps_dir": str(maps_dir),
                                        "examples": int(data.shape[0]), "m0_normalised_to_bssfp_p98": True,
                                        **{k: v for k, v in run_config.items() if k != "unet_config"}}})
     _barrier(world)
