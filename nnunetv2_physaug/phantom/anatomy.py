@@ -238,9 +238,17 @@ def _paint_slice(x: np.ndarray, y: np.ndarray, s: float, es: bool, p: dict, z_in
                  frame: _Frame) -> np.ndarray:
     """Tissue-class indices on the (warped) grid ``x``, ``y`` (mm, anatomy frame) at base-to-apex
     fraction ``s`` (0 = base, 1 = apex)."""
-    ci = CLASS_INDEX
     cls = np.zeros(x.shape, dtype=np.uint8)
+    inside = _paint_chest(cls, x, y, s, p, z_index, frame)
+    _paint_heart(cls, x, y, s, es, p, frame, inside)
+    return cls
 
+
+def _paint_chest(cls: np.ndarray, x: np.ndarray, y: np.ndarray, s: float, p: dict, z_index: int,
+                 frame: _Frame) -> np.ndarray:
+    """Paint the chest into ``cls`` (subcutaneous fat, chest-wall muscle, lung with its vessels, the liver dome
+    of apical slices, the spine and descending aorta); returns the body mask."""
+    ci = CLASS_INDEX
     # chest: subcutaneous fat, chest-wall muscle, thoracic cavity (lung)
     r_b, c_b, s_b = _polar(x, y, 0.0, 0.0)
     rho = np.sqrt((x / np.float32(p["body_a"])) ** 2 + (y / np.float32(p["body_b"])) ** 2)
@@ -290,7 +298,14 @@ def _paint_slice(x: np.ndarray, y: np.ndarray, s: float, es: bool, p: dict, z_in
     w = frame.window([(ax, ay)], p["aorta_r"])
     sub = cls[w]
     sub[((x[w] - ax) ** 2 + (y[w] - ay) ** 2 < p["aorta_r"] ** 2) & thorax[w]] = ci["vessel_blood"]
+    return inside
 
+
+def _paint_heart(cls: np.ndarray, x: np.ndarray, y: np.ndarray, s: float, es: bool, p: dict, frame: _Frame,
+                 inside: np.ndarray) -> None:
+    """Paint the heart into ``cls`` at this level: LV myocardium and cavity with papillary muscles, RV wall and
+    cavity, epicardial fat (ED, or ES with the myocardial area conserved)."""
+    ci = CLASS_INDEX
     # heart geometry at this level
     cx, cy = p["lv_c"][0] + s * p["drift"][0], p["lv_c"][1] + s * p["drift"][1]
     endo_ed = p["endo_r"] * np.sqrt(max(0.0, 1.0 - (s / (1.0 + p["apex_margin"])) ** 2))
@@ -344,7 +359,6 @@ def _paint_slice(x: np.ndarray, y: np.ndarray, s: float, es: bool, p: dict, z_in
                     - pr * (1.0 if es else 1.3)
                 px, py = cx + dist * np.cos(ang), cy + dist * np.sin(ang)
                 cls_h[((x - px) ** 2 + (y - py) ** 2 < pr * pr) & cavity] = ci["papillary"]
-    return cls
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,38 +409,8 @@ def make_case(rng: np.random.Generator, size: int = 128, field: str = "1.5T", ph
         s = z / (n - 1) if n > 1 else 0.0
         cls[z] = _paint_slice(wx, wy, s, es, p, z, frame)
 
-    # per-case tissue values (table mean + clipped spread) and texture amplitudes
-    tx = cfg["texture"]
-    clip = float(tx["case_draw_clip_sd"])
-    values, tex_sd = {}, {}
-    for ti, name in enumerate(TISSUES):
-        props = table[name]
-        zs = np.clip(p["tissue_z"][ti], -clip, clip)
-        means = np.array([props.m0[0], props.t1[0], props.t2[0]])
-        sds = np.array([props.m0[1], props.t1[1], props.t2[1]])
-        v = means + sds * zs
-        v[0] = max(v[0], 0.0)
-        v[1:] = np.maximum(v[1:], 1.0)
-        values[name] = v
-        tex_sd[name] = float(tx["sd_fraction"]) * sds
-    cls_vals = np.array([values[c.tissue] for c in TISSUE_CLASSES], dtype=np.float32)   # (C, 3)
-    cls_tex = np.array([tex_sd[c.tissue] for c in TISSUE_CLASSES], dtype=np.float32)    # (C, 3)
-
-    # partial volume: class fractions per pixel (one bincount), then M0 averages and T1/T2 average
-    # weighted by M0 (what the signal of a mixed pixel sees)
-    n_cls = len(TISSUE_CLASSES)
-    sub = np.arange(size * f) // f
-    pix = (sub[:, None] * size + sub[None, :]).astype(np.int64)
-    codes = ((np.arange(n, dtype=np.int64)[:, None, None] * size * size + pix) * n_cls + cls).ravel()
-    frac = np.bincount(codes, minlength=n * size * size * n_cls).reshape(n, size, size, n_cls)
-    frac = frac.astype(np.float32) / np.float32(f * f)
-    m0 = frac @ cls_vals[:, 0]
-    has = m0 > 1e-4
-    safe = np.maximum(m0, 1e-4)
-    t1 = np.where(has, (frac @ (cls_vals[:, 0] * cls_vals[:, 1])) / safe, frac @ cls_vals[:, 1])
-    t2 = np.where(has, (frac @ (cls_vals[:, 0] * cls_vals[:, 2])) / safe, frac @ cls_vals[:, 2])
-    amp = [frac @ cls_tex[:, k] for k in range(3)]
-
+    values, cls_vals, cls_tex = _case_tissue_values(p, cfg, table)
+    m0, t1, t2, amp = _partial_volume(cls, cls_vals, cls_tex, size, f)
     # smooth within-tissue texture on the pixel grid
     pc = ((np.arange(size, dtype=np.float32) + 0.5) * dxy - fov / 2).astype(np.float32)
     zc = np.arange(n, dtype=np.float64) * dz
@@ -453,6 +437,49 @@ def make_case(rng: np.random.Generator, size: int = 128, field: str = "1.5T", ph
     }
     return PhantomCase(m0=m0, t1=t1, t2=t2, labels=labels, spacing_zyx_mm=(dz, dxy, dxy), tissue=tissue,
                        meta=meta)
+
+
+def _case_tissue_values(p: dict, cfg: dict, table) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per-case tissue values (table mean + clipped spread; M0, T1 ms, T2 ms) by tissue name, and per tissue
+    class the values (C, 3) and texture amplitudes (C, 3)."""
+    tx = cfg["texture"]
+    clip = float(tx["case_draw_clip_sd"])
+    values, tex_sd = {}, {}
+    for ti, name in enumerate(TISSUES):
+        props = table[name]
+        zs = np.clip(p["tissue_z"][ti], -clip, clip)
+        means = np.array([props.m0[0], props.t1[0], props.t2[0]])
+        sds = np.array([props.m0[1], props.t1[1], props.t2[1]])
+        v = means + sds * zs
+        v[0] = max(v[0], 0.0)
+        v[1:] = np.maximum(v[1:], 1.0)
+        values[name] = v
+        tex_sd[name] = float(tx["sd_fraction"]) * sds
+    cls_vals = np.array([values[c.tissue] for c in TISSUE_CLASSES], dtype=np.float32)   # (C, 3)
+    cls_tex = np.array([tex_sd[c.tissue] for c in TISSUE_CLASSES], dtype=np.float32)    # (C, 3)
+
+    return values, cls_vals, cls_tex
+
+
+def _partial_volume(cls: np.ndarray, cls_vals: np.ndarray, cls_tex: np.ndarray, size: int, f: int):
+    """Pixel maps of the supersampled class grid ``cls`` (n, size f, size f): class fractions per pixel (one
+    bincount), M0 averaged and T1/T2 averaged weighted by M0 (what the signal of a mixed pixel sees), and the
+    texture amplitudes. Returns m0, t1, t2 (n, size, size) and the three amplitude maps."""
+    n = cls.shape[0]
+    n_cls = len(TISSUE_CLASSES)
+    sub = np.arange(size * f) // f
+    pix = (sub[:, None] * size + sub[None, :]).astype(np.int64)
+    codes = ((np.arange(n, dtype=np.int64)[:, None, None] * size * size + pix) * n_cls + cls).ravel()
+    frac = np.bincount(codes, minlength=n * size * size * n_cls).reshape(n, size, size, n_cls)
+    frac = frac.astype(np.float32) / np.float32(f * f)
+    m0 = frac @ cls_vals[:, 0]
+    has = m0 > 1e-4
+    safe = np.maximum(m0, 1e-4)
+    t1 = np.where(has, (frac @ (cls_vals[:, 0] * cls_vals[:, 1])) / safe, frac @ cls_vals[:, 1])
+    t2 = np.where(has, (frac @ (cls_vals[:, 0] * cls_vals[:, 2])) / safe, frac @ cls_vals[:, 2])
+    amp = [frac @ cls_tex[:, k] for k in range(3)]
+
+    return m0, t1, t2, amp
 
 
 def _warp(spec, x: np.ndarray, y: np.ndarray, zmm: np.float32) -> np.ndarray:
