@@ -70,7 +70,7 @@ class PaperParams:
     input_scale: float = PAPER_INPUT_SCALE
     flip_deg: float = FORWARD_MODEL.flip_deg
     hi_percentile: float = 98.0
-    micro_batch: int = 5             # rows per UNet forward/backward (memory only; results do not depend on it)
+    micro_batch: int = 8             # rows per UNet forward/backward (memory; evaluations have a multiple of 8 rows)
     min_relaxation_ms: float = 1.0   # floor of the returned T1/T2 (the map store requires > 0 ms)
 
 
@@ -100,6 +100,36 @@ class FastParams:
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENTS:
             raise ValueError(f"fast sampler parameter gradient={self.gradient!r}: choose one of {', '.join(GRADIENTS)}")
+
+
+#: network evaluations have a multiple of this many rows (:func:`evaluation_rows`)
+ROW_BLOCK = 8
+
+
+def evaluation_rows(micro_batch: int) -> int:
+    """Rows of every network evaluation for a micro-batch size: rounded up to a multiple of :data:`ROW_BLOCK`.
+
+    Why: a convolution's result for one row depends, in its last bits, on how many rows its batch has, and on
+    the CPU also on the row's position when the batch is not a multiple of the kernels' block over rows
+    (measured here: rows 4-5 of batches of 5 or 6 differ by ~2e-9 in the backward pass; batches of 2, 4, 8
+    and 16 do not); the guided samplers amplify such differences into whole maps. Every evaluation at one
+    size that is a multiple of the block makes a slice's maps independent of the batch and shard that carry
+    it (bitwise on the CPU, ``tests/test_reverse_engine.py``)."""
+    return -(-int(micro_batch) // ROW_BLOCK) * ROW_BLOCK
+
+
+def at_fixed_rows(fn, rows: int, *tensors: torch.Tensor):
+    """``fn(*tensors)`` evaluated on exactly ``rows`` rows: the tensors (N <= rows rows each) are padded with
+    copies of their last row (detached: no gradient flows into the copies) and every output is cut back to N.
+    The cost is the padded rows (the last micro-batch of each call, and micro-batches below ``rows``)."""
+    n = tensors[0].shape[0]
+    if n == rows:
+        return fn(*tensors)
+    if n > rows:
+        raise ValueError(f"{n} rows do not fit a micro-batch of {rows}")
+    padded = [torch.cat([x, x[-1:].detach().expand(rows - n, *x.shape[1:])]) for x in tensors]
+    out = fn(*padded)
+    return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
 
 
 def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor,
@@ -244,7 +274,7 @@ class DiffusionEstimator(SliceEstimator):
             for lo in range(0, z.shape[0], p.micro_batch):
                 zc = z[lo: lo + p.micro_batch].detach().requires_grad_(True)
                 with torch.enable_grad():
-                    out = unet(zc, t).sample
+                    out = at_fixed_rows(lambda v: unet(v, t).sample, evaluation_rows(p.micro_batch), zc)
                     step = sched.step(out, t, zc, generator=rows_gen[lo: lo + p.micro_batch])
                     resid = (y[lo: lo + p.micro_batch] - self.forward_model.render_latent(
                         step.pred_original_sample, self.prior.mapping)) ** 2
@@ -282,12 +312,14 @@ class DiffusionEstimator(SliceEstimator):
         p = self.params
         if p.gradient == "jvp":
             with torch.inference_mode():
-                _, eps, direction = jacobian_free_dps(self.prior, z, t, y, self.forward_model, p.fd_step)
+                _, eps, direction = at_fixed_rows(
+                    lambda zz, yy: jacobian_free_dps(self.prior, zz, t, yy, self.forward_model, p.fd_step),
+                    evaluation_rows(p.micro_batch), z, y)
                 prev = sched.step(eps, t, z, generator=generator).prev_sample
             return prev + p.guidance * direction
         zc = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            _, eps = self.prior.denoise(zc, t)
+            _, eps = at_fixed_rows(lambda v: self.prior.denoise(v, t), evaluation_rows(p.micro_batch), zc)
             step = sched.step(eps, t, zc, generator=generator)
             resid = y - self.forward_model.render_latent(step.pred_original_sample, self.prior.mapping)
             grad, = torch.autograd.grad(0.5 * resid.pow(2).sum(), zc)
