@@ -137,3 +137,70 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit_together(staged: dict[Path, Path], journal: Path) -> None:
+    """Put several staged folders (or files) in place as one unit: ``{target: staged}``.
+
+    A journal beside the targets lists every target, its staged version and where its previous version is
+    kept; it is written before the first rename and marked done after the last, and only then are the
+    previous versions deleted. A run killed at any moment leaves a journal that :func:`recover_together`
+    (call it before looking at the targets) turns into the old set whole (killed while swapping) or the new
+    set whole (killed after the last swap): never a mix of old and new targets.
+    """
+    entries = []
+    for target, stage in staged.items():
+        target = Path(target)
+        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent)) / "old"
+        entries.append({"target": str(target), "staged": str(stage), "backup": str(backup)})
+    atomic_write_json(journal, {"state": "swapping", "entries": entries})
+    for e in entries:
+        target, backup = Path(e["target"]), Path(e["backup"])
+        if target.exists() or target.is_symlink():
+            os.replace(target, backup)
+        os.replace(e["staged"], target)
+    atomic_write_json(journal, {"state": "done", "entries": entries})
+    _finish(entries, journal)
+
+
+def _finish(entries: list[dict], journal: Path) -> None:
+    for e in entries:
+        _remove(Path(e["backup"]).parent)
+    Path(journal).unlink()
+
+
+def recover_together(journal: Path) -> str:
+    """Complete or undo what a killed :func:`commit_together` left; returns ``"none"``, ``"completed"`` (all
+    new targets were in place: their previous versions are deleted) or ``"rolled back"`` (every target is its
+    previous version again, or absent if it had none; the staged versions are deleted)."""
+    journal = Path(journal)
+    for tmp in journal.parent.glob(glob.escape(f".tmp-{journal.name}-") + "*"):  # killed while writing it
+        tmp.unlink()
+    if not journal.is_file():
+        return "none"
+    try:
+        record = json.loads(journal.read_text())
+        state, entries = record["state"], record["entries"]
+    except (ValueError, KeyError, TypeError):  # the journal is written atomically: this is not ours
+        raise RuntimeError(f"{journal}: not a commit journal; remove it only if no phantom run is in progress")
+    if state == "done":
+        _finish(entries, journal)
+        return "completed"
+    for e in reversed(entries):
+        target, stage, backup = Path(e["target"]), Path(e["staged"]), Path(e["backup"])
+        installed = not (stage.exists() or stage.is_symlink())
+        if installed and (target.exists() or target.is_symlink()):
+            _remove(target)  # the new version was put in place: undo it
+        if backup.exists() or backup.is_symlink():
+            os.replace(backup, target)
+        _remove(stage)
+        _remove(backup.parent)
+    journal.unlink()
+    return "rolled back"

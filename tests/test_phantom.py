@@ -390,3 +390,33 @@ def test_nnunet_plan_and_preprocess_accepts_the_datasets(tmp_path):
     for name in ("Dataset930_PhantomCine", f"Dataset{lge}_PhantomLGE"):
         assert (pre / name / "nnUNetPlans.json").is_file()
         assert json.loads((pre / name / "dataset.json").read_text())["numTraining"] in (4, 2)
+
+
+def test_a_phantom_killed_while_put_in_place_is_restored_or_completed_whole(tmp_path):
+    """SIGKILL before each rename of the final swap (journal, 8 datasets and the summary, journal done): the
+    next run's recovery leaves the previous phantom whole (seed 1 everywhere) when killed before the journal
+    says done, the new one whole otherwise; never a mix, no leftovers; then the plain run refuses as usual."""
+    from helpers import PHANTOM_KILLER, phantom_seeds
+    from nnunetv2_physaug.fileio import recover_together
+    from nnunetv2_physaug.phantom.writer import COMMIT_JOURNAL
+
+    base = tmp_path / "base"
+    write_phantom_datasets(base, n_train=2, n_test=1, size=32, seed=1, progress=False)
+    n_sets = len(list(base.glob("Dataset*")))
+    outcomes = set()
+    for k in (0, 1, 2, 9, 18, 19, 20, 99):
+        out = tmp_path / f"k{k}"
+        shutil.copytree(base, out)
+        proc = subprocess.run([sys.executable, "-c", PHANTOM_KILLER, str(out), str(k)], capture_output=True, text=True)
+        killed = proc.returncode == -9
+        assert killed or proc.returncode == 0, proc.stderr
+        recover_together(out / COMMIT_JOURNAL)
+        seeds = phantom_seeds(out)
+        leftovers = seeds.pop("leftovers")
+        assert len(seeds) == n_sets + 1 and len(set(seeds.values())) == 1, (k, seeds)  # one phantom, whole
+        outcomes.add(next(iter(seeds.values())))
+        with pytest.raises(FileExistsError, match="already exists"):
+            write_phantom_datasets(out, n_train=2, n_test=1, size=32, seed=7, progress=False)
+        assert leftovers == 0 or not [p for p in out.iterdir() if p.name.startswith(".")], (k, leftovers)
+        assert next(iter(seeds.values())) == (1 if killed and k < 20 else 4), (k, killed, seeds)
+    assert outcomes == {1, 4}

@@ -12,7 +12,6 @@ complete, so an interrupted run leaves no half-written dataset.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
@@ -25,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes, atomic_write_json, recover_staged, staged_folder
+from ..fileio import atomic_write_bytes, atomic_write_json, commit_together, make_temp_dir, recover_staged, recover_together
 from ..maps.folder import TissueMapFolder
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
@@ -33,6 +32,8 @@ from .domains import Domain, load_domains, render_domain
 __all__ = ["write_phantom_datasets", "format_summary", "case_affine", "SUMMARY_NAME"]
 
 SUMMARY_NAME = "phantom_summary.json"
+#: the journal of a phantom being put in place (fileio.commit_together)
+COMMIT_JOURNAL = ".phantom-commit.json"
 FILE_ENDING = ".nii.gz"
 # Random streams (numpy SeedSequence keys) so that each stream is independent of the others and of
 # the case counts: training anatomies, training renderings, test anatomies, test renderings.
@@ -156,57 +157,79 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
     out_dir = Path(out_dir)
     domains = load_domains(domains_file)
     plan = _plan(out_dir, domains, first_id)
-    for p in plan:  # undo what a killed earlier run left: restore a dataset caught mid-swap, drop staging folders
+    # undo what a killed earlier run left: the phantom is one unit (a run killed while putting its datasets in
+    # place is rolled back whole, one killed after the last is completed), then drop staging folders
+    recover_together(out_dir / COMMIT_JOURNAL)
+    for staged in out_dir.glob(glob.escape(f".{SUMMARY_NAME}.partial-") + "*"):
+        staged.unlink()
+    recover_staged(out_dir / SUMMARY_NAME)  # empty backup folders of a run killed before its journal
+    for p in plan:
         recover_staged(out_dir / p["name"])
         for legacy in out_dir.glob(glob.escape(f".tmp-{p['name']}-") + "*"):  # staging folders of earlier versions
             shutil.rmtree(legacy, ignore_errors=True)
     _check_targets(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    cases_meta: dict[str, dict] = {p["name"]: {} for p in plan}
-    # each dataset is written into its own staging folder; when all are complete, leaving the block puts them
-    # in place one at a time (an existing dataset is replaced only by its finished successor)
-    with contextlib.ExitStack() as stack:
-        tmp = {p["name"]: stack.enter_context(staged_folder(out_dir / p["name"])) for p in plan}
-        bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
-        train_p, train_domain = plan[0], domains[plan[0]["domain"]]
-        folder = tmp[train_p["name"]]
-        gt_parameters = {"source": "nnunetv2_physaug.phantom", "seed": seed, "size": size, "field": field}
-        for i in range(n_train):
-            case_id = f"phantom_{i:03d}"
-            case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
-            image, info = render_domain(case, train_domain, _rng(seed, _TRAIN_RENDER, i))
-            _write_case(folder, case_id, image, case)
-            write_ground_truth_maps(folder / GROUND_TRUTH_MAPS, case_id, case, gt_parameters)
-            cases_meta[train_p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
-                                                    **info}
-            bar.update(1)
-
-        for j in range(n_test):
-            case_id = f"phantomtest_{j:03d}"
-            case = make_case(_rng(seed, _TEST_ANATOMY, j), size=size, field=field)
-            for p in plan[1:]:
-                key = zlib.crc32(p["name"].split("_", 1)[1].encode())  # stable per domain dataset, not per id
-                image, info = render_domain(case, domains[p["domain"]], _rng(seed, _TEST_RENDER, key, j))
-                _write_case(tmp[p["name"]], case_id, image, case)
-                cases_meta[p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
-                                                  **info}
-            bar.update(1)
-        bar.close()
-
-        for p in plan:
-            p["n_cases"] = len(cases_meta[p["name"]])
-            _dataset_json(tmp[p["name"]], p, cases_meta[p["name"]], seed, size, field)
-
-    summary = {
-        "seed": seed, "size": size, "field": field, "first_id": first_id, "n_train": n_train, "n_test": n_test,
-        "out_dir": str(out_dir.resolve()),
-        "datasets": [{k: p[k] for k in ("id", "name", "domain", "role", "n_cases", "channel_name", "imitates")}
-                     for p in plan],
-        "seconds": round(time.time() - t_start, 2),
-    }
-    atomic_write_json(out_dir / SUMMARY_NAME, summary)
+    # each dataset is written into its own staging folder; when all are complete they are put in place
+    # together with the summary (commit_together: an existing phantom is replaced only by a finished one)
+    tmp = {p["name"]: make_temp_dir(out_dir / p["name"], f".{p['name']}.partial-") for p in plan}
+    try:
+        _write_all(tmp, plan, domains, n_train, n_test, seed, size, field, progress)
+        summary = {
+            "seed": seed, "size": size, "field": field, "first_id": first_id, "n_train": n_train, "n_test": n_test,
+            "out_dir": str(out_dir.resolve()),
+            "datasets": [{k: p[k] for k in ("id", "name", "domain", "role", "n_cases", "channel_name", "imitates")}
+                         for p in plan],
+            "seconds": round(time.time() - t_start, 2),
+        }
+        staged_summary = tmp[plan[0]["name"]].parent / f".{SUMMARY_NAME}.partial-{tmp[plan[0]['name']].name}"
+        atomic_write_json(staged_summary, summary)
+        commit_together({**{out_dir / p["name"]: tmp[p["name"]] for p in plan}, out_dir / SUMMARY_NAME: staged_summary},
+                        out_dir / COMMIT_JOURNAL)
+    except BaseException:  # an error (not a kill) while writing or swapping: back to the previous phantom
+        recover_together(out_dir / COMMIT_JOURNAL)
+        for folder in tmp.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        for staged in out_dir.glob(glob.escape(f".{SUMMARY_NAME}.partial-") + "*"):
+            staged.unlink()
+        raise
     return summary
+
+
+def _write_all(tmp: dict[str, Path], plan: list[dict], domains: dict, n_train: int, n_test: int, seed: int,
+               size: int, field: str, progress: bool) -> None:
+    """Every case of every dataset into its staging folder ``tmp[name]``, then each dataset.json."""
+    cases_meta: dict[str, dict] = {p["name"]: {} for p in plan}
+    bar = tqdm(total=n_train + n_test, desc="phantom cases", unit="case", disable=not progress)
+    train_p, train_domain = plan[0], domains[plan[0]["domain"]]
+    folder = tmp[train_p["name"]]
+    gt_parameters = {"source": "nnunetv2_physaug.phantom", "seed": seed, "size": size, "field": field}
+    for i in range(n_train):
+        case_id = f"phantom_{i:03d}"
+        case = make_case(_rng(seed, _TRAIN_ANATOMY, i), size=size, field=field)
+        image, info = render_domain(case, train_domain, _rng(seed, _TRAIN_RENDER, i))
+        _write_case(folder, case_id, image, case)
+        write_ground_truth_maps(folder / GROUND_TRUTH_MAPS, case_id, case, gt_parameters)
+        cases_meta[train_p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
+                                                **info}
+        bar.update(1)
+
+    for j in range(n_test):
+        case_id = f"phantomtest_{j:03d}"
+        case = make_case(_rng(seed, _TEST_ANATOMY, j), size=size, field=field)
+        for p in plan[1:]:
+            key = zlib.crc32(p["name"].split("_", 1)[1].encode())  # stable per domain dataset, not per id
+            image, info = render_domain(case, domains[p["domain"]], _rng(seed, _TEST_RENDER, key, j))
+            _write_case(tmp[p["name"]], case_id, image, case)
+            cases_meta[p["name"]][case_id] = {"phase": case.meta["phase"], "n_slices": case.meta["n_slices"],
+                                              **info}
+        bar.update(1)
+    bar.close()
+    for p in plan:
+        p["n_cases"] = len(cases_meta[p["name"]])
+        _dataset_json(tmp[p["name"]], p, cases_meta[p["name"]], seed, size, field)
+
+
 
 
 def format_summary(summary: dict) -> str:
