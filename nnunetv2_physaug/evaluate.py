@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -70,6 +71,13 @@ def _check_labels(domain: Domain, dataset_json: dict) -> None:
     files = sorted(domain.labels.glob(f"*{ending}"))
     if not files:
         raise EvaluationError(f"test set {domain.name!r}: no *{ending} label files in {domain.labels}")
+    labelled = {f.name[: -len(ending)] for f in files}
+    unlabelled = sorted(p.name for p in domain.images.glob(f"*_0000{ending}") if p.name[: -len(f"_0000{ending}")]
+                        not in labelled)
+    if unlabelled:
+        raise EvaluationError(f"test set {domain.name!r}: image(s) {', '.join(unlabelled[:3])}"
+                              f"{' ...' if len(unlabelled) > 3 else ''} in {domain.images} have no label in "
+                              f"{domain.labels}; every test image needs its label (CASE_0000{ending} -> CASE{ending})")
     for f in files:
         values = set(np.unique(np.asarray(nib.load(str(f)).dataobj)).astype(int).tolist())
         extra = values - allowed
@@ -146,6 +154,8 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
     pairs = [(m, d) for m in models for d in domains]
     for m, d in tqdm(pairs, desc="evaluating", unit="model x domain", disable=not progress):
         pred = out_dir / "predictions" / model_label(m) / d.name
+        if pred.exists():  # an earlier evaluation's (--overwrite): no prediction of a case since dropped is scored
+            shutil.rmtree(pred)
         predict_folder(m, d.images, pred, folds, device, tta, checkpoint)
         scores = score_folder(d.labels, pred, m)
         rows.append({"model": model_label(m), "domain": d.name, **scores, "physaug_run": run_identity.read(m)})

@@ -139,6 +139,8 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
         raise ValueError(f"the number of renderings must be >= 1, got {n}")
     if out.suffix.lower() != ".png":
         raise ValueError(f"output {out} must end in .png")
+    if out.is_dir():
+        raise ValueError(f"output {out} is a folder; give a file name ending in .png (e.g. {out / 'preview.png'})")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if not maps_dir.is_dir():

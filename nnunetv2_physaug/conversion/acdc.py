@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from .common import (IDENTITY_LABELS, CaseSpec, ConversionError, ConversionResult, DEFAULT_SEED, VolumeRef,
-                     require_dir, require_file, subject_dirs, write_dataset)
+                     read_text_file, require_dir, require_file, subject_dirs, write_dataset)
 
 NAME = "ACDC"
 DEFAULT_ID = 910
@@ -40,7 +40,7 @@ def read_info_cfg(path: Path) -> dict:
     ED and ES are required, 1-based frame numbers)."""
     require_file(path, "ACDC patient info file Info.cfg")
     raw: dict[str, str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "ACDC patient info file Info.cfg").splitlines(), 1):
         if not line.strip():
             continue
         if ":" not in line:

@@ -236,14 +236,27 @@ def read_metadata_csv(path: Path, what: str, required: Sequence[str]) -> list[tu
     import csv
 
     require_file(path, what)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ConversionError(f"{path}: missing column(s) {missing}; found {header}")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ConversionError(f"{path}: missing column(s) {missing}; found {header}")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the {what} as UTF-8 "
+                              f"(the release's own file is)") from None
     return [(n, {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for n, row in enumerate(rows, 2)]
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a dataset's metadata file, read as UTF-8; :class:`ConversionError` naming it otherwise."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the {what} as UTF-8 "
+                              f"(the release's own file is)") from None
 
 
 def optional_fields(row: Mapping[str, str], columns: Mapping[str, str], numeric: Iterable[str]) -> dict:

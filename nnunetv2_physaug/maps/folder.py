@@ -204,6 +204,11 @@ class TissueMapFolder:
         if not isinstance(manifest, dict):
             raise TissueMapError(f"manifest {path} holds a JSON {type(manifest).__name__}, not an object; it was not "
                                  f"written by physaug-reverse: delete it (or use another -o) and rerun")
+        for key in ("cases", "parameters"):
+            if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+                raise TissueMapError(f"manifest {path}: its {key!r} is a JSON {type(manifest[key]).__name__}, not an "
+                                     f"object: damaged, or not written by physaug-reverse. Rerun with --overwrite "
+                                     f"(it rewrites the manifest and redoes the cases) or use another -o")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise TissueMapError(f"manifest {path} has format version {version!r}; this nnunetv2-physaug "

@@ -32,6 +32,8 @@ from .domains import Domain, load_domains, render_domain
 __all__ = ["write_phantom_datasets", "format_summary", "case_affine", "SUMMARY_NAME"]
 
 SUMMARY_NAME = "phantom_summary.json"
+#: largest in-plane matrix (pixels): finer than any cardiac MR, and a case's supersampled grid stays in memory
+MAX_SIZE = 1024
 #: the journal of a phantom being put in place (fileio.commit_together)
 COMMIT_JOURNAL = ".phantom-commit.json"
 FILE_ENDING = ".nii.gz"
@@ -153,6 +155,9 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
     for name, v, lo in (("n_train", n_train, 1), ("n_test", n_test, 1), ("size", size, 16)):
         if not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if size > MAX_SIZE:
+        raise ValueError(f"size {size} is larger than {MAX_SIZE} pixels ({240 / MAX_SIZE:.2f} mm pixels over the "
+                         f"240 mm field of view; a case of {size}^2 would need tens of GiB); choose --size <= {MAX_SIZE}")
     t_start = time.time()
     out_dir = Path(out_dir)
     domains = load_domains(domains_file)

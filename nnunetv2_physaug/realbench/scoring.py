@@ -55,7 +55,7 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
     fold), pool them per (run, sequence), score with nnU-Net's metrics and the pathology breakdown.
     Rows carry ``model`` (the trainer), ``run`` (its name) and ``repeat``."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from .evaluate import score_folder
+    from ..evaluate import score_folder
 
     register_ext_trainers(experiments=True)
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")

@@ -108,12 +108,20 @@ def load_image(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     """
     img = _open(path)
     shape = _check_shape(img.shape, path)
+    if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+        raise ReverseInputError(f"image {path} holds complex values ({img.get_data_dtype()}); reverse imaging reads "
+                                f"magnitude images: save its magnitude (np.abs) instead")
     try:
-        vol = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        raw = np.asarray(img.dataobj).reshape(shape)
     except Exception as e:  # truncated gzip streams fail only when the data are read
         raise ReverseInputError(f"cannot read the data of image {path}: {e}. The file may be truncated") from e
-    if not np.all(np.isfinite(vol)):
+    if not np.all(np.isfinite(raw)):
         raise ReverseInputError(f"image {path} contains NaN or Inf values; fix or remove the case")
+    big = float(np.abs(raw).max()) if raw.size else 0.0
+    if big > float(np.finfo(np.float32).max) / 16:
+        raise ReverseInputError(f"image {path} has values up to {big:.3g}, beyond what float32 holds (images are "
+                                f"read as float32); rescale it (the scale of an image does not matter)")
+    vol = raw.astype(np.float32, copy=False)
     if vol.size == 0 or float(vol.max()) == float(vol.min()):
         raise ReverseInputError(f"image {path} is empty or constant (all voxels = "
                                 f"{float(vol.flat[0]) if vol.size else 'n/a'}); no tissue can be estimated from it")

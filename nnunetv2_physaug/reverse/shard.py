@@ -24,6 +24,18 @@ def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
     return i, n
 
 
+def _env_int(name: str, default: int) -> int:
+    """A whole-number environment variable (torchrun's RANK, WORLD_SIZE); a clear error naming it otherwise."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not a whole number; torchrun sets it, unset it "
+                         f"(or use --shard i/n) when not running under torchrun") from None
+
+
 def resolve_shard(shard: Optional[tuple[int, int]]) -> tuple[int, int]:
     """The explicit shard, else the torch.distributed / torchrun rank and world size, else (0, 1)."""
     if shard is not None:
@@ -34,8 +46,7 @@ def resolve_shard(shard: Optional[tuple[int, int]]) -> tuple[int, int]:
             return dist.get_rank(), dist.get_world_size()
     except ImportError:  # torch built without distributed support
         pass
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
     if world > 1 and not 0 <= rank < world:
         raise ValueError(f"environment RANK={rank} is outside WORLD_SIZE={world}")
     return (rank, world) if world > 1 else (0, 1)
