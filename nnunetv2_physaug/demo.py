@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from .pipeline import StepError, pipeline_env, run_step
 from .nnunet.plans import default_narrow_name
@@ -40,9 +41,19 @@ def _run(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
     return run_step("demo", step, cmd, env, log_dir)
 
 
+def peer_trainers(baseline: str) -> list[str]:
+    """The peers (:data:`nnunetv2_physaug.benchmark_real.PEERS`) at the baseline's stock length
+    (``nnUNetTrainer_5epochs`` -> ``nnUNetTrainerGINIPA_5epochs``, ...)."""
+    from .benchmark_real import PEERS
+
+    suffix = baseline[len("nnUNetTrainer"):] if baseline.startswith("nnUNetTrainer_") else ""
+    return [p + suffix for p in PEERS]
+
+
 def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, physaug: str, fold: str,
-             seed: int = 0, width: float = DEFAULT_WIDTH) -> dict:
-    """Run every step in ``out`` (nnU-Net's three folders inside it); return the summary numbers."""
+             seed: int = 0, width: float = DEFAULT_WIDTH, variants: Sequence[str] = ()) -> dict:
+    """Run every step in ``out`` (nnU-Net's three folders inside it); return the summary numbers.
+    ``variants``: more trainers, trained and evaluated beside the pair (``--peers``: the peers)."""
     t_start = time.time()
     out = out.resolve()
     env = pipeline_env(out)
@@ -66,7 +77,8 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
         plans = default_narrow_name("nnUNetPlans", width)
         _run("narrow plans", ["physaug-narrow-plans", "-d", str(FIRST_ID), "--width", str(width), "-o", plans,
                               "--overwrite"], env, logs)
-    for trainer in (baseline, physaug):
+    trainers = list(dict.fromkeys([baseline, physaug, *variants]))
+    for trainer in trainers:
         _run(f"train {trainer}", ["nnUNetv2_train", str(FIRST_ID), "2d", fold, "-tr", trainer, "-p", plans,
                                   "-device", "cpu"], env, logs)
 
@@ -74,7 +86,7 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
     for d in datasets[1:]:
         folder = raw / d["name"]
         domains.append(f"{d['domain']}={folder / 'imagesTr'}:{folder / 'labelsTr'}")
-    _run("evaluate", ["physaug-evaluate", "-d", str(FIRST_ID), "-c", "2d", "-p", plans, "-tr", baseline, physaug, "-f", fold,
+    _run("evaluate", ["physaug-evaluate", "-d", str(FIRST_ID), "-c", "2d", "-p", plans, "-tr", *trainers, "-f", fold,
                       "-o", str(out / "evaluation"), "--overwrite", "-t", *domains], env, logs)
     rows = json.loads((out / "evaluation" / "results.json").read_text())
     table = (out / "evaluation" / "results.md").read_text()
@@ -93,6 +105,8 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
 
     result = {"unseen_dice_physaug": mean(physaug, unseen), "unseen_dice_baseline": mean(baseline, unseen),
               "indomain_dice_physaug": dice[(physaug, in_domain)], "indomain_dice_baseline": dice[(baseline, in_domain)],
+              **{f"unseen_dice_{v}": mean(v, unseen) for v in trainers[2:]},
+              **{f"indomain_dice_{v}": dice[(v, in_domain)] for v in trainers[2:]},
               "seconds": time.time() - t_start}
     print("\nMean foreground Dice (phantom test sets; first row in-domain bSSFP):\n")
     print(table)
@@ -117,12 +131,18 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=float, default=DEFAULT_WIDTH,
                         help=f"feature maps per stage relative to nnU-Net's plans (default {DEFAULT_WIDTH}; 1 = "
                              "nnU-Net's own network, ~2.3x slower on CPU)")
+    parser.add_argument("--peers", action="store_true",
+                        help="also train and evaluate the peers at the baseline's length (GIN-IPA, location-scale, DA5, "
+                             "PhysAug + GIN-IPA, PhysAug + location-scale; each trains as long as one of the pair)")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
+                        help="more trainers to train and evaluate beside the pair")
     parser.add_argument("--fold", default="0", help="fold to train (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed")
     args = parser.parse_args(argv)
     try:
+        variants = [*args.variants, *(peer_trainers(args.baseline) if args.peers else [])]
         r = run_demo(args.out, args.n_train, args.n_test, args.size, args.baseline, args.physaug, args.fold, args.seed,
-                     args.width)
+                     args.width, variants)
     except DemoStepError as e:
         print(f"[demo] FAILED: {e}", file=sys.stderr)
         sys.exit(1)
