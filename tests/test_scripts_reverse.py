@@ -46,6 +46,8 @@ def test_bench_reverse_runs_and_prints_its_last_line(tmp_path, capsys):
                      r"t2_mape_fast=[\d.]+ evals_fast=(\d+) evals_paper=(\d+) t1_mape_fast_noisy=[\d.]+ "
                      r"t2_mape_fast_noisy=[\d.]+", lines[-1])
     assert m, lines[-1]
-    # counted, not assumed: fast = its 30 steps x 1 sample; paper (steps overridden to 2) = 2 x 5 candidates
-    assert (int(m.group(1)), int(m.group(2))) == (30, 10)
+    # counted, not assumed: every evaluation has a multiple of 8 rows (diffusion.evaluation_rows), so the 2 slices'
+    # rows are padded: fast = 30 steps x 16 rows (micro-batch 16) / 2 slices; paper (steps overridden to 2) =
+    # 2 steps x 2 micro-batches of 8 rows (2 slices x 5 candidates = 10 rows) / 2 slices
+    assert (int(m.group(1)), int(m.group(2))) == (30 * 16 // 2, 2 * 2 * 8 // 2)
     assert any("Rician" in line for line in lines)
