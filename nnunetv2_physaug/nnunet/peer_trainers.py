@@ -98,7 +98,7 @@ class nnUNetTrainerLocationScale(nnUNetTrainerBatchPeer):
     #: cells per axis of the saliency grid
     peer_saliency_grid: int = 3
 
-    def _n_labels(self) -> int:
+    def _n_labels(self) -> Optional[int]:
         return len(self.label_manager.all_labels) if getattr(self, "label_manager", None) else None
 
     def peer_augment_image(self, image, labels, generator):
@@ -110,6 +110,10 @@ class nnUNetTrainerLocationScale(nnUNetTrainerBatchPeer):
         if not self.peer_saliency_fusion:
             return super().train_step(batch)
         return self._saliency_fusion_step(batch)
+
+    def _autocast(self):
+        """nnU-Net's train_step context: mixed precision on CUDA only (a fresh one per forward pass)."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def _saliency_fusion_step(self, batch: dict) -> dict:
         """SLAug's step: loss on the GLA batch, its input gradient's saliency s, loss on s GLA + (1 - s) LLA;
@@ -125,15 +129,14 @@ class nnUNetTrainerLocationScale(nnUNetTrainerBatchPeer):
             lla = torch.stack([location_scale.local_location_scale(x, y, generator, n_labels=self._n_labels())
                                for x, y in zip(data, labels)])
         self.optimizer.zero_grad(set_to_none=True)
-        amp = autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
         scale = self.grad_scaler.scale if self.grad_scaler is not None else (lambda v: v)
         gla.requires_grad_(True)
-        with amp:
+        with self._autocast():
             loss_gla = self.loss(self.network(gla), target)
         scale(loss_gla).backward()
         s = location_scale.saliency_map(gla.grad.detach(), self.peer_saliency_grid)
         fused = s * gla.detach() + (1.0 - s) * lla
-        with (autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()):
+        with self._autocast():
             loss_fused = self.loss(self.network(fused), target)
         scale(loss_fused).backward()
         if self.grad_scaler is not None:
