@@ -1,26 +1,17 @@
 """The reverse-imaging benchmark scripts: the prior check's tissue counting, and a smoke run of the bench."""
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
 
+from nnunetv2_physaug.bench import reverse as bench_reverse
+from nnunetv2_physaug.checks import prior as check_prior
 from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_check_prior_counts_pixels_near_a_tissue_class():
-    check = _load("check_prior")
+    check = check_prior
     prior = PhysicsPrior.create(tiny_prior_config(16))
     n = 8 * 16 * 16
     m0 = torch.full((n,), 0.8)
@@ -35,7 +26,7 @@ def test_check_prior_counts_pixels_near_a_tissue_class():
 
 
 def test_bench_reverse_runs_and_prints_its_last_line(tmp_path, capsys):
-    bench = _load("bench_reverse")
+    bench = bench_reverse
     torch.manual_seed(0)
     PhysicsPrior.create(tiny_prior_config(16)).save_pretrained(tmp_path / "prior")
     bench.main(["--prior", str(tmp_path / "prior"), "--size", "32",  # native 32², prior grid 16²

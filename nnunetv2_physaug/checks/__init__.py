@@ -1,0 +1,1 @@
+"""Offline checks behind ``scripts/check_*.py``: the signal equations against a Bloch simulation, the prior against the tissue table."""
