@@ -10,7 +10,9 @@ Steps (stock nnU-Net commands and ours, as a user would run them):
 5. ``nnUNetv2_predict`` (no test-time mirroring; ``--jobs`` models at a time) and scoring with nnU-Net's
    metrics (the code of ``physaug-evaluate``), plus the pathology breakdown (which label the network gives
    scar and edema pixels), the structure confusion (which label it gives each expert structure: where the
-   Dice is lost) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers.
+   Dice is lost) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers;
+6. the cost of each trainer: seconds per epoch from nnU-Net's logs, and its training data loader against stock
+   nnU-Net's on the same dataset and plans (``scripts/bench_loader.py --dataset``, ``--loader-rounds``).
 
 ``--baseline-from`` reuses the baseline's scores of an earlier report with the same settings (ablations:
 only the PhysAug variants are trained).
@@ -50,7 +52,7 @@ from .realbench.report import (contour_figure, gap_closed, markdown_report, orac
 from .realbench.scoring import (earlier_rows, evaluate_all, pathology_breakdown, pool_repeats,  # noqa: F401
                                 seconds_per_epoch, structure_confusion)
 from .realbench.steps import (SEQUENCES, BenchmarkError, Run, linked_test_folder, patients_under_test,  # noqa: F401
-                              prepare, prepare_oracle, oracle_dataset_name, repeat_plans, train_all)
+                              loader_ratios, prepare, prepare_oracle, oracle_dataset_name, repeat_plans, train_all)
 
 # ----------------------------------------------------------------------------- main
 
@@ -89,6 +91,7 @@ class BenchConfig:
     repeats: int = 1
     oracle: bool = False
     map_samples: int = 1
+    loader_rounds: int = 10
 
     @property
     def epochs_suffix(self) -> str:
@@ -104,6 +107,8 @@ class BenchConfig:
     def check(self) -> None:
         if self.repeats < 1:
             raise BenchmarkError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.loader_rounds < 0:
+            raise BenchmarkError(f"--loader-rounds must be 0 or more, got {self.loader_rounds}")
         if self.map_samples < 1:
             raise BenchmarkError(f"--map-samples must be at least 1, got {self.map_samples}")
 
@@ -156,10 +161,13 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     train_all(folds, runs, cfg.device, env, logs, cfg.jobs)
     per_repeat = evaluate_all(ds, cfg.mode, runs, folds, splits, cfg.device, work, env, logs, cfg.jobs)
     cost = seconds_per_epoch(runs, folds)
-    rows = reused + [{**r, "seconds_per_epoch": cost.get(r["model"])} for r in pool_repeats(per_repeat)]
-
     report_dir = work / f"report_{cfg.mode}"
     report_dir.mkdir(parents=True, exist_ok=True)
+    loader = (loader_ratios(ds.name, plans, trainers, env, logs,
+                            report_dir / "loader_ratios.json", cfg.loader_rounds) if cfg.loader_rounds > 0 else {})
+    rows = reused + [{**r, "seconds_per_epoch": cost.get(r["model"]), "loader_ratio": loader.get(r["model"])}
+                     for r in pool_repeats(per_repeat)]
+
     figure_case = cfg.figure_case or sorted(patients_under_test(ds, cfg.mode, 0 if cfg.mode == "cv" else None,
                                                                 splits))[0]  # the first test patient
     contour_figure(ds, cfg.mode, work, [r.name for r in runs if r.repeat == 0 and r.trained_on == myops.TRAINING_SEQUENCE],
@@ -218,6 +226,9 @@ def main(argv=None) -> None:
                    help="tissue maps per training case (physaug-reverse --samples K: K draws of the tissue values; "
                    "the trainer renders one per load; default 1). The maps of a --work folder are made once: use a "
                    "new --work folder for another K")
+    p.add_argument("--loader-rounds", type=int, default=10, metavar="N",
+                   help="rounds of 10 batches per loader for the loader ratios of the cost table (single-threaded, "
+                   "interleaved, ~1 min at 10 on 2 CPU cores; 0 leaves them out)")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
     cfg = BenchConfig(args.myops, args.work, "cv" if args.cv else "final", args.budget, args.width, args.crop,
@@ -225,7 +236,8 @@ def main(argv=None) -> None:
                       figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
                       train_cases=myops.parse_case_range(args.train_cases),
                       test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
-                      repeats=args.repeats, oracle=args.oracle, map_samples=args.map_samples)
+                      repeats=args.repeats, oracle=args.oracle, map_samples=args.map_samples,
+                      loader_rounds=args.loader_rounds)
     try:
         r = run_benchmark(cfg)
     except (StepError, myops.ConversionError) as e:

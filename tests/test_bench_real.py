@@ -138,9 +138,16 @@ def test_bench_real_final_end_to_end(tmp_path):
     env.pop("nnUNet_n_proc_DA", None)
     cmd = [sys.executable, str(REPO / "scripts" / "bench_real.py"), "--myops", str(tmp_path / "Train"), "--final",
            "--work", str(work), "--crop", "24", "--spacing", "1.5", "--baseline", "nnUNetTrainer_smoke",
-           "--physaug", "nnUNetTrainerPhysAug_smoke", "--test-cases", "3006-3008", "--train-cases", "3001-3005"]
+           "--physaug", "nnUNetTrainerPhysAug_smoke", "--test-cases", "3006-3008", "--train-cases", "3001-3005",
+           "--loader-rounds", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the cost table's loader ratios, measured by the loader benchmark on this dataset and plans
+    loader = json.loads((work / "report_final" / "loader_ratios.json").read_text())
+    assert loader["dataset"] == "Dataset913_MyoPS" and loader["plans"] == "nnUNetPlans_w50"
+    assert set(loader["loader_ratio"]) >= {"nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"}
+    assert all(0.05 < v < 20 for v in loader["loader_ratio"].values())
+    assert "| loader / stock |" in (work / "report_final" / "results.md").read_text()
     fields = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
     assert set(fields) == {f"real_{s}_{m}" for s in ("c0", "lge", "t2") for m in ("physaug", "baseline")} | {"seconds"}
     report = json.loads((work / "report_final" / "results.json").read_text())
@@ -152,6 +159,7 @@ def test_bench_real_final_end_to_end(tmp_path):
     # a rerun reuses the trained models and the converted data
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
+    assert "loader ratios: measured earlier, kept" in proc.stdout
     # an ablation run takes the baseline from that report and trains PhysAug a second time (--repeats 2);
     # predictions two at a time give the first model the same scores as before
     earlier = work / "report_final" / "results_first.json"
@@ -385,6 +393,8 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
     assert cost == {"A": pytest.approx(11.0), "B": pytest.approx(33.0)}
     rows = [{"model": m, "sequence": s, "mean_fg_dice": 0.5, "dice_per_label": {"1": 0.5, "2": 0.5, "3": 0.5},
              "pathology": {p: {"as_myocardium": 0.5, "as_LV": 0.1} for p in ("scar", "edema")},
-             "seconds_per_epoch": cost[m]} for m in ("A", "B") for s in br.SEQUENCES]
+             "seconds_per_epoch": cost[m], "loader_ratio": {"A": 1.0, "B": 0.9}[m]} for m in ("A", "B")
+            for s in br.SEQUENCES]
     md = br.markdown_report(rows, "A")
     assert "| s / epoch | 11 | 33 |" in md and "| x baseline | 1.00 | 3.00 |" in md
+    assert "| loader / stock | 1.00 | 0.90 |" in md

@@ -12,6 +12,11 @@ beside the totals. Prints the throughput of each and, as its last line,
 ``loader_ratio=<PhysAug at default p / stock, batches per s> loader_ratio_p1=<PhysAug at p = 1 / stock>
 p_default=<p>``, after a line ``wrapper_ratio_p0=<PhysAug at p = 0 / stock> render_ratio_p1=<p = 1 / p = 0>``.
 
+``--also TRAINER ...`` adds other trainers' loaders to the same rounds at their defaults (one
+``also_ratio TRAINER=<stock / it>`` line each): the peers (GIN-IPA, location-scale) augment in the
+training step, not in the loader, so theirs is the stock loader (ratio 1 up to timing noise); DA5 changes
+nnU-Net's own transforms; PhysAug combined with a peer has PhysAug's loader.
+
 ``--profile`` first times the stages of a sample in ms (stock loader and PhysAug at p = 1, again
 interleaved): nnU-Net's own work (opening the case, cropping image and seg, its transforms, the
 rest of batch assembly) and PhysAug's (the case-level parameter draw, made 16 at a time per case by
@@ -20,7 +25,7 @@ normalisation, the B1 / bias fields and the noise). Timers wrap the functions
 by name, so the profile adds a few microseconds per call; the ratio lines come from an unwrapped run.
 
 Run: .venv/bin/python scripts/bench_loader.py [--batches 10] [--rounds 30] [--trainer nnUNetTrainerPhysAug]
-     [--profile]
+     [--also nnUNetTrainerGINIPA nnUNetTrainerDA5 ...] [--profile]
 """
 from __future__ import annotations
 
@@ -53,14 +58,14 @@ def _prepare(root: Path, size: int, n_train: int) -> str:
     return dataset
 
 
-def _loader(trainer_name: str, dataset: str, p_render=None):
+def _loader(trainer_name: str, dataset: str, p_render=None, plans_name: str = "nnUNetPlans"):
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     pp = Path(os.fspath(nnUNet_preprocessed)) / dataset
-    plans = load_json(str(pp / "nnUNetPlans.json"))
+    plans = load_json(str(pp / f"{plans_name}.json"))
     plans["continue_training"] = False
     cls = recursive_find_trainer_class_by_name(trainer_name)
     trainer = cls(plans, "2d", 0, load_json(str(pp / "dataset.json")), torch.device("cpu"))
@@ -195,6 +200,15 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=128, help="phantom in-plane size (pixels)")
     parser.add_argument("--n-train", type=int, default=10, help="phantom training cases")
     parser.add_argument("--trainer", default="nnUNetTrainerPhysAug", help="PhysAug trainer to compare")
+    parser.add_argument("--dataset", default=None, help="an nnU-Net dataset already preprocessed in "
+                        "$nnUNet_preprocessed (e.g. Dataset913_MyoPS; the PhysAug trainer needs its tissue maps) "
+                        "instead of the phantom")
+    parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier of --dataset (2d configuration)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the ratios (stock / each loader, "
+                        "batches per s) and stock's ms per batch to this JSON file")
+    parser.add_argument("--also", nargs="*", default=[], metavar="TRAINER",
+                        help="more trainers whose loader joins the rounds at their defaults (e.g. the peers: "
+                        "nnUNetTrainerGINIPA, nnUNetTrainerDA5); each gets a line also_ratio TRAINER=<x> against stock")
     parser.add_argument("--profile", action="store_true",
                         help="first print ms per sample of each loader stage (stock and PhysAug at p = 1)")
     args = parser.parse_args(argv)
@@ -207,21 +221,22 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.root or Path(tmp)
-        dataset = _prepare(root, args.size, args.n_train)
+        dataset = args.dataset or _prepare(args.root or Path(tmp), args.size, args.n_train)
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunetv2_physaug.contrast import load_protocol
         cls = recursive_find_trainer_class_by_name(args.trainer)
         p_default = cls.physaug_p_render
         if p_default is None:
             p_default = load_protocol(cls.physaug_protocol).p_render
-        loaders = {"stock": _loader("nnUNetTrainer", dataset), "default": _loader(args.trainer, dataset),
-                   "p1": _loader(args.trainer, dataset, p_render=1.0),
-                   "p0": _loader(args.trainer, dataset, p_render=0.0)}
+        loaders = {"stock": _loader("nnUNetTrainer", dataset, plans_name=args.plans),
+                   "default": _loader(args.trainer, dataset, plans_name=args.plans),
+                   "p1": _loader(args.trainer, dataset, p_render=1.0, plans_name=args.plans),
+                   "p0": _loader(args.trainer, dataset, p_render=0.0, plans_name=args.plans)}
+        loaders.update({name: _loader(name, dataset, plans_name=args.plans) for name in args.also})
         for dl in loaders.values():  # warm up: file cache, first allocations
             _time_batches(dl, 3)
         if args.profile:
-            _profile(loaders, args.batches, args.rounds)
+            _profile({k: loaders[k] for k in ("stock", "default", "p1", "p0")}, args.batches, args.rounds)
         t = dict.fromkeys(loaders, 0.0)
         per_round = {k: [] for k in loaders}
         order = list(loaders)
@@ -245,8 +260,19 @@ def main(argv=None) -> None:
             lo, med, hi = np.percentile(ratios, (10, 50, 90))
             print(f"ratio per round at {label:<8}: median {med:.3f}, 10-90 % {lo:.3f}-{hi:.3f} ({args.rounds} rounds "
                   f"of {args.batches} batches)")
+        for name in args.also:
+            print(f"{name:<38}: {n / t[name]:8.2f} batches/s ({1000 * t[name] / n:7.1f} ms/batch)")
+        for name in args.also:
+            print(f"also_ratio {name}={t['stock'] / t[name]:.3f}")
         print(f"wrapper_ratio_p0={t['stock'] / t['p0']:.3f} render_ratio_p1={t['p0'] / t['p1']:.3f} "
               "(p = 0: the wrapper without rendering, against stock; p = 1 against p = 0: rendering alone)")
+        if args.json is not None:
+            from nnunetv2_physaug.fileio import atomic_write_json
+            ratios = {args.trainer: t["stock"] / t["default"], **{name: t["stock"] / t[name] for name in args.also}}
+            atomic_write_json(args.json, {"dataset": dataset, "plans": args.plans, "rounds": args.rounds,
+                                          "batches_per_round": args.batches, "stock_ms_per_batch": 1000 * t["stock"] / n,
+                                          "loader_ratio": ratios, "loader_ratio_p1": t["stock"] / t["p1"],
+                                          "p_default": p_default})
         print(f"loader_ratio={t['stock'] / t['default']:.3f} loader_ratio_p1={t['stock'] / t['p1']:.3f} "
               f"p_default={p_default:g}")
 

@@ -107,6 +107,14 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
         if base_cost:
             lines.append("| x baseline | " + " | ".join("-" if cost[m] is None else f"{cost[m] / base_cost:.2f}"
                                                        for m in models) + " |")
+    loader = {m: by[(m, "C0")].get("loader_ratio") for m in models}
+    if any(v is not None for v in loader.values()):
+        lines += ["", "Training data loader: batches per second against stock nnU-Net's, single-threaded, same dataset, "
+                  "plans and batches (scripts/bench_loader.py; the peers augment in the training step, so theirs is "
+                  "the stock loader up to timing noise):", "",
+                  "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
+                  "| loader / stock | " + " | ".join("-" if loader[m] is None else f"{loader[m]:.2f}"
+                                                     for m in models) + " |"]
     refs = oracles(rows)
     if baseline is not None and refs:
         others = [m for m in models if m != baseline and m not in refs.values()]

@@ -189,6 +189,28 @@ def train_all(folds: Sequence[str], runs: Sequence[Run], device: str, env: dict,
     _in_parallel(one, todo, jobs)
 
 
+def loader_ratios(dataset: str, plans: str, trainers: Sequence[str], env: dict, logs: Path, out: Path,
+                  rounds: int) -> dict[str, float]:
+    """``{trainer: its training data loader's batches per second / stock nnU-Net's}`` on the benchmark's own
+    dataset and plans (fold 0), measured side by side by :mod:`nnunetv2_physaug.bench.loader` (single-threaded,
+    ``rounds`` interleaved rounds of 10 batches, the order rotating). It is what an augmentation costs where it
+    runs in the loader (PhysAug's render, DA5's transforms); the peers augment in the training step and have the
+    stock loader (their cost is in seconds per epoch). Kept in ``out``: a rerun with the same trainers and rounds
+    reuses it."""
+    import sys
+
+    trainers = list(dict.fromkeys(trainers))
+    if out.is_file():
+        kept = json.loads(out.read_text())
+        if kept.get("rounds") == rounds and set(trainers) <= set(kept.get("loader_ratio", {})):
+            print(f"[bench_real] loader ratios: measured earlier, kept ({out})", flush=True)
+            return kept["loader_ratio"]
+    run_step("loader ratios", [sys.executable, "-m", "nnunetv2_physaug.bench.loader", "--dataset", dataset,
+                               "--plans", plans, "--also", *trainers,
+                               "--rounds", str(rounds), "--json", str(out)], env, logs)
+    return json.loads(out.read_text())["loader_ratio"]
+
+
 # ----------------------------------------------------------------------------- test sets
 
 def patients_under_test(ds: Path, mode: str, fold: Optional[int], splits: list[dict]) -> list[str]:
