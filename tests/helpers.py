@@ -54,6 +54,12 @@ def nnunet_env(root: Path, **extra) -> dict:
     return env
 
 
+def copy_nnunet_root(template: Path, root: Path) -> None:
+    """Copy the nnU-Net folders of ``template`` (e.g. the session's preprocessed toy dataset) into ``root``."""
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        shutil.copytree(template / k, root / k, symlinks=True, dirs_exist_ok=True)
+
+
 @contextlib.contextmanager
 def environ_from(env: dict, keys=("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")):
     """Set ``keys`` of ``env`` in this process's os.environ for the duration (for in-process nnU-Net calls)."""

@@ -203,6 +203,19 @@ def test_bench_real_final_end_to_end(tmp_path):
             lab = nib.load(str(raw / "labelsTr" / f.name.replace("_0000", ""))).get_fdata()
             lv = np.median(nib.load(str(f)).get_fdata()[lab == 3])
             assert lv == pytest.approx(MYOPS_INTENSITY[s][2], rel=0.1), (f, lv)
+        # nnU-Net's own commands built it: the converter's labels, the bSSFP dataset's (narrowed) plans and split
+        ds, pre = work / "nnUNet_raw" / "Dataset913_MyoPS", work / "nnUNet_preprocessed" / raw.name
+        assert sorted(f.name for f in (raw / "imagesTr").iterdir()) == [f"Case{n}_0000.nii.gz" for n in range(3001, 3006)]
+        for f in sorted((raw / "labelsTr").iterdir()):
+            assert np.array_equal(nib.load(str(f)).get_fdata(), nib.load(str(ds / "labelsTr" / f.name)).get_fdata())
+        source = json.loads((work / "nnUNet_preprocessed" / ds.name / "nnUNetPlans_w50.json").read_text())
+        moved = json.loads((pre / "nnUNetPlans_w50.json").read_text())
+        assert moved["dataset_name"] == raw.name
+        assert moved["configurations"]["2d"]["architecture"] == source["configurations"]["2d"]["architecture"]
+        assert (pre / "splits_final.json").read_text() == (
+            work / "nnUNet_preprocessed" / ds.name / "splits_final.json").read_text()
+        data_dir = pre / moved["configurations"]["2d"]["data_identifier"]
+        assert len([f for f in data_dir.iterdir() if f.name.startswith("Case")]) >= 5
     assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
     oracle = json.loads((work / "report_final" / "results.json").read_text())
     assert oracle["settings"]["oracle"] is True
@@ -216,6 +229,13 @@ def test_bench_real_final_end_to_end(tmp_path):
     assert refs == {f"real_{s.lower()}_oracle": f"{by[(f'nnUNetTrainer_smoke on {s}', s)]['mean_fg_dice']:.3f}"
                     for s in ("LGE", "T2")}
     assert "Oracle references (--oracle)" in (work / "report_final" / "results.md").read_text()
+    # a second call reuses the oracle datasets
+    from nnunetv2_physaug.benchmark_real import prepare_oracle
+    plans_file = work / "nnUNet_preprocessed" / "Dataset914_MyoPSLGE" / "nnUNetPlans_w50.json"
+    stamp = plans_file.stat().st_mtime_ns
+    assert prepare_oracle(work / "nnUNet_raw" / "Dataset913_MyoPS", "LGE", 913, "nnUNetPlans_w50", env,
+                          tmp_path) == 914
+    assert plans_file.stat().st_mtime_ns == stamp
 
 
 def test_repeats_pool_to_their_mean_and_keep_each_value():
@@ -310,38 +330,6 @@ def test_oracle_refuses_a_dataset_without_that_sequence(tmp_path, monkeypatch):
     assert not (Path(env["nnUNet_raw"]) / "Dataset915_MyoPST2").exists()
 
 
-def test_oracle_dataset_holds_the_real_sequence_with_the_bssfp_plans_and_split(tmp_path, monkeypatch):
-    """nnU-Net's own commands build the --oracle dataset; truth: the fake builder's LGE/T2 intensities behind
-    each image, the converter's labels and split, the bSSFP dataset's (narrowed) plans."""
-    res = _converted(tmp_path, monkeypatch, ())
-    env = {**nnunet_env(tmp_path), "nnUNet_n_proc_DA": "1"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    ds, plans = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 0.5, range(3001, 3006), ())
-    for seq, oid in (("LGE", 914), ("T2", 915)):
-        assert br.prepare_oracle(ds, seq, 913, plans, env, logs) == oid
-        raw = Path(env["nnUNet_raw"]) / f"Dataset{oid}_MyoPS{seq}"
-        pre = Path(env["nnUNet_preprocessed"]) / raw.name
-        images = sorted((raw / "imagesTr").iterdir())
-        assert [f.name for f in images] == [f"Case{n}_0000.nii.gz" for n in range(3001, 3006)]
-        for f in images:
-            assert nib.load(str(f)).get_fdata()[20, 18, 1] == MYOPS_INTENSITY[seq][2]  # that sequence's LV blood
-            case = f.name.replace("_0000", "")
-            assert np.array_equal(nib.load(str(raw / "labelsTr" / case)).get_fdata(),
-                                  nib.load(str(res.dataset_dir / "labelsTr" / case)).get_fdata())
-        source = json.loads((Path(env["nnUNet_preprocessed"]) / ds.name / f"{plans}.json").read_text())
-        moved = json.loads((pre / f"{plans}.json").read_text())
-        assert moved["dataset_name"] == raw.name
-        assert moved["configurations"]["2d"]["architecture"] == source["configurations"]["2d"]["architecture"]
-        assert (pre / "splits_final.json").read_text() == res.splits_file.read_text()
-        data_dir = pre / moved["configurations"]["2d"]["data_identifier"]
-        assert len([f for f in data_dir.iterdir() if f.name.startswith("Case")]) >= 5
-    # a second call reuses it
-    stamp = (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns
-    assert br.prepare_oracle(ds, "LGE", 913, plans, env, logs) == 914
-    assert (Path(env["nnUNet_preprocessed"]) / "Dataset914_MyoPSLGE" / f"{plans}.json").stat().st_mtime_ns == stamp
-
-
 def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_path, monkeypatch):
     """--map-samples K: physaug-reverse writes K maps per case (4D, K on the last axis; truth: the tissue values
     differ between the samples, as K draws of the estimator's tissue table must), and a baseline scored with
@@ -350,7 +338,12 @@ def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_pa
     env = {**nnunet_env(tmp_path), "nnUNet_n_proc_DA": "1"}
     logs = tmp_path / "logs"
     logs.mkdir()
-    ds, _ = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 0.5, range(3001, 3006), (), map_samples=2)
+    # plans already there and nnU-Net's width: of the preparation steps only physaug-reverse runs
+    pre = Path(env["nnUNet_preprocessed"]) / res.dataset_dir.name
+    (pre / "nnUNetPlans_2d").mkdir(parents=True)
+    (pre / "nnUNetPlans.json").write_text("{}")
+    ds, _ = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 1.0, range(3001, 3006), (), map_samples=2)
+    assert sorted(f.name for f in logs.iterdir()) == ["reverse_imaging.log"]
     assert ds == res.dataset_dir
     t2 = nib.load(str(ds / "tissueMapsTr" / "Case3001_T2.nii.gz")).get_fdata()
     lab = nib.load(str(ds / "labelsTr" / "Case3001.nii.gz")).get_fdata()

@@ -156,14 +156,14 @@ def test_saliency_map_is_coarse_and_spans_0_to_1():
 # ----------------------------------------------------------------------------- trainers
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from helpers import environ_from, nnunet_env, plan_and_preprocess, write_toy_dataset
+def toy(tmp_path_factory, toy_template):
+    from helpers import copy_nnunet_root, environ_from, nnunet_env
 
     root = tmp_path_factory.mktemp("peers")
+    copy_nnunet_root(toy_template, root)  # Dataset963_TrainerToy, 5 cases, preprocessed
     env = nnunet_env(root)
     env["nnUNet_extTrainer"] += ":" + str(Path(__file__).parent / "smoke_trainers")
-    folder = write_toy_dataset(Path(env["nnUNet_raw"]), 964, "PeerToy", n_cases=5)
-    plan_and_preprocess(env, 964)
+    folder = Path(env["nnUNet_raw"]) / "Dataset963_TrainerToy"
     with environ_from(env):
         yield env, folder
 
@@ -237,8 +237,8 @@ def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
     env, folder = toy
     for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScaleSBF_smoke",
                  "nnUNetTrainerPhysAugLocationScaleHalf_smoke"):
-        run(["nnUNetv2_train", "964", "2d", "0", "-tr", name, "-device", "cpu"], env)
+        run(["nnUNetv2_train", "963", "2d", "0", "-tr", name, "-device", "cpu"], env)
         out = tmp_path / name
-        run(["nnUNetv2_predict", "-i", str(folder / "imagesTr"), "-o", str(out), "-d", "964", "-c", "2d",
+        run(["nnUNetv2_predict", "-i", str(folder / "imagesTr"), "-o", str(out), "-d", "963", "-c", "2d",
              "-tr", name, "-f", "0", "-device", "cpu", "--disable_tta"], env)
         assert len(list(out.glob("*.nii.gz"))) == 5

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from helpers import copy_nnunet_root, environ_from, load_json, nnunet_env
 
 DATASET_ID = 963
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, toy_template):
     root = tmp_path_factory.mktemp("trainer_ds")
+    copy_nnunet_root(toy_template, root)  # Dataset963_TrainerToy, 5 cases, 2d and 3d_fullres preprocessed
     env = nnunet_env(root)
-    folder = write_toy_dataset(Path(env["nnUNet_raw"]), DATASET_ID, "TrainerToy", n_cases=5)
-    plan_and_preprocess(env, DATASET_ID, configs=("2d", "3d_fullres"))
+    folder = Path(env["nnUNet_raw"]) / f"Dataset{DATASET_ID:03d}_TrainerToy"
     with environ_from(env):
         yield env, folder
 
