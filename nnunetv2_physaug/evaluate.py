@@ -105,20 +105,61 @@ def predict_folder(model_dir: Path, images: Path, out: Path, folds: Sequence, de
                                 perform_everything_on_device=device != "cpu", device=torch.device(device),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=tuple(folds), checkpoint_name=checkpoint)
-    n_proc = max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
-    predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=n_proc, num_processes_segmentation_export=n_proc)
+    n_proc = _n_proc()
+    if device == "cpu" and n_proc == 1:
+        # one worker on the CPU overlaps nothing with the network (they share the cores), and nnU-Net's
+        # predict_from_files spawns two fresh interpreters per call (preprocessing, export: ~10 s of imports for a
+        # few small cases); its sequential path gives the same files in this process
+        out.mkdir(parents=True, exist_ok=True)
+        predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
+    else:
+        predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=n_proc, num_processes_segmentation_export=n_proc)
+
+
+def _n_proc() -> int:
+    return max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
+
+
+def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, plans_file: Path) -> dict:
+    """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes (its per-case ``compute_metrics``, the
+    per-label nan-mean over cases, the foreground mean of those), in this process: nnU-Net maps the cases over
+    a spawned process pool even for one process, which costs ~5 s of imports per folder."""
+    import numpy as np
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    ending = dataset_json["file_ending"]
+    preds = sorted(f for f in os.listdir(predictions) if f.endswith(ending))
+    rw = determine_reader_writer_from_dataset_json(dataset_json, str(labels / preds[0]))()
+    lm = PlansManager(str(plans_file)).get_label_manager(dataset_json)
+    regions = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+    results = [compute_metrics(str(labels / f), str(predictions / f), rw, regions, lm.ignore_label) for f in preds]
+    names = list(results[0]["metrics"][regions[0]].keys())
+    means = {r: {m: np.nanmean([c["metrics"][r][m] for c in results]) for m in names} for r in regions}
+    foreground = {m: np.mean([means[r][m] for r in regions]) for m in names}  # regions: foreground only
+    for x in (*results, means, foreground):
+        recursive_fix_for_json_export(x)
+    summary = {"metric_per_case": results, "mean": means, "foreground_mean": foreground}
+    save_summary_json(summary, str(predictions / "summary.json"))
+    return summary
 
 
 def score_folder(labels: Path, predictions: Path, model_dir: Path) -> dict:
     """nnU-Net's metrics of ``predictions`` against ``labels``: per-label Dice and foreground mean."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
 
-    n_proc = max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
-    compute_metrics_on_folder2(str(labels), str(predictions), str(model_dir / "dataset.json"),
-                               str(model_dir / "plans.json"), str(predictions / "summary.json"),
-                               num_processes=n_proc, chill=True)
-    summary = load_summary_json(str(predictions / "summary.json"))
+    n_proc = _n_proc()
+    if n_proc == 1:
+        _metrics_in_process(labels, predictions, json.loads((model_dir / "dataset.json").read_text()),
+                            model_dir / "plans.json")
+    else:
+        compute_metrics_on_folder2(str(labels), str(predictions), str(model_dir / "dataset.json"),
+                                   str(model_dir / "plans.json"), str(predictions / "summary.json"),
+                                   num_processes=n_proc, chill=True)
+    summary = load_summary_json(str(predictions / "summary.json"))  # read back as nnU-Net reads it
     per_label = {str(k): float(v["Dice"]) for k, v in summary["mean"].items()}
     return {"dice_per_label": per_label, "mean_fg_dice": float(summary["foreground_mean"]["Dice"]),
             "n_cases": len(summary["metric_per_case"])}

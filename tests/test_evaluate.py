@@ -122,3 +122,36 @@ def test_bad_fold_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["-m", "x", "-t", "a=b:c", "-o", "o", "-f", "x"])
     assert e.value.code == 2 and "a fold is a whole number >= 0 or 'all'" in capsys.readouterr().err
+
+
+def test_scores_in_one_process_equal_nnunets_pooled_metrics(tmp_path, monkeypatch):
+    """On one process the metrics are computed without nnU-Net's process pool; truth: nnU-Net's own
+    compute_metrics_on_folder2 (two processes) on the same folders, a label missing in one case (NaN Dice)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
+    from nnunetv2_physaug.evaluate import score_folder
+
+    rng = np.random.default_rng(0)
+    model = _model(tmp_path)
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    labels.mkdir()
+    preds.mkdir()
+    for i in range(3):
+        lab = rng.integers(0, 4, (12, 10, 3)).astype(np.uint8)
+        if i == 0:
+            lab[lab == 1] = 0  # no RV in reference or prediction: nnU-Net's Dice is NaN there
+        pred = np.where(rng.random(lab.shape) < 0.3, rng.integers(0, 4, lab.shape), lab).astype(np.uint8)
+        if i == 0:
+            pred[pred == 1] = 0
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), labels / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), preds / f"c{i}.nii.gz")
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    ours = score_folder(labels, preds, model)
+    written = (preds / "summary.json").read_text()
+    theirs_file = tmp_path / "theirs.json"
+    compute_metrics_on_folder2(str(labels), str(preds), str(model / "dataset.json"), str(model / "plans.json"),
+                               str(theirs_file), num_processes=2, chill=True)
+    assert written == theirs_file.read_text()
+    theirs = load_summary_json(str(theirs_file))
+    assert ours["mean_fg_dice"] == theirs["foreground_mean"]["Dice"] and ours["n_cases"] == 3
+    assert ours["dice_per_label"] == {str(k): float(v["Dice"]) for k, v in theirs["mean"].items()}
+    assert 0.3 < ours["mean_fg_dice"] < 0.95

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -242,3 +243,11 @@ def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
         run(["nnUNetv2_predict", "-i", str(folder / "imagesTr"), "-o", str(out), "-d", "963", "-c", "2d",
              "-tr", name, "-f", "0", "-device", "cpu", "--disable_tta"], env)
         assert len(list(out.glob("*.nii.gz"))) == 5
+    # physaug-evaluate's predictor on one CPU process (nnU-Net's sequential path, no worker processes) writes
+    # what the stock command wrote
+    from nnunetv2_physaug.evaluate import predict_folder
+    model = Path(env["nnUNet_results"]) / "Dataset963_TrainerToy" / f"{name}__nnUNetPlans__2d"
+    predict_folder(model, folder / "imagesTr", tmp_path / "ours", (0,), "cpu", False)
+    for f in sorted(out.glob("*.nii.gz")):
+        a, b = nib.load(str(f)), nib.load(str(tmp_path / "ours" / f.name))
+        assert np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine), f.name
