@@ -121,8 +121,8 @@ def _n_proc() -> int:
     return max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
 
 
-def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, plans_file: Path) -> dict:
-    """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes (its per-case ``compute_metrics``, the
+def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, plans_file: Path) -> None:
+    """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes to ``predictions/summary.json`` (its per-case ``compute_metrics``, the
     per-label nan-mean over cases, the foreground mean of those), in this process: nnU-Net maps the cases over
     a spawned process pool even for one process, which costs ~5 s of imports per folder."""
     import numpy as np
@@ -142,9 +142,8 @@ def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, pla
     foreground = {m: np.mean([means[r][m] for r in regions]) for m in names}  # regions: foreground only
     for x in (*results, means, foreground):
         recursive_fix_for_json_export(x)
-    summary = {"metric_per_case": results, "mean": means, "foreground_mean": foreground}
-    save_summary_json(summary, str(predictions / "summary.json"))
-    return summary
+    save_summary_json({"metric_per_case": results, "mean": means, "foreground_mean": foreground},
+                      str(predictions / "summary.json"))
 
 
 def score_folder(labels: Path, predictions: Path, model_dir: Path) -> dict:

@@ -6,16 +6,13 @@ import pytest
 # the test helper module (helpers.py) lives beside the tests
 sys.path.insert(0, str(Path(__file__).parent))
 
-#: the nnU-Net ID of the shared toy dataset (:func:`toy_template`)
-TOY_ID = 963
-
 
 @pytest.fixture(scope="session")
 def toy_template(tmp_path_factory):
     """nnU-Net's three folders holding one toy dataset (5 cases, ``Dataset963_TrainerToy``) planned and
     preprocessed by nnU-Net's own command (2d and 3d_fullres), once per session; a module takes its own copy
-    (``helpers.copy_nnunet_root``) so that what it writes there stays its own."""
-    from helpers import nnunet_env, plan_and_preprocess, write_toy_dataset
+    (``helpers.copy_toy``) so that what it writes there stays its own."""
+    from helpers import TOY_ID, nnunet_env, plan_and_preprocess, write_toy_dataset
 
     root = tmp_path_factory.mktemp("toy_template")
     env = nnunet_env(root)

@@ -54,10 +54,17 @@ def nnunet_env(root: Path, **extra) -> dict:
     return env
 
 
-def copy_nnunet_root(template: Path, root: Path) -> None:
-    """Copy the nnU-Net folders of ``template`` (e.g. the session's preprocessed toy dataset) into ``root``."""
+#: the shared toy dataset of the session (conftest ``toy_template``): nnU-Net ID and folder name
+TOY_ID = 963
+TOY_DATASET = f"Dataset{TOY_ID:03d}_TrainerToy"
+
+
+def copy_toy(template: Path, root: Path) -> Path:
+    """Copy the nnU-Net folders of ``template`` (the session's preprocessed toy dataset) into ``root``; returns
+    the copy's raw dataset folder."""
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         shutil.copytree(template / k, root / k, symlinks=True, dirs_exist_ok=True)
+    return root / "nnUNet_raw" / TOY_DATASET
 
 
 @contextlib.contextmanager

@@ -158,13 +158,12 @@ def test_saliency_map_is_coarse_and_spans_0_to_1():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, toy_template):
-    from helpers import copy_nnunet_root, environ_from, nnunet_env
+    from helpers import copy_toy, environ_from, nnunet_env
 
     root = tmp_path_factory.mktemp("peers")
-    copy_nnunet_root(toy_template, root)  # Dataset963_TrainerToy, 5 cases, preprocessed
+    folder = copy_toy(toy_template, root)  # 5 cases, preprocessed
     env = nnunet_env(root)
     env["nnUNet_extTrainer"] += ":" + str(Path(__file__).parent / "smoke_trainers")
-    folder = Path(env["nnUNet_raw"]) / "Dataset963_TrainerToy"
     with environ_from(env):
         yield env, folder
 
@@ -233,20 +232,20 @@ def test_peer_probability_leaves_the_other_images_as_they_are(toy):
 
 @pytest.mark.slow
 def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
-    from helpers import run
+    from helpers import TOY_ID, run
 
     env, folder = toy
     for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScaleSBF_smoke",
                  "nnUNetTrainerPhysAugLocationScaleHalf_smoke"):
-        run(["nnUNetv2_train", "963", "2d", "0", "-tr", name, "-device", "cpu"], env)
+        run(["nnUNetv2_train", str(TOY_ID), "2d", "0", "-tr", name, "-device", "cpu"], env)
         out = tmp_path / name
-        run(["nnUNetv2_predict", "-i", str(folder / "imagesTr"), "-o", str(out), "-d", "963", "-c", "2d",
+        run(["nnUNetv2_predict", "-i", str(folder / "imagesTr"), "-o", str(out), "-d", str(TOY_ID), "-c", "2d",
              "-tr", name, "-f", "0", "-device", "cpu", "--disable_tta"], env)
         assert len(list(out.glob("*.nii.gz"))) == 5
     # physaug-evaluate's predictor on one CPU process (nnU-Net's sequential path, no worker processes) writes
     # what the stock command wrote
     from nnunetv2_physaug.evaluate import predict_folder
-    model = Path(env["nnUNet_results"]) / "Dataset963_TrainerToy" / f"{name}__nnUNetPlans__2d"
+    model = Path(env["nnUNet_results"]) / folder.name / f"{name}__nnUNetPlans__2d"
     predict_folder(model, folder / "imagesTr", tmp_path / "ours", (0,), "cpu", False)
     for f in sorted(out.glob("*.nii.gz")):
         a, b = nib.load(str(f)), nib.load(str(tmp_path / "ours" / f.name))

@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import copy_nnunet_root, environ_from, load_json, nnunet_env
-
-DATASET_ID = 963
+from helpers import TOY_ID as DATASET_ID, copy_toy, environ_from, load_json, nnunet_env
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, toy_template):
     root = tmp_path_factory.mktemp("trainer_ds")
-    copy_nnunet_root(toy_template, root)  # Dataset963_TrainerToy, 5 cases, 2d and 3d_fullres preprocessed
+    folder = copy_toy(toy_template, root)  # 5 cases, 2d and 3d_fullres preprocessed
     env = nnunet_env(root)
-    folder = Path(env["nnUNet_raw"]) / f"Dataset{DATASET_ID:03d}_TrainerToy"
     with environ_from(env):
         yield env, folder
 

@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -197,8 +198,6 @@ def loader_ratios(dataset: str, plans: str, trainers: Sequence[str], env: dict, 
     runs in the loader (PhysAug's render, DA5's transforms); the peers augment in the training step and have the
     stock loader (their cost is in seconds per epoch). Kept in ``out``: a rerun with the same trainers and rounds
     reuses it."""
-    import sys
-
     trainers = list(dict.fromkeys(trainers))
     if out.is_file():
         kept = json.loads(out.read_text())
