@@ -6,6 +6,18 @@ import pytest
 # the test helper module (helpers.py) lives beside the tests
 sys.path.insert(0, str(Path(__file__).parent))
 
+#: the modules that take longest (``scripts/test`` prints the slowest tests), longest first: collected
+#: first, so that ``scripts/test``'s two pytest-xdist workers (``--dist loadfile --no-loadscope-reorder``)
+#: start them at once on different workers instead of one of them ending the run alone
+LONGEST_FIRST = ("test_e2e.py", "test_bench_real.py", "test_peers.py", "test_phantom.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order inside each module is kept
+
 
 @pytest.fixture(scope="session")
 def toy_template(tmp_path_factory):

@@ -248,13 +248,18 @@ def predict_all(folds: Sequence[str], runs: Sequence[Run], device: str,
                 env: dict, logs: Path, inputs: Path, out: Path, jobs: int = 1) -> None:
     """``nnUNetv2_predict`` of every (run, fold) model on its fold's test inputs into
     ``out/<run name>/fold_<fold>`` (no test-time mirroring), ``jobs`` at a time (one folder per model, so
-    parallel runs never share files)."""
+    parallel runs never share files).
+
+    Where each call would get one worker (``jobs > 1`` or ``nnUNet_def_n_proc`` 1) it runs nnU-Net's
+    sequential path (``-npp 0 -nps 0``): a pool of one worker is a fresh interpreter importing torch per pool
+    (~10 s per call on a 2-core machine) and buys no overlap; the predictions are the same."""
     def one(item):
         r, fold = item
         dest = out / r.name / f"fold_{fold}"
         if dest.exists():
             shutil.rmtree(dest)
-        n_proc = "1" if jobs > 1 else str(max(1, int(env.get("nnUNet_def_n_proc", "1"))))
+        workers = 1 if jobs > 1 else max(1, int(env.get("nnUNet_def_n_proc", "1")))
+        n_proc = "0" if workers == 1 else str(workers)
         return run_step(f"predict {r.name} fold {fold}",
                         ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
                          "-d", str(r.dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
