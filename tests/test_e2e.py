@@ -1,7 +1,7 @@
 """End to end with nnU-Net's real commands: the demo at a small budget, then stock predict + evaluate.
 
 phantom -> physaug-reverse -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (stock baseline and
-PhysAug, 1000 iterations each on 5 phantom cases at 64², CPU) -> physaug-evaluate -> physaug-preview,
+PhysAug, 2000 iterations each on 5 phantom cases at 64², CPU) -> physaug-evaluate -> physaug-preview,
 all through ``scripts/demo``'s module; then ``nnUNetv2_predict`` on an unseen contrast and
 ``nnUNetv2_evaluate_folder``. The product's claim is asserted at this scale: PhysAug's mean Dice over
 the six unseen phantom contrasts beats the baseline's by a margin measured across phantom seeds.
