@@ -34,8 +34,8 @@ class _BudgetTrainer(nnUNetTrainer):
         self.num_val_iterations_per_epoch = 2
 
     def on_epoch_end(self):
-        # nnU-Net redraws progress.png after every epoch (a matplotlib figure: a large share of an epoch at
-        # these budgets); the test budgets draw it once, after the last epoch. Training is unchanged.
+        # nnU-Net redraws progress.png (a matplotlib figure) after every epoch; the test budgets, with epochs
+        # of a few seconds, draw it once, after the last epoch. Training is unchanged.
         if self.current_epoch == self.num_epochs - 1:
             return super().on_epoch_end()
         self.logger.plot_progress_png = lambda output_folder: None
