@@ -122,9 +122,10 @@ def _n_proc() -> int:
 
 
 def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, plans_file: Path) -> None:
-    """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes to ``predictions/summary.json`` (its per-case ``compute_metrics``, the
-    per-label nan-mean over cases, the foreground mean of those), in this process: nnU-Net maps the cases over
-    a spawned process pool even for one process, which costs ~5 s of imports per folder."""
+    """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes to ``predictions/summary.json`` (its
+    per-case ``compute_metrics``, the per-label nan-mean over cases, the foreground mean of those), in this
+    process: nnU-Net maps the cases over a spawned process pool even for one process, which costs ~5 s of
+    imports per folder."""
     import numpy as np
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
