@@ -160,13 +160,16 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         runs += _oracle_runs(cfg, ds, plans, env, logs, baseline)
     train_all(folds, runs, cfg.device, env, logs, cfg.jobs)
     per_repeat = evaluate_all(ds, cfg.mode, runs, folds, splits, cfg.device, work, env, logs, cfg.jobs)
-    cost = seconds_per_epoch(runs, folds)
+    # a reused baseline's cost comes from its own logs where its models are in this work folder: the ratios
+    # then compare epochs measured by one rule (the earlier report's value is kept where they are not)
+    cost = seconds_per_epoch(runs + ([Run(baseline, baseline, plans, cfg.dataset_id)] if reused else []), folds)
     report_dir = work / f"report_{cfg.mode}"
     report_dir.mkdir(parents=True, exist_ok=True)
     loader = (loader_ratios(ds.name, plans, trainers, env, logs,
                             report_dir / "loader_ratios.json", cfg.loader_rounds) if cfg.loader_rounds > 0 else {})
-    rows = reused + [{**r, "seconds_per_epoch": cost.get(r["model"]), "loader_ratio": loader.get(r["model"])}
-                     for r in pool_repeats(per_repeat)]
+    rows = [{**r, "seconds_per_epoch": cost.get(baseline, r.get("seconds_per_epoch"))} for r in reused] + \
+        [{**r, "seconds_per_epoch": cost.get(r["model"]), "loader_ratio": loader.get(r["model"])}
+         for r in pool_repeats(per_repeat)]
 
     figure_case = cfg.figure_case or sorted(patients_under_test(ds, cfg.mode, 0 if cfg.mode == "cv" else None,
                                                                 splits))[0]  # the first test patient

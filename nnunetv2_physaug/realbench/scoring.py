@@ -152,9 +152,11 @@ EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 
 
 def seconds_per_epoch(runs: Sequence[Run], folds: Sequence[str]) -> dict[str, float]:
-    """``{trainer: mean seconds per training epoch}`` over the epochs of all its models (repeats, folds), as
+    """``{trainer: median seconds per training epoch}`` over the epochs of all its models (repeats, folds), as
     nnU-Net logged them (training iterations, the loader's waits and validation): what a method costs in
-    time beside the baseline on the same machine. Trainers without logs are left out."""
+    time beside the baseline on the same machine. The median, not the mean: an epoch that shared the machine
+    with another job takes about twice as long, and a few of them would move a mean by more than the
+    differences between trainers. Trainers without logs are left out."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     times: dict[str, list[float]] = {}
@@ -163,4 +165,4 @@ def seconds_per_epoch(runs: Sequence[Run], folds: Sequence[str]) -> dict[str, fl
             out = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d", fold))
             for log in sorted(out.glob("training_log_*.txt")):
                 times.setdefault(r.model, []).extend(float(m) for m in EPOCH_TIME.findall(log.read_text()))
-    return {model: float(np.mean(t)) for model, t in times.items() if t}
+    return {model: float(np.median(t)) for model, t in times.items() if t}
