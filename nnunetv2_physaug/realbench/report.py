@@ -100,8 +100,8 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
     cost = {m: by[(m, "C0")].get("seconds_per_epoch") for m in models}
     if any(v is not None for v in cost.values()):
         base_cost = cost.get(baseline) if baseline is not None else None
-        lines += ["", "Cost: seconds per training epoch (nnU-Net's log, median over the epochs of all folds and repeats) and its ratio "
-                  "to the baseline's on the same machine:", "",
+        lines += ["", "Cost: seconds per training epoch (nnU-Net's log, median over the epochs of all folds and "
+                  "repeats) and its ratio to the baseline's on the same machine:", "",
                   "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
                   "| s / epoch | " + " | ".join("-" if cost[m] is None else f"{cost[m]:.0f}" for m in models) + " |"]
         if base_cost:
