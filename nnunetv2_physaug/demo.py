@@ -15,6 +15,10 @@ Steps (each a stock command or one of ours; any failure stops the demo with that
 6. ``physaug-evaluate`` on the in-domain test set and every unseen-contrast test set.
 7. ``physaug-preview`` gallery of a training case.
 
+A rerun with the same ``--out`` reuses the phantom, and keeps every training that finished
+(``checkpoint_final.pth`` in its fold folder): a stopped run resumes; delete a model's folder (or use a new
+``--out``) to train it again.
+
 Run: ``scripts/demo [--out DIR]``. The last line printed is
 ``unseen_dice_physaug=.. unseen_dice_baseline=.. indomain_dice_physaug=.. indomain_dice_baseline=.. seconds=..``.
 """
@@ -78,7 +82,14 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
         _run("narrow plans", ["physaug-narrow-plans", "-d", str(FIRST_ID), "--width", str(width), "-o", plans,
                               "--overwrite"], env, logs)
     trainers = list(dict.fromkeys([baseline, physaug, *variants]))
+    results = Path(env["nnUNet_results"]) / datasets[0]["name"]
     for trainer in trainers:
+        # nnU-Net's output folder of this trainer, plans, configuration and fold
+        done = results / f"{trainer}__{plans}__2d" / f"fold_{fold}" / "checkpoint_final.pth"
+        if done.is_file():  # an interrupted run (e.g. --peers, ~1 h) resumes where it stopped
+            print(f"[demo] train {trainer}: finished earlier, kept ({done.parent}; delete it to train again)",
+                  flush=True)
+            continue
         _run(f"train {trainer}", ["nnUNetv2_train", str(FIRST_ID), "2d", fold, "-tr", trainer, "-p", plans,
                                   "-device", "cpu"], env, logs)
 
@@ -118,7 +129,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="scripts/demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("physaug_demo"),
-                        help="work folder, nnU-Net's raw/preprocessed/results folders go inside (default ./physaug_demo)")
+                        help="work folder, nnU-Net's raw/preprocessed/results folders go inside (default ./physaug_demo; "
+                             "a rerun in it keeps the phantom and every finished training)")
     parser.add_argument("--n-train", type=int, default=20, help="phantom training cases (default 20)")
     parser.add_argument("--n-test", type=int, default=10, help="phantom test cases per domain (default 10)")
     parser.add_argument("--size", type=int, default=80,
