@@ -153,11 +153,55 @@ def test_case_files_stay_open_within_a_bound_and_loads_equal_nnunets(toy):
         view = wrapped.load_case(key)[0]
         view[(slice(0, 1),)]  # renders the slice: reads maps and seg
     del view
-    assert files.kinds_open(keys[0]) == {"maps", "seg"}
+    assert files.kinds_open(keys[0]) == {"maps", "seg", "properties"}
     assert len(files) == 2 and open_fds() - fds_before <= 2 * 2  # maps + seg of two cases
     wrapped.p_render = 0.0
     wrapped.load_case(keys[0])
-    assert files.kinds_open(keys[0]) == {"maps", "seg", "image"}
+    assert files.kinds_open(keys[0]) == {"maps", "seg", "properties", "image"}
+
+
+def test_properties_are_read_once_per_open_case_and_nnunets_loader_leaves_them_as_on_disk(toy, monkeypatch):
+    """A case's properties are unpickled once while the case is open (nnU-Net unpickles them at every load),
+    read again after the case was dropped; batches of nnU-Net's own loader (foreground oversampling reads
+    the class locations) leave the kept dict equal to the file."""
+    import batchgenerators.utilities.file_and_folder_operations as bg_io
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    env, folder = toy
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    reads = []
+    real_load_pickle = bg_io.load_pickle
+    monkeypatch.setattr(bg_io, "load_pickle", lambda f, *a, **k: reads.append(Path(f).name) or real_load_pickle(f, *a, **k))
+    tr = _trainer(env, folder)
+    tr.physaug_p_render = 0.5
+    tr.initialize()
+    dl_train, dl_val = tr.get_dataloaders()
+    wrapped = dl_train.data_loader._data
+    reads.clear()
+    for _ in range(20):
+        next(dl_train)
+    keys = list(wrapped.identifiers)
+    assert len(keys) <= wrapped.open_cases
+    pkl_reads = [r for r in reads if r.endswith(".pkl")]
+    assert sorted(pkl_reads) == sorted(set(pkl_reads)) and set(pkl_reads) <= {k + ".pkl" for k in keys}
+    assert len(pkl_reads) >= 2  # 20 batches loaded several cases
+    source = Path(wrapped.base.source_folder)
+    for key in keys:
+        if "properties" not in wrapped.files.kinds_open(key):
+            continue
+        kept = wrapped.files.get(key, "properties")
+        on_disk = load_pickle(str(source / f"{key}.pkl"))
+        assert kept.keys() == on_disk.keys()
+        for cls, locs in on_disk["class_locations"].items():
+            np.testing.assert_array_equal(kept["class_locations"][cls], locs)
+        assert wrapped.load_case(key)[3] is kept  # no second read while open
+    # dropped cases are read again
+    wrapped.open_cases = 1
+    wrapped._files = None
+    first = wrapped.load_case(keys[0])[3]
+    wrapped.load_case(keys[1])
+    again = wrapped.load_case(keys[0])[3]
+    assert again is not first and again.keys() == first.keys()
 
 def test_case_statistics_match_a_full_case_render(toy):
     env, folder = toy

@@ -8,11 +8,11 @@ the loader keeps (DESIGN §3). Everything downstream (foreground oversampling, s
 augmentation, mirroring, deep supervision) is nnU-Net's own and unchanged.
 
 Both kinds of load do less of nnU-Net's own work than stock loads (blosc2 datasets): the case files
-(and the aligned maps) stay open per process (:class:`OpenCaseFiles`, the least recently loaded of at
-most 64 cases closed first) instead of being opened at every load; a rendered load never opens the
-image, and the seg it returns (:class:`SharedSegCrop`) hands nnU-Net's seg crop the labels the render
-already decompressed for the same box (scripts/bench_loader.py --profile; its p = 0 line is the
-wrapper without rendering).
+(and the aligned maps) stay open per process and the case's properties stay read (:class:`OpenCaseFiles`,
+the least recently loaded of at most 64 cases dropped first), where nnU-Net opens and unpickles them at
+every load; a rendered load never opens the image, and the seg it returns (:class:`SharedSegCrop`) hands
+nnU-Net's seg crop the labels the render already decompressed for the same box
+(scripts/bench_loader.py --profile; its p = 0 line is the wrapper without rendering).
 
 Intensities are normalised the way nnU-Net's preprocessing normalises the channel (z-score,
 ``use_mask_for_norm`` honoured: statistics over seg >= 0 and zeros outside). The statistics are either
@@ -199,12 +199,16 @@ OPEN_CASES = 64
 
 class OpenCaseFiles:
     """The open files of the cases a process loaded last: memory-mapped arrays (a case's aligned maps,
-    nnU-Net's blosc2 image, seg, previous-stage seg), each opened by its kind's opener on first use.
+    nnU-Net's blosc2 image, seg, previous-stage seg) and what was read from small files (the case's
+    properties), each opened by its kind's opener on first use.
 
-    Why: nnU-Net opens a case's files at every load (~0.1-0.2 ms per file for a 2D sample); kept
-    open, a load only reads its crop. Every memory map holds a file descriptor (numpy's and blosc2's
+    Why: nnU-Net opens a case's files at every load (~0.1-0.2 ms per file for a 2D sample) and unpickles
+    its properties (~0.3-0.5 ms for a cardiac case: the class locations of foreground oversampling); kept,
+    a load only reads its crop. Every memory map holds a file descriptor (numpy's and blosc2's
     alike), so at most :attr:`max_cases` cases stay open, the least recently loaded closed first: a
-    dataset of thousands of cases stays far below the usual limit of 1024 open files per process.
+    dataset of thousands of cases stays far below the usual limit of 1024 open files per process, and
+    the properties kept stay small (nnU-Net keeps 10,000 locations per class, 1 % of a larger class: well
+    under a MB for a cardiac case, a few MB for a large 3D volume).
 
     Args:
         openers: kind -> function opening that file of a case (argument: the case identifier).
@@ -355,6 +359,7 @@ class PhysAugTrainingDataset:
         openers = {"maps": lambda k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False)}
         if self._blosc2_base():
             import blosc2
+            from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
             base = self.base
 
@@ -363,6 +368,9 @@ class PhysAugTrainingDataset:
                                              dparams={"nthreads": 1}, **base.mmap_kwargs)
 
             openers.update(image=opener(base.source_folder, ".b2nd"), seg=opener(base.source_folder, "_seg.b2nd"))
+            # read once per open case: nnU-Net's loader only reads them (the class locations of
+            # foreground oversampling), where its load_case unpickles them at every load
+            openers["properties"] = lambda k: load_pickle(os.path.join(base.source_folder, k + ".pkl"))
             if base.folder_with_segs_from_previous_stage is not None:
                 openers["seg_prev"] = opener(base.folder_with_segs_from_previous_stage, ".b2nd")
         self._files, self._files_pid = OpenCaseFiles(openers, self.open_cases), os.getpid()
@@ -371,22 +379,20 @@ class PhysAugTrainingDataset:
     def _load(self, identifier: str, image: bool):
         """(image or None, seg, seg_prev, properties) of a case, as ``base.load_case`` returns them.
 
-        For nnU-Net's blosc2 dataset the memory-mapped handles come from :class:`OpenCaseFiles`
-        (opening a case's files costs ~0.1-0.2 ms each, per load in ``nnUNetDatasetBlosc2.load_case``),
-        and a rendered load (``image=False``) never opens the image. The properties are read per load
-        as nnU-Net does (their class locations can be large: not kept).
+        For nnU-Net's blosc2 dataset the memory-mapped handles and the properties come from
+        :class:`OpenCaseFiles` (opening a case's files costs ~0.1-0.2 ms each and unpickling its
+        properties ~0.3-0.5 ms, per load in ``nnUNetDatasetBlosc2.load_case``), and a rendered load
+        (``image=False``) never opens the image. The properties are the same dict at every load of an
+        open case: nnU-Net's loader only reads them.
         """
         if not self._blosc2_base():
             data, seg, seg_prev, properties = self.base.load_case(identifier)
             return (data if image else None), seg, seg_prev, properties
-        from batchgenerators.utilities.file_and_folder_operations import load_pickle
-
         files = self.files
         data = files.get(identifier, "image") if image else None
         seg = files.get(identifier, "seg")
         seg_prev = files.get(identifier, "seg_prev") if "seg_prev" in files.openers else None
-        properties = load_pickle(os.path.join(self.base.source_folder, identifier + ".pkl"))
-        return data, seg, seg_prev, properties
+        return data, seg, seg_prev, files.get(identifier, "properties")
 
     def load_case(self, identifier: str):
         rng = self.rng
