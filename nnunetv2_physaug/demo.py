@@ -82,10 +82,14 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
         _run("narrow plans", ["physaug-narrow-plans", "-d", str(FIRST_ID), "--width", str(width), "-o", plans,
                               "--overwrite"], env, logs)
     trainers = list(dict.fromkeys([baseline, physaug, *variants]))
+    # nnU-Net's own naming of a model folder (its get_output_folder reads nnUNet_results of this process's
+    # start; the demo's folders are in env)
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
     results = Path(env["nnUNet_results"]) / datasets[0]["name"]
     for trainer in trainers:
-        # nnU-Net's output folder of this trainer, plans, configuration and fold
-        done = results / f"{trainer}__{plans}__2d" / f"fold_{fold}" / "checkpoint_final.pth"
+        model = results / convert_trainer_plans_config_to_identifier(trainer, plans, "2d")
+        done = model / f"fold_{fold}" / "checkpoint_final.pth"
         if done.is_file():  # an interrupted run (e.g. --peers, ~1 h) resumes where it stopped
             print(f"[demo] train {trainer}: finished earlier, kept ({done.parent}; delete it to train again)",
                   flush=True)
@@ -129,8 +133,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="scripts/demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("physaug_demo"),
-                        help="work folder, nnU-Net's raw/preprocessed/results folders go inside (default ./physaug_demo; "
-                             "a rerun in it keeps the phantom and every finished training)")
+                        help="work folder, nnU-Net's raw/preprocessed/results folders go inside (default "
+                             "./physaug_demo; a rerun in it keeps the phantom and every finished training)")
     parser.add_argument("--n-train", type=int, default=20, help="phantom training cases (default 20)")
     parser.add_argument("--n-test", type=int, default=10, help="phantom test cases per domain (default 10)")
     parser.add_argument("--size", type=int, default=80,

@@ -171,7 +171,8 @@ def test_properties_are_read_once_per_open_case_and_nnunets_loader_leaves_them_a
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     reads = []
     real_load_pickle = bg_io.load_pickle
-    monkeypatch.setattr(bg_io, "load_pickle", lambda f, *a, **k: reads.append(Path(f).name) or real_load_pickle(f, *a, **k))
+    monkeypatch.setattr(bg_io, "load_pickle",
+                        lambda f, *a, **k: reads.append(Path(f).name) or real_load_pickle(f, *a, **k))
     tr = _trainer(env, folder)
     tr.physaug_p_render = 0.5
     tr.initialize()
@@ -202,6 +203,7 @@ def test_properties_are_read_once_per_open_case_and_nnunets_loader_leaves_them_a
     wrapped.load_case(keys[1])
     again = wrapped.load_case(keys[0])[3]
     assert again is not first and again.keys() == first.keys()
+
 
 def test_case_statistics_match_a_full_case_render(toy):
     env, folder = toy
