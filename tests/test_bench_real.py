@@ -8,6 +8,7 @@ commands for the end-to-end run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,18 @@ def test_bench_real_final_end_to_end(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
     assert "loader ratios: measured earlier, kept" in proc.stdout
+    # ... and their predictions: same checkpoints, same test images
+    for m in ("nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"):
+        assert f"predict {m}: made earlier by the same checkpoints" in proc.stdout
+    assert "predict 0 model(s)" in proc.stdout
+    rerun = json.loads((work / "report_final" / "results.json").read_text())["rows"]
+    assert {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rerun} == {
+        (r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
+    # a checkpoint written again (nnU-Net trained that fold anew) is predicted again
+    checkpoint = (work / "nnUNet_results" / "Dataset913_MyoPS" / "nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50__2d"
+                  / "fold_all" / "checkpoint_final.pth")
+    st = checkpoint.stat()
+    os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     # an ablation run takes the baseline from that report and trains PhysAug a second time (--repeats 2);
     # predictions two at a time give the first model the same scores as before
     earlier = work / "report_final" / "results_first.json"
@@ -173,6 +186,8 @@ def test_bench_real_final_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "predict nnUNetTrainer_smoke" not in proc.stdout and "nnUNetTrainer_smoke: rows from" in proc.stdout
+    assert "predict nnUNetTrainerPhysAug_smoke: made earlier" not in proc.stdout
+    assert "predict nnUNetTrainerPhysAug_smoke fold all: nnUNetv2_predict" in proc.stdout
     assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
     assert "train nnUNetTrainerPhysAug_smoke_r1 fold all: nnUNetv2_train" in proc.stdout
     again = json.loads((work / "report_final" / "results.json").read_text())

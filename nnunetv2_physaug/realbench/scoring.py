@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..conversion import myops
+from ..fileio import atomic_write_json
 from ..nnunet.env import register_ext_trainers
 from .steps import (PRED_NAMES, SEQUENCES, STRUCTURES, BenchmarkError, Run, linked_test_folder, patients_under_test,
                     predict_all, sequence_sources)
@@ -49,6 +51,45 @@ def structure_confusion(pred_dir: Path, label_dir: Path, cases: Sequence[str]) -
     return _label_breakdown(pred_dir, label_dir, cases, {int(k): v for k, v in STRUCTURES.items()})
 
 
+#: what made a model's pooled predictions (written after the last of them is in place)
+PREDICTION_RECORD = "predicted_by.json"
+
+
+def _file_identity(path: Path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def prediction_key(r: Run, folds: Sequence[str], fold_cases: dict[str, list[str]], ds: Path, mode: str,
+                   device: str) -> dict:
+    """What a model's predictions of the test patients depend on: each fold's checkpoint (path, size and
+    modification time: nnU-Net writes a new file whenever it trains), the test images of each fold (the
+    same), the device, the predictor's settings and nnU-Net's version. Predictions made under an equal key
+    are the ones a new ``nnUNetv2_predict`` would make."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    key: dict = {"trainer": r.trainer, "plans": r.plans, "dataset_id": r.dataset_id, "device": device,
+                 "predictor": "nnUNetv2_predict -c 2d --disable_tta", "nnunetv2": version("nnunetv2"), "folds": {}}
+    for fold in folds:
+        checkpoint = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d", fold)) / "checkpoint_final.pth"
+        key["folds"][fold] = {
+            "checkpoint": _file_identity(checkpoint),
+            "images": [_file_identity(sequence_sources(ds, mode, case, s)[0])
+                       for case in fold_cases[fold] for s in SEQUENCES]}
+    return key
+
+
+def predictions_kept(folder: Path, key: dict, cases: Sequence[str]) -> bool:
+    """Whether ``folder`` holds the predictions of every case in ``cases`` on every sequence, made under
+    ``key`` (its record equal to it)."""
+    try:
+        if json.loads((folder / PREDICTION_RECORD).read_text()) != key:
+            return False
+    except (OSError, ValueError):
+        return False
+    return all((folder / s / f"{case}.nii.gz").is_file() for case in cases for s in SEQUENCES)
+
+
 def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
                  splits: list[dict], device: str, work: Path, env: dict, logs: Path, jobs: int = 1) -> list[dict]:
     """Predict each model's test patients (all three sequences in one ``nnUNetv2_predict`` per model and
@@ -60,7 +101,7 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
     register_ext_trainers(experiments=True)
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")
     root = work / "predictions" / mode
-    for d in [root / "_labels" / s for s in SEQUENCES] + [root / r.name / s for r in runs for s in SEQUENCES]:
+    for d in [root / "_labels" / s for s in SEQUENCES]:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
@@ -71,17 +112,31 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
         for case in cases:
             for s in SEQUENCES:
                 shutil.copyfile(sequence_sources(ds, mode, case, s)[1], root / "_labels" / s / f"{case}.nii.gz")
-    print(f"[bench_real] predict {len(runs)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
-    predict_all(folds, runs, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
-    rows = []
+    keys = {r.name: prediction_key(r, folds, fold_cases, ds, mode, device) for r in runs}
+    all_cases = [case for fold in folds for case in fold_cases[fold]]
+    to_predict = [r for r in runs if not predictions_kept(root / r.name, keys[r.name], all_cases)]
     for r in runs:
-        model = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d"))
+        if r not in to_predict:
+            print(f"[bench_real] predict {r.name}: made earlier by the same checkpoints on the same images, kept",
+                  flush=True)
+    for r in to_predict:
+        if (root / r.name).exists():
+            shutil.rmtree(root / r.name)
+        for s in SEQUENCES:
+            (root / r.name / s).mkdir(parents=True)
+    print(f"[bench_real] predict {len(to_predict)} model(s) x {len(folds)} fold(s), {jobs} at a time", flush=True)
+    predict_all(folds, to_predict, device, env, logs, root / "_inputs", root / "_by_fold", jobs)
+    for r in to_predict:
         for fold in folds:
             for case in fold_cases[fold]:
                 for s in SEQUENCES:
                     shutil.move(str(root / "_by_fold" / r.name / f"fold_{fold}" / f"{case}__{s}.nii.gz"),
                                 root / r.name / s / f"{case}.nii.gz")
         shutil.rmtree(root / "_by_fold" / r.name)
+        atomic_write_json(root / r.name / PREDICTION_RECORD, keys[r.name])  # last: the folder is complete
+    rows = []
+    for r in runs:
+        model = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d"))
         for s in SEQUENCES:
             pooled = root / r.name / s
             scores = score_folder(root / "_labels" / s, pooled, model)
