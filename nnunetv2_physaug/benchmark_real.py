@@ -7,7 +7,8 @@ Steps (stock nnU-Net commands and ours, as a user would run them):
 3. ``nnUNetv2_plan_and_preprocess -c 2d`` and ``physaug-narrow-plans --width``;
 4. ``nnUNetv2_train`` with the stock ``nnUNetTrainer_<B>epochs`` and ``nnUNetTrainerPhysAug_<B>epochs``
    (plus any ``--variants``), same plans, same split, same budget;
-5. ``nnUNetv2_predict`` (no test-time mirroring; ``--jobs`` models at a time) and scoring with nnU-Net's
+5. ``nnUNetv2_predict`` (no test-time mirroring; ``--jobs`` models at a time; a model whose checkpoints and
+   test images are those its predictions in the work folder were made from keeps them) and scoring with nnU-Net's
    metrics (the code of ``physaug-evaluate``), plus the pathology breakdown (which label the network gives
    scar and edema pixels), the structure confusion (which label it gives each expert structure: where the
    Dice is lost) and the share of the baseline's C0 -> LGE / C0 -> T2 drop each model recovers;
