@@ -15,8 +15,8 @@ import numpy as np
 from ..conversion import myops
 from ..fileio import atomic_write_json
 from ..nnunet.env import register_ext_trainers
-from .steps import (PRED_NAMES, SEQUENCES, STRUCTURES, BenchmarkError, Run, linked_test_folder, patients_under_test,
-                    predict_all, sequence_sources)
+from .steps import (PRED_NAMES, PREDICT_SETTINGS, SEQUENCES, STRUCTURES, BenchmarkError, Run, linked_test_folder,
+                    patients_under_test, predict_all, sequence_sources)
 
 def _label_breakdown(pred_dir: Path, ref_dir: Path, cases: Sequence[str], regions: dict[int, str]) -> dict:
     """For each region (value in the reference volumes -> name): its voxel count and the fraction of it
@@ -69,7 +69,7 @@ def prediction_key(r: Run, folds: Sequence[str], fold_cases: dict[str, list[str]
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     key: dict = {"trainer": r.trainer, "plans": r.plans, "dataset_id": r.dataset_id, "device": device,
-                 "predictor": "nnUNetv2_predict -c 2d --disable_tta", "nnunetv2": version("nnunetv2"), "folds": {}}
+                 "predictor": list(PREDICT_SETTINGS), "nnunetv2": version("nnunetv2"), "folds": {}}
     for fold in folds:
         checkpoint = Path(get_output_folder(r.dataset_id, r.trainer, r.plans, "2d", fold)) / "checkpoint_final.pth"
         key["folds"][fold] = {

@@ -19,6 +19,9 @@ from ..pipeline import StepError, run_step as _run_step
 
 SEQUENCES = myops.SEQUENCES
 STRUCTURES = {"1": "RV", "2": "MYO", "3": "LV"}
+#: ``nnUNetv2_predict``'s settings of every benchmark prediction (no test-time mirroring); also part of the
+#: record that lets a later run keep predictions (:func:`.scoring.prediction_key`)
+PREDICT_SETTINGS = ("-c", "2d", "--disable_tta")
 #: predicted label names for the pathology breakdown
 PRED_NAMES = {0: "background", 1: "RV", 2: "myocardium", 3: "LV"}
 
@@ -262,8 +265,8 @@ def predict_all(folds: Sequence[str], runs: Sequence[Run], device: str,
         n_proc = "0" if workers == 1 else str(workers)
         return run_step(f"predict {r.name} fold {fold}",
                         ["nnUNetv2_predict", "-i", str(inputs / f"fold_{fold}"), "-o", str(dest),
-                         "-d", str(r.dataset_id), "-c", "2d", "-tr", r.trainer, "-p", r.plans, "-f", fold,
-                         "--disable_tta", "-device", device, "-npp", n_proc, "-nps", n_proc,
+                         "-d", str(r.dataset_id), *PREDICT_SETTINGS, "-tr", r.trainer, "-p", r.plans, "-f", fold,
+                         "-device", device, "-npp", n_proc, "-nps", n_proc,
                          "--disable_progress_bar"], env, logs)
     _in_parallel(one, [(r, fold) for r in runs for fold in folds], jobs)
 
