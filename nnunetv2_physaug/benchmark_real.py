@@ -47,6 +47,7 @@ from typing import Optional, Sequence
 
 from .conversion import myops
 from .fileio import atomic_write_bytes, atomic_write_json
+from .nnunet.peer_trainers import BENCHMARK_PEERS
 from .pipeline import StepError, pipeline_env
 from .realbench.report import (contour_figure, gap_closed, markdown_report, oracle_gap_closed, oracle_line,  # noqa: F401
                                oracles, summary_line)
@@ -57,9 +58,8 @@ from .realbench.steps import (SEQUENCES, BenchmarkError, Run, linked_test_folder
 
 # ----------------------------------------------------------------------------- main
 
-#: the peers of ``--peers`` (their budget suffix is added): each alone, and PhysAug with each
-PEERS = ("nnUNetTrainerGINIPA", "nnUNetTrainerLocationScale", "nnUNetTrainerDA5", "nnUNetTrainerPhysAugGINIPA",
-         "nnUNetTrainerPhysAugLocationScale")
+#: the peers of ``--peers`` (their budget suffix is added): the one list of the trainers' module
+PEERS = BENCHMARK_PEERS
 
 
 @dataclass

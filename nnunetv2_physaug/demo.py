@@ -46,9 +46,9 @@ def _run(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
 
 
 def peer_trainers(baseline: str) -> list[str]:
-    """The peers (:data:`nnunetv2_physaug.benchmark_real.PEERS`) at the baseline's stock length
+    """The peers (:data:`nnunetv2_physaug.nnunet.peer_trainers.BENCHMARK_PEERS`) at the baseline's stock length
     (``nnUNetTrainer_5epochs`` -> ``nnUNetTrainerGINIPA_5epochs``, ...)."""
-    from .benchmark_real import PEERS
+    from .nnunet.peer_trainers import BENCHMARK_PEERS as PEERS
 
     suffix = baseline[len("nnUNetTrainer"):] if baseline.startswith("nnUNetTrainer_") else ""
     return [p + suffix for p in PEERS]

@@ -390,7 +390,9 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
     cfg = br.BenchConfig(tmp_path, tmp_path, "cv", budget=10, peers=True, variants=["nnUNetTrainerGINIPA_10epochs"])
     assert cfg.trainers() == ["nnUNetTrainer_10epochs", "nnUNetTrainerPhysAug_10epochs", "nnUNetTrainerGINIPA_10epochs",
                               "nnUNetTrainerLocationScale_10epochs", "nnUNetTrainerDA5_10epochs",
-                              "nnUNetTrainerPhysAugGINIPA_10epochs", "nnUNetTrainerPhysAugLocationScale_10epochs"]
+                              "nnUNetTrainerPhysAugGINIPA_10epochs", "nnUNetTrainerPhysAugGINIPAHalf_10epochs",
+                              "nnUNetTrainerPhysAugLocationScale_10epochs",
+                              "nnUNetTrainerPhysAugLocationScaleHalf_10epochs"]
     assert br.BenchConfig(tmp_path, tmp_path, "cv", budget=1, peers=True).trainers()[2] == "nnUNetTrainerGINIPA_1epoch"
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
     runs = [br.Run("A", "A", "P", 913), br.Run("B", "B", "P", 913), br.Run("B_r1", "B", "P_r1", 913, 1)]

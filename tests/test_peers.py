@@ -95,63 +95,187 @@ def test_gin_ipa_blend_lies_between_the_two_gin_outputs():
     assert float((out - a).abs().min()) < 1e-5 and float((out - b).abs().min()) < 1e-5
 
 
-# ----------------------------------------------------------------------------- location-scale
+# ----------------------------------------------------------------------------- GIN-IPA as published
 
-def _bezier_numpy(v: float, controls) -> float:
-    """B(v) by solving the cubic x(t) = v for t with numpy's polynomial roots (independent of the table)."""
-    a1, b1, a2, b2 = controls
-    # x(t) = 3a1 t(1-t)^2 + 3a2 t^2(1-t) + t^3 as a polynomial in t
-    coeffs = [1 - 3 * a2 + 3 * a1, 3 * a2 - 6 * a1, 3 * a1, -v]
-    roots = [r.real for r in np.roots(coeffs) if abs(r.imag) < 1e-9 and -1e-9 <= r.real <= 1 + 1e-9]
+def test_published_ipa_spacing_gives_ouyangs_four_cells_across():
+    # Ouyang et al.: 192-pixel images, the field at half resolution, control points every 24 pixels
+    assert gin_ipa.spacing_for_cells((192, 192), gin_ipa.PUBLISHED_IPA_CELLS) == 24.0
+    assert gin_ipa.spacing_for_cells((112, 112), 4) == 14.0
+    assert gin_ipa.spacing_for_cells((100, 160), 4) == 20.0  # the longest axis sets it
+
+
+def test_three_views_are_two_complementary_blends_and_a_third_gin_output():
+    x = torch.randn(1, 48, 40)
+    settings = gin_ipa.GINIPASettings(spacing=gin_ipa.spacing_for_cells((48, 40), 4))
+    views = gin_ipa.three_views(x, torch.Generator().manual_seed(4), settings)
+    assert views.shape == (3, 1, 48, 40)
+    replay = torch.Generator().manual_seed(4)  # the same draws, one after another
+    g1, g2, g3 = (gin_ipa.apply_gin(x, gin_ipa.draw_gin(1, 2, replay, settings.n_layers, settings.interm,
+                                                        settings.kernel_sizes)) for _ in range(3))
+    # complementary: the two blends add up to the two GIN outputs, pixel by pixel, whatever the mask
+    torch.testing.assert_close(views[0] + views[1], g1 + g2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(views[2], g3)
+    # each blend lies between the two outputs and is not either of them everywhere
+    lo, hi = torch.minimum(g1, g2), torch.maximum(g1, g2)
+    for v in views[:2]:
+        assert bool(((v >= lo - 1e-5) & (v <= hi + 1e-5)).all())
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_consistency_loss_is_torchs_kl_of_each_view_from_the_mean_and_not_detached():
+    torch.manual_seed(0)
+    logits = torch.randn(3 * 2, 4, 6, 5, requires_grad=True)
+    loss = gin_ipa.consistency_loss(logits)
+    # independent: torch's kl_div (summed, divided by the element count: the published elementwise mean) of the views' log-probabilities against the mean
+    log_p = torch.log_softmax(logits, 1)
+    mean_p = log_p.exp().reshape(3, 2, 4, 6, 5).mean(0)
+    expected = torch.nn.functional.kl_div(log_p, mean_p.repeat(3, 1, 1, 1), reduction="sum") / log_p.numel()
+    torch.testing.assert_close(loss, expected)
+    # zero when the three views agree, positive when they do not
+    same = torch.randn(2, 4, 6, 5).repeat(3, 1, 1, 1)
+    assert float(gin_ipa.consistency_loss(same)) < 1e-7 and float(loss.detach()) > 0
+    # the gradient reaches the views through the mean as well (published: the mean is not detached)
+    (grad,) = torch.autograd.grad(loss, logits)
+    detached = (mean_p.detach().repeat(3, 1, 1, 1) * (mean_p.detach().repeat(3, 1, 1, 1).log() - log_p)).mean()
+    (grad_detached,) = torch.autograd.grad(detached, logits)
+    assert not torch.allclose(grad, grad_detached, atol=1e-7)
+    with pytest.raises(ValueError, match="not 3 views"):
+        gin_ipa.consistency_loss(torch.randn(4, 2, 3, 3))
+
+
+# ----------------------------------------------------------------------------- SLAug as published
+
+def _bezier_solve(v: float, lo: float, hi: float, inner, inverted: bool) -> float:
+    """The curve at ``v`` by solving the cubic x(t) = v for t with numpy's polynomial roots (independent of
+    the module's table): y(t), or y(1 - t) for the inverted curve. Inner points ordered so x(t) is monotone."""
+    x1, x2, y1, y2 = inner
+    px = [lo, lo + x1 * (hi - lo), lo + x2 * (hi - lo), hi]
+    py = [lo, lo + y1 * (hi - lo), lo + y2 * (hi - lo), hi]
+    # x(t) = sum px_k B_k(t) as a polynomial in t (highest power first)
+    c3 = -px[0] + 3 * px[1] - 3 * px[2] + px[3]
+    c2 = 3 * px[0] - 6 * px[1] + 3 * px[2]
+    c1 = -3 * px[0] + 3 * px[1]
+    roots = [r.real for r in np.roots([c3, c2, c1, px[0] - v]) if abs(r.imag) < 1e-9 and -1e-9 <= r.real <= 1 + 1e-9]
     t = min(max(roots[0], 0.0), 1.0)
-    return 3 * b1 * t * (1 - t) ** 2 + 3 * b2 * t ** 2 * (1 - t) + t ** 3
+    t = 1 - t if inverted else t
+    return (1 - t) ** 3 * py[0] + 3 * (1 - t) ** 2 * t * py[1] + 3 * (1 - t) * t ** 2 * py[2] + t ** 3 * py[3]
 
 
-def test_local_location_scale_moves_each_label_as_drawn():
-    # a two-label image on a dark background: label 1 at 0.4, label 2 at 0.8 (of the [0, 1] range)
-    image = torch.full((1, 40, 40), 0.2)
-    labels = torch.zeros((1, 40, 40), dtype=torch.long)
-    image[:, 5:20, 5:20], labels[:, 5:20, 5:20] = 0.4, 1
-    image[:, 22:35, 10:30], labels[:, 22:35, 10:30] = 0.8, 2
-    image[:, 0, 0] = 0.0  # one air pixel (the minimum: kept)
-    image[:, -1, -1] = 1.0  # the maximum, so the [0, 1] scaling is the identity
-    labels[:, -1, -1] = 0
-    for seed in range(8):  # the background's inversion must hold whatever its uniform draw was
-        out = ls.local_location_scale(image * 10 - 3, labels, torch.Generator().manual_seed(seed), n_labels=3)
-        out = (out + 3) / 10
+def _curve_numpy(vals: np.ndarray, inner, inverted: bool) -> np.ndarray:
+    """SLAug's curve over the values' own range, tabulated densely with numpy: x and y samples sorted apart
+    (increasing), or the sorted x samples against the y samples from the top end down (inverted)."""
+    lo, hi = vals.min(), vals.max()
+    t = np.linspace(0, 1, 20001)
+    bern = np.stack([(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3])
+    px = np.array([0, inner[0], inner[1], 1]) * (hi - lo) + lo
+    py = np.array([0, inner[2], inner[3], 1]) * (hi - lo) + lo
+    xs, ys = np.sort(px @ bern), py @ bern
+    ys = ys[::-1] if inverted else np.sort(ys)
+    return np.interp(vals, xs, ys)
+
+
+def test_bezier_curve_spans_the_regions_own_range_and_its_inverse_runs_back():
+    inner = (0.2, 0.7, 0.5, 0.9)  # x and y control points increasing: x(t), y(t) monotone
+    lo, hi = 0.3, 0.6
+    v = torch.linspace(lo, hi, 41, dtype=torch.float64)
+    for inverted in (False, True):
+        remap = ls.Remap(inner, inverted, 1.0, 0.0)
+        got = ls.interp(v, *ls.bezier_table(lo, hi, remap))
+        expected = [_bezier_solve(float(u), lo, hi, inner, inverted) for u in v]
+        np.testing.assert_allclose(got.numpy(), expected, atol=2e-4)
+        ends = (lo, hi) if not inverted else (hi, lo)
+        assert abs(float(got[0]) - ends[0]) < 1e-9 and abs(float(got[-1]) - ends[1]) < 1e-9
+
+
+def test_local_location_scale_remaps_each_region_over_its_own_range_as_drawn():
+    # two labelled ramps on a background ramp: label 1 over [0.30, 0.45], label 2 over [0.70, 0.95]
+    v = torch.linspace(0.2, 0.5, 40 * 40, dtype=torch.float64).reshape(40, 40)
+    labels = torch.zeros((40, 40), dtype=torch.long)
+    v[5:20, 5:20] = torch.linspace(0.30, 0.45, 225, dtype=torch.float64).reshape(15, 15)
+    labels[5:20, 5:20] = 1
+    v[22:35, 10:30] = torch.linspace(0.70, 0.95, 260, dtype=torch.float64).reshape(13, 20)
+    labels[22:35, 10:30] = 2
+    v[0, :3] = 0.005  # air: kept
+    for seed in range(6):
+        out = ls.local_location_scale(v, labels, torch.Generator().manual_seed(seed), n_labels=3)
         replay = torch.Generator().manual_seed(seed)
         draws = [ls.draw_remap(replay, p_invert=1.0 if k == 0 else 0.5) for k in range(3)]
-        assert draws[0].inverted
-        background = (labels == 0) & (image > 0.1) & (image < 0.9)
-        for k, value, region in ((0, 0.2, background), (1, 0.4, labels == 1), (2, 0.8, labels == 2)):
+        assert draws[0].inverted, "the background's curve is always inverted"
+        for k in range(3):
+            region = labels == k
+            vals = v[region].numpy()
             d = draws[k]
-            curved = _bezier_numpy(value, d.controls)
-            curved = 1 - curved if d.inverted else curved
-            scaled = curved * d.scale
-            expected = np.clip(scaled + np.clip(d.location, -scaled, 1 - scaled), 0, 1)  # constant region
-            got = out[region]
-            assert torch.allclose(got, torch.full_like(got, expected), atol=2e-3), (seed, k, float(got[0]), expected)
-    assert abs(float(out[0, 0, 0])) < 1e-6  # air below the threshold keeps its value
+            curved = _curve_numpy(vals, d.inner, d.inverted)
+            p20, p80 = np.percentile(curved, 20), np.percentile(curved, 80)
+            location = min(max(d.location, -p20), 1 - p80)
+            expected = np.clip(curved * d.scale + location, 0, 1)
+            got = out[region].numpy()
+            keep = vals > ls.BACKGROUND_THRESHOLD
+            np.testing.assert_allclose(got[keep], expected[keep], atol=3e-3, err_msg=f"seed {seed} label {k}")
+        assert torch.equal(out[0, :3], v[0, :3])
 
 
-def test_global_location_scale_is_one_monotonic_map_and_keeps_the_range_ends():
-    x = torch.linspace(-2, 5, 500).reshape(1, 20, 25)
+def test_global_location_scale_is_one_increasing_map():
+    v = torch.linspace(0, 1, 500)
     g = torch.Generator().manual_seed(5)
     for _ in range(10):
-        y = ls.global_location_scale(x, g).flatten()
+        y = ls.global_location_scale(v, g)
         assert bool((y.diff() >= -1e-6).all()), "GLA's curve is never inverted: order of intensities kept"
-        assert float(y.min()) >= -2 - 1e-5 and float(y.max()) <= 5 + 1e-5
+        assert float(y.min()) >= 0 and float(y.max()) <= 1
 
 
-def test_saliency_map_is_coarse_and_spans_0_to_1():
-    grad = torch.zeros(2, 1, 30, 30)
-    grad[0, 0, :10, :10] = 5.0  # one corner salient
-    grad[1] = torch.randn(1, 30, 30)
+def test_gla_lla_pair_maps_the_image_pixels_to_0_1_and_back_and_leaves_padding():
+    g = torch.Generator().manual_seed(6)
+    image = torch.randn(1, 30, 30) * 2 + 1
+    labels = torch.randint(0, 3, (1, 30, 30))
+    labels[:, :4] = -1  # nnU-Net's padding
+    gla, lla = ls.gla_lla_pair(image, labels, g, n_labels=3)
+    assert torch.equal(gla[:, :4], image[:, :4]) and torch.equal(lla[:, :4], image[:, :4])
+    inside = image[:, 4:]
+    for view in (gla, lla):
+        assert float(view[:, 4:].min()) >= float(inside.min()) - 1e-5
+        assert float(view[:, 4:].max()) <= float(inside.max()) + 1e-5
+    # the same draws on the [0, 1] values by hand
+    replay = torch.Generator().manual_seed(6)
+    lo, hi = inside.min(), inside.max()
+    v = (image[0][4:] - lo) / (hi - lo)
+    expected = lo + ls.global_location_scale(v.reshape(-1), replay) * (hi - lo)
+    torch.testing.assert_close(gla[0][4:].reshape(-1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_slaug_transform_makes_the_pair_first_and_keeps_labels():
+    x = torch.randn(1, 24, 24)
+    seg = torch.randint(0, 3, (1, 24, 24)).to(torch.int16)
+    t = ls.SLAugViewsTransform(n_labels=3, probability=1.0)
+    torch.manual_seed(0)
+    out = t(image=x.clone(), segmentation=seg.clone())
+    assert out["image"].shape == (2, 24, 24) and torch.equal(out["segmentation"], seg)
+    assert not torch.allclose(out["image"][0], x[0]) and not torch.allclose(out["image"][1], x[0])
+    never = ls.SLAugViewsTransform(n_labels=3, probability=0.0)(image=x.clone(), segmentation=seg.clone())
+    assert torch.equal(never["image"], torch.cat([x, x]))
+    gla, lla = ls.split_pair(out["image"][None])
+    assert gla.shape == lla.shape == (1, 1, 24, 24)
+
+
+def test_saliency_map_is_coarse_rms_over_channels_and_spans_0_to_1():
+    grad = torch.zeros(2, 2, 36, 36)
+    grad[0, 0, :12, :12] = 5.0  # one corner salient, in one channel
+    grad[1] = torch.randn(2, 36, 36)
     s = ls.saliency_map(grad, grid=3)
-    assert s.shape == (2, 1, 30, 30)
+    assert s.shape == (2, 1, 36, 36)
     for i in range(2):
         assert abs(float(s[i].min())) < 1e-6 and abs(float(s[i].max()) - 1) < 1e-6
-    assert float(s[0, 0, 2, 2]) > 0.9 and float(s[0, 0, 28, 28]) < 0.05
+    assert float(s[0, 0, 2, 2]) > 0.9 and float(s[0, 0, 33, 33]) < 0.05
+    # root mean square over channels: a gradient split over two channels as (3, 4) is one of 5 / sqrt(2)
+    a = torch.zeros(1, 2, 36, 36)
+    a[0, 0, :12, :12], a[0, 1, :12, :12] = 3.0, 4.0
+    b = torch.zeros(1, 1, 36, 36)
+    b[0, 0, :12, :12] = 5.0 / 2 ** 0.5
+    torch.testing.assert_close(ls.saliency_map(a, 3), ls.saliency_map(b, 3))
+    # the B-spline basis is a partition of unity away from the edges (a smooth interpolation of the grid)
+    basis = ls.bspline_upsample_basis(171, 18)  # pixel p at grid coordinate p / 10
+    torch.testing.assert_close(basis[10:161].sum(1), torch.ones(151), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(basis[50], torch.tensor([0.0] * 4 + [0.125, 0.75, 0.125] + [0.0] * 11))
 
 
 # ----------------------------------------------------------------------------- trainers
@@ -179,8 +303,17 @@ def _trainer(env, folder, name):
     return cls(plans, "2d", 0, load_json(pp / "dataset.json"), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerGINIPA_5epochs", "nnUNetTrainerLocationScale_5epochs",
-                                  "nnUNetTrainerLocationScaleSBF_5epochs", "nnUNetTrainerPhysAugGINIPA_5epochs"])
+def _record(tr):
+    """Record the network's inputs and the loss's targets of ``tr``'s steps."""
+    seen = {"inputs": [], "targets": []}
+    loss = tr.loss
+    tr.network.register_forward_pre_hook(lambda module, args: seen["inputs"].append(args[0].detach().clone()))
+    tr.loss = lambda out, target: (seen["targets"].append([t.clone() for t in target]), loss(out, target))[1]
+    return seen
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerGINIPAFork_5epochs", "nnUNetTrainerGINIPA_5epochs",
+                                  "nnUNetTrainerLocationScale_5epochs", "nnUNetTrainerPhysAugGINIPA_5epochs"])
 def test_peer_trainers_change_the_training_images_only(toy, name, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -189,45 +322,66 @@ def test_peer_trainers_change_the_training_images_only(toy, name, monkeypatch):
     tr = _trainer(env, folder, name)
     assert tr.num_epochs == 5
     tr.initialize()
-    seen = {}
-    loss = tr.loss
-    tr.network.register_forward_pre_hook(lambda module, args: seen.setdefault("inputs", []).append(
-        args[0].detach().clone()))
-    tr.loss = lambda out, target: (seen.setdefault("targets", []).append([t.clone() for t in target]),
-                                   loss(out, target))[1]
+    seen = _record(tr)
     tr.dataloader_train, tr.dataloader_val = tr.get_dataloaders()
     batch = next(tr.dataloader_train)
     data, target = batch["data"].clone(), [t.clone() for t in batch["target"]]
     tr.train_step(batch)
     assert torch.equal(batch["data"], data), "the loader's batch itself is not modified"
-    for x in seen["inputs"]:
+    b = data.shape[0]
+    if "LocationScale" in name:
+        # SLAug: the loader hands GLA and LLA as channel pairs; the step forwards the GLA batch, then the fusion
+        assert data.shape[1] == 2
+        gla, lla = data[:, :1], data[:, 1:]
+        assert len(seen["inputs"]) == 2 and torch.equal(seen["inputs"][0], gla)
+        fused = seen["inputs"][1]
+        lo, hi = torch.minimum(gla, lla), torch.maximum(gla, lla)
+        assert bool(((fused >= lo - 1e-5) & (fused <= hi + 1e-5)).all()), "the fusion lies between GLA and LLA"
+        assert not torch.equal(fused, gla) and not torch.equal(fused, lla)
+        assert type(tr.dataloader_train.data_loader.transforms.transforms[0]).__name__ == "SLAugViewsTransform"
+    elif name.startswith(("nnUNetTrainerGINIPA_", "nnUNetTrainerPhysAugGINIPA_")):
+        # GIN-IPA as published: one forward pass over the three views of every image
+        assert len(seen["inputs"]) == 1 and seen["inputs"][0].shape == (3 * b, *data.shape[1:])
+        v = seen["inputs"][0].reshape(3, b, *data.shape[1:])
+        assert not torch.allclose(v[0], v[1]) and not torch.allclose(v[0], v[2])
+    else:
+        (x,) = seen["inputs"]
         assert x.shape == data.shape and not torch.allclose(x, data), "the network sees augmented images"
     for t in seen["targets"]:
         assert all(torch.equal(a, b) for a, b in zip(t, target)), "labels untouched"
+        assert t[0].shape[0] == b, "the segmentation loss sees one view per image"
     # validation is nnU-Net's own step on nnU-Net's own batches
     assert type(tr).validation_step is nnUNetTrainer.validation_step
-    seen.clear()
+    seen["inputs"].clear()
     vbatch = next(tr.dataloader_val)
     vdata = vbatch["data"].clone()
+    assert vdata.shape[1] == 1
     tr.validation_step(vbatch)
     assert torch.equal(seen["inputs"][0], vdata)
 
 
 def test_peer_probability_leaves_the_other_images_as_they_are(toy):
     env, folder = toy
-    tr = _trainer(env, folder, "nnUNetTrainerPhysAugGINIPAHalf_5epochs")
-    assert tr.peer_probability == 0.5
-    tr.peer_seed = 7
+    # the fork's single view: an image the peer leaves is passed on as it is
+    tr = _trainer(env, folder, "nnUNetTrainerPhysAugGINIPAFork_5epochs")
+    tr.peer_probability, tr.peer_seed = 0.5, 7
     data = torch.randn(64, 1, 16, 16)
     out = tr.peer_augment_batch(data, torch.zeros(64, 1, 16, 16))
     unchanged = [bool(torch.equal(out[i], data[i])) for i in range(64)]
     assert 16 < sum(unchanged) < 48
-    # each image's draws follow the one before it: a batch split in two gives the same images
+    # as published: an image the peer leaves is its own three views; the others get three different views
+    tr = _trainer(env, folder, "nnUNetTrainerPhysAugGINIPAHalf_5epochs")
+    assert tr.peer_probability == 0.5
+    tr.peer_seed = 7
+    views = tr.peer_views(data).reshape(3, 64, 1, 16, 16)
+    left = [all(bool(torch.equal(views[k, i], data[i])) for k in range(3)) for i in range(64)]
+    assert 16 < sum(left) < 48
+    assert all(not torch.allclose(views[0, i], views[2, i]) for i in range(64) if not left[i])
+    # each image's draws follow the one before it: a batch split in two gives the same views
     tr2 = _trainer(env, folder, "nnUNetTrainerPhysAugGINIPAHalf_5epochs")
     tr2.peer_seed = 7
-    halves = torch.cat([tr2.peer_augment_batch(data[:40], torch.zeros(40, 1, 16, 16)),
-                        tr2.peer_augment_batch(data[40:], torch.zeros(24, 1, 16, 16))])
-    torch.testing.assert_close(halves, out)
+    first, second = tr2.peer_views(data[:40]).reshape(3, 40, 1, 16, 16), tr2.peer_views(data[40:]).reshape(3, 24, 1, 16, 16)
+    torch.testing.assert_close(torch.cat([first, second], 1), views)
 
 
 @pytest.mark.slow
@@ -235,7 +389,7 @@ def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
     from helpers import TOY_ID, run
 
     env, folder = toy
-    for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScaleSBF_smoke",
+    for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScale_smoke",
                  "nnUNetTrainerPhysAugLocationScaleHalf_smoke"):
         run(["nnUNetv2_train", str(TOY_ID), "2d", "0", "-tr", name, "-device", "cpu"], env)
         out = tmp_path / name

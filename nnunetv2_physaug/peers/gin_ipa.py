@@ -18,6 +18,16 @@ physics trainers (``nnUNetTrainerV2_InvGreRC``):
   (order 2) B-splines, exponentiated, upsampled to the image and rescaled to [0, 1]. Either blend
   (m or 1 - m on the first output) is kept, with probability 0.5 each.
 
+**As published** (Ouyang et al.'s training step, :func:`three_views` and :func:`consistency_loss`): every
+training image gives three views per step, two complementary IPA blends of two GIN outputs,
+``g1 m + g2 (1 - m)`` and ``g1 (1 - m) + g2 m``, and a third, plain GIN output ``g3``; the segmentation loss
+is taken on the first view, and a consistency term, the KL divergence of each view's predicted class
+distribution from the mean of the three (weight 10), ties the views together. The mask's control points
+are spaced so that the patch holds as many control cells across as Ouyang's 192-pixel images did
+(:data:`PUBLISHED_IPA_CELLS`: spacing 24 at half resolution, 96 / 24 = 4), whatever the patch size.
+The reverse-imaging fork's simplification (one blend, segmentation loss only, spacing 24 on any patch) is
+:func:`gin_ipa_image`.
+
 Every random number of an image is drawn from a CPU ``torch.Generator`` one image after another
 (:func:`draw_gin`, :func:`draw_ipa`), so an image's augmentation does not depend on the batch it travels
 in or on the device that applies it. Shapes: images ``(B, C, *spatial)`` with 2 or 3 spatial axes.
@@ -166,3 +176,46 @@ def gin_ipa_image(image: torch.Tensor, generator: torch.Generator,
     if ipa.swap:
         g1, g2 = g2, g1
     return g1 * m + g2 * (1.0 - m)
+
+
+# ----------------------------------------------------------------------------- as published: three views
+
+#: control cells across the mask (at its resolution) in Ouyang et al.'s setting: 192-pixel images, the field
+#: at half resolution (96 pixels), control points every 24 pixels
+PUBLISHED_IPA_CELLS = 4
+#: weight of the consistency term in Ouyang et al.'s setting
+PUBLISHED_CONSISTENCY_WEIGHT = 10.0
+
+
+def spacing_for_cells(spatial: Sequence[int], cells: float, downscale: int = 2) -> float:
+    """Control-point spacing (pixels at the mask's 1/``downscale`` resolution) that puts ``cells`` control
+    cells across the longest axis of an image of ``spatial`` shape."""
+    if cells <= 0:
+        raise ValueError(f"the IPA mask needs a positive number of control cells across, got {cells}")
+    return max(_half(spatial, downscale)) / float(cells)
+
+
+def three_views(image: torch.Tensor, generator: torch.Generator, settings: GINIPASettings) -> torch.Tensor:
+    """Ouyang et al.'s three views of one image ``(C, *spatial)``: ``(3, C, *spatial)``, the two
+    complementary IPA blends of two GIN outputs (``g1 m + g2 (1 - m)``, ``g1 (1 - m) + g2 m``) and a third
+    GIN output. ``settings.spacing`` is used as given (see :func:`spacing_for_cells`)."""
+    c, spatial = image.shape[0], tuple(image.shape[1:])
+    if len(spatial) not in (2, 3):
+        raise ValueError(f"GIN-IPA takes images (C, X, Y) or (C, X, Y, Z), got shape {tuple(image.shape)}")
+    g1, g2, g3 = (apply_gin(image, draw_gin(c, len(spatial), generator, settings.n_layers, settings.interm,
+                                            settings.kernel_sizes)) for _ in range(3))
+    ipa = draw_ipa(spatial, generator, settings.spacing, settings.downscale, settings.epsilon)
+    m = ipa_mask(spatial, ipa, settings.spacing, settings.downscale, device=image.device).to(image.dtype)
+    return torch.stack([g1 * m + g2 * (1.0 - m), g1 * (1.0 - m) + g2 * m, g3])
+
+
+def consistency_loss(logits: torch.Tensor, views: int = 3) -> torch.Tensor:
+    """Ouyang et al.'s consistency term on the logits ``(views * B, K, *spatial)`` of the views of B images
+    (view-major: the first B rows are view 1): with p_i the softmax of view i and p the mean of the views,
+    the mean over every element (views, images, classes, pixels) of ``p (log p - log p_i)``. The mean p is
+    not detached (the gradient reaches every view through it, as in the published code)."""
+    if logits.shape[0] % views:
+        raise ValueError(f"{logits.shape[0]} predictions are not {views} views of one batch")
+    log_p = torch.log_softmax(logits.float(), 1).reshape(views, -1, *logits.shape[1:])
+    mean_p = log_p.exp().mean(0, keepdim=True)
+    return (torch.xlogy(mean_p, mean_p) - mean_p * log_p).mean()

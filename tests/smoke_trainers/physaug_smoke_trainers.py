@@ -72,7 +72,7 @@ class nnUNetTrainerPhysAug_e2e(nnUNetTrainerPhysAug, nnUNetTrainer_e2e):
 
 
 # the peers (nnunetv2_physaug.nnunet.peer_trainers) at the smoke budget
-from nnunetv2_physaug.nnunet.peer_trainers import (nnUNetTrainerGINIPA, nnUNetTrainerLocationScaleSBF,  # noqa: E402
+from nnunetv2_physaug.nnunet.peer_trainers import (nnUNetTrainerGINIPA, nnUNetTrainerLocationScale,  # noqa: E402
                                                    nnUNetTrainerPhysAugLocationScaleHalf, nnUNetTrainerPhysAugGINIPA)
 
 
@@ -80,7 +80,7 @@ class nnUNetTrainerGINIPA_smoke(nnUNetTrainerGINIPA, nnUNetTrainer_smoke):
     pass
 
 
-class nnUNetTrainerLocationScaleSBF_smoke(nnUNetTrainerLocationScaleSBF, nnUNetTrainer_smoke):
+class nnUNetTrainerLocationScale_smoke(nnUNetTrainerLocationScale, nnUNetTrainer_smoke):
     pass
 
 
