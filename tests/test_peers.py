@@ -266,12 +266,13 @@ def test_saliency_map_is_coarse_rms_over_channels_and_spans_0_to_1():
     for i in range(2):
         assert abs(float(s[i].min())) < 1e-6 and abs(float(s[i].max()) - 1) < 1e-6
     assert float(s[0, 0, 2, 2]) > 0.9 and float(s[0, 0, 33, 33]) < 0.05
-    # root mean square over channels: a gradient split over two channels as (3, 4) is one of 5 / sqrt(2)
+    # root mean square over channels: a gradient of (3, 4) in two channels is as salient as one of (5, 0)
+    # (|3| + |4| would make it more salient), and the map is symmetric between the two corners
     a = torch.zeros(1, 2, 36, 36)
     a[0, 0, :12, :12], a[0, 1, :12, :12] = 3.0, 4.0
-    b = torch.zeros(1, 1, 36, 36)
-    b[0, 0, :12, :12] = 5.0 / 2 ** 0.5
-    torch.testing.assert_close(ls.saliency_map(a, 3), ls.saliency_map(b, 3))
+    a[0, 0, 24:, 24:] = 5.0
+    sa = ls.saliency_map(a, 3)[0, 0]
+    assert abs(float(sa[5, 5]) - float(sa[30, 30])) < 1e-5 and float(sa[5, 5]) > 0.5 > float(sa[18, 5])
     # the B-spline basis is a partition of unity away from the edges (a smooth interpolation of the grid)
     basis = ls.bspline_upsample_basis(171, 18)  # pixel p at grid coordinate p / 10
     torch.testing.assert_close(basis[10:161].sum(1), torch.ones(151), rtol=1e-5, atol=1e-5)
