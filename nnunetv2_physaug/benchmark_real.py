@@ -51,6 +51,7 @@ from .nnunet.peer_trainers import BENCHMARK_PEERS
 from .pipeline import StepError, pipeline_env
 from .realbench.report import (contour_figure, gap_closed, markdown_report, oracle_gap_closed, oracle_line,  # noqa: F401
                                oracles, summary_line)
+from .realbench.curve import report_folder, write_budget_curve
 from .realbench.scoring import (earlier_rows, evaluate_all, pathology_breakdown, pool_repeats,  # noqa: F401
                                 seconds_per_epoch, structure_confusion)
 from .realbench.steps import (SEQUENCES, BenchmarkError, Run, linked_test_folder, patients_under_test,  # noqa: F401
@@ -164,7 +165,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     # a reused baseline's cost comes from its own logs where its models are in this work folder: the ratios
     # then compare epochs measured by one rule (the earlier report's value is kept where they are not)
     cost = seconds_per_epoch(runs + ([Run(baseline, baseline, plans, cfg.dataset_id)] if reused else []), folds)
-    report_dir = work / f"report_{cfg.mode}"
+    report_dir = report_folder(work, cfg.mode, cfg.budget)
     report_dir.mkdir(parents=True, exist_ok=True)
     loader = (loader_ratios(ds.name, plans, trainers, env, logs,
                             report_dir / "loader_ratios.json", cfg.loader_rounds) if cfg.loader_rounds > 0 else {})
@@ -182,7 +183,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     md = markdown_report(rows, baseline)
     atomic_write_bytes(report_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     print(f"\nMyoPS ({cfg.mode}), trained on real bSSFP (C0), mean foreground Dice:\n\n{md}")
-    print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case})")
+    curve = write_budget_curve(work, cfg.mode)
+    print(f"report: {report_dir}/results.md, results.json, contours.png ({figure_case}); budget curve of every "
+          f"report in {work}: {curve} (.md)")
     if oracles(rows):
         print(oracle_line(rows))
     return {"rows": rows, "line": summary_line(rows, baseline, physaug, seconds)}
@@ -199,8 +202,11 @@ def main(argv=None) -> None:
                       "test patients (run once, settings fixed beforehand)")
     p.add_argument("--work", type=Path, default=Path("bench_real_work"),
                    help="work folder (nnU-Net's three folders inside; reused and resumed)")
-    p.add_argument("--budget", type=int, default=5, help="epochs of 250 iterations for every trainer (default 5: "
-                   "nnUNetTrainer_5epochs vs nnUNetTrainerPhysAug_5epochs)")
+    p.add_argument("--budget", "--epochs", type=int, nargs="+", default=[5], metavar="B",
+                   help="epochs of 250 iterations for every trainer (default 5: nnUNetTrainer_5epochs vs "
+                   "nnUNetTrainerPhysAug_5epochs); several values run one after another (a stock nnU-Net length "
+                   "each: 1, 5, 10, 20, 50, 100, ...). Each budget's report goes to W/report_<mode>_<B>epochs; "
+                   "W/budget_curve_<mode>.png (and .md) draws Dice against epochs from every report in W")
     p.add_argument("--width", type=float, default=0.5, help="feature maps per stage relative to nnU-Net's plans "
                    "(default 0.5 for CPU budgets; 1 = nnU-Net's own network)")
     p.add_argument("--crop", type=float, default=160.0, help="converter --crop in mm (default 160)")
@@ -221,8 +227,10 @@ def main(argv=None) -> None:
     p.add_argument("--baseline-from", type=Path, default=None, metavar="RESULTS_JSON",
                    help="take the baseline's scores from an earlier report_<mode>/results.json of the same settings "
                    "instead of training it again (ablations of PhysAug variants; the report says so)")
-    p.add_argument("--repeats", type=int, default=1, help="train every model this many times (independent "
-                   "runs; the report gives mean and range: run-to-run spread of 5-epoch runs is ~0.01-0.03 Dice)")
+    p.add_argument("--repeats", "--seeds", type=int, default=1, metavar="N",
+                   help="train every model N times (independent nnU-Net runs on the same data, plans and split: "
+                   "nnU-Net draws its own random numbers, so these are seeds in the sense of independent "
+                   "repeats, not bitwise-reproducible ones); the report gives mean and range")
     p.add_argument("--oracle", action="store_true", help="also train the baseline trainer on the real LGE and on the "
                    "real T2 images of the training patients (same split, plans, budget): the reference of what "
                    "training on the sequence itself reaches; the report gives each model's share of that drop")
@@ -235,16 +243,18 @@ def main(argv=None) -> None:
                    "interleaved, ~1 min at 10 on 2 CPU cores; 0 leaves them out)")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
     args = p.parse_args(argv)
-    cfg = BenchConfig(args.myops, args.work, "cv" if args.cv else "final", args.budget, args.width, args.crop,
-                      args.spacing, args.device, variants=args.variants, peers=args.peers, jobs=args.jobs,
-                      figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
-                      train_cases=myops.parse_case_range(args.train_cases),
-                      test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
-                      repeats=args.repeats, oracle=args.oracle, map_samples=args.map_samples,
-                      loader_rounds=args.loader_rounds)
-    try:
-        r = run_benchmark(cfg)
-    except (StepError, myops.ConversionError) as e:
-        print(f"[bench_real] FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
-    print(r["line"])
+    budgets = list(dict.fromkeys(args.budget))
+    for budget in budgets:
+        cfg = BenchConfig(args.myops, args.work, "cv" if args.cv else "final", budget, args.width, args.crop,
+                          args.spacing, args.device, variants=args.variants, peers=args.peers, jobs=args.jobs,
+                          figure_case=args.figure_case, baseline=args.baseline, physaug=args.physaug,
+                          train_cases=myops.parse_case_range(args.train_cases),
+                          test_cases=myops.parse_case_range(args.test_cases), baseline_from=args.baseline_from,
+                          repeats=args.repeats, oracle=args.oracle, map_samples=args.map_samples,
+                          loader_rounds=args.loader_rounds)
+        try:
+            r = run_benchmark(cfg)
+        except (StepError, myops.ConversionError) as e:
+            print(f"[bench_real] FAILED: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(r["line"] if len(budgets) == 1 else f"budget={budget} {r['line']}", flush=True)

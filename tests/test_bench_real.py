@@ -144,19 +144,21 @@ def test_bench_real_final_end_to_end(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     # the cost table's loader ratios, measured by the loader benchmark on this dataset and plans
-    loader = json.loads((work / "report_final" / "loader_ratios.json").read_text())
+    loader = json.loads((work / "report_final_5epochs" / "loader_ratios.json").read_text())
     assert loader["dataset"] == "Dataset913_MyoPS" and loader["plans"] == "nnUNetPlans_w50"
     assert set(loader["loader_ratio"]) >= {"nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"}
     assert all(0.05 < v < 20 for v in loader["loader_ratio"].values())
-    assert "| loader / stock |" in (work / "report_final" / "results.md").read_text()
+    assert "| loader / stock |" in (work / "report_final_5epochs" / "results.md").read_text()
     fields = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
     assert set(fields) == {f"real_{s}_{m}" for s in ("c0", "lge", "t2") for m in ("physaug", "baseline")} | {"seconds"}
-    report = json.loads((work / "report_final" / "results.json").read_text())
+    report = json.loads((work / "report_final_5epochs" / "results.json").read_text())
     assert report["settings"]["folds"] == ["all"]
     rows = report["rows"]
     assert {r["sequence"] for r in rows} == {"C0", "LGE", "T2"} and all(r["n_cases"] == 3 for r in rows)
     assert all(0.0 <= r["mean_fg_dice"] <= 1.0 for r in rows)
-    assert (work / "report_final" / "contours.png").stat().st_size > 10_000
+    assert (work / "report_final_5epochs" / "contours.png").stat().st_size > 10_000
+    assert (work / "budget_curve_final.png").stat().st_size > 10_000
+    assert "| `nnUNetTrainerPhysAug_smoke` | 5 |" in (work / "budget_curve_final.md").read_text()
     # a rerun reuses the trained models and the converted data
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0 and "finished earlier, kept" in proc.stdout
@@ -165,7 +167,7 @@ def test_bench_real_final_end_to_end(tmp_path):
     for m in ("nnUNetTrainer_smoke", "nnUNetTrainerPhysAug_smoke"):
         assert f"predict {m}: made earlier by the same checkpoints" in proc.stdout
     assert "predict 0 model(s)" in proc.stdout
-    rerun = json.loads((work / "report_final" / "results.json").read_text())["rows"]
+    rerun = json.loads((work / "report_final_5epochs" / "results.json").read_text())["rows"]
     assert {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rerun} == {
         (r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
     # a checkpoint written again (nnU-Net trained that fold anew) is predicted again
@@ -175,8 +177,8 @@ def test_bench_real_final_end_to_end(tmp_path):
     os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     # an ablation run takes the baseline from that report and trains PhysAug a second time (--repeats 2);
     # predictions two at a time give the first model the same scores as before
-    earlier = work / "report_final" / "results_first.json"
-    first_report = json.loads((work / "report_final" / "results.json").read_text())
+    earlier = work / "report_final_5epochs" / "results_first.json"
+    first_report = json.loads((work / "report_final_5epochs" / "results.json").read_text())
     base_cost = {r["seconds_per_epoch"] for r in first_report["rows"] if r["model"] == "nnUNetTrainer_smoke"}
     assert len(base_cost) == 1 and None not in base_cost
     for r in first_report["rows"]:  # an earlier report without the cost: the baseline's logs here give it
@@ -190,7 +192,7 @@ def test_bench_real_final_end_to_end(tmp_path):
     assert "predict nnUNetTrainerPhysAug_smoke fold all: nnUNetv2_predict" in proc.stdout
     assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
     assert "train nnUNetTrainerPhysAug_smoke_r1 fold all: nnUNetv2_train" in proc.stdout
-    again = json.loads((work / "report_final" / "results.json").read_text())
+    again = json.loads((work / "report_final_5epochs" / "results.json").read_text())
     assert again["settings"]["baseline_from"] == str(earlier) and again["settings"]["repeats"] == 2
     first = {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
     per_repeat = {(r["run"], r["sequence"]): r["mean_fg_dice"] for r in again["rows_per_repeat"]}
@@ -203,7 +205,7 @@ def test_bench_real_final_end_to_end(tmp_path):
             assert per_repeat[(m, s)] == d  # the first repeat is the model trained before
             assert pooled["per_repeat"] == [d, per_repeat[(m + "_r1", s)]]
             assert pooled["mean_fg_dice"] == pytest.approx((d + per_repeat[(m + "_r1", s)]) / 2)
-    md = (work / "report_final" / "results.md").read_text()
+    md = (work / "report_final_5epochs" / "results.md").read_text()
     assert "not trained in this run" in md and "With repeats" in md
     assert "| MYO on LGE |" in md and all("confusion" in r for r in again["rows"])  # where the Dice is lost
     assert (work / "nnUNet_results" / "Dataset913_MyoPS" / "nnUNetTrainerPhysAug_smoke__nnUNetPlans_w50_r1__2d"
@@ -238,7 +240,7 @@ def test_bench_real_final_end_to_end(tmp_path):
         data_dir = pre / moved["configurations"]["2d"]["data_identifier"]
         assert len([f for f in data_dir.iterdir() if f.name.startswith("Case")]) >= 5
     assert "train nnUNetTrainerPhysAug_smoke fold all: finished earlier, kept" in proc.stdout
-    oracle = json.loads((work / "report_final" / "results.json").read_text())
+    oracle = json.loads((work / "report_final_5epochs" / "results.json").read_text())
     assert oracle["settings"]["oracle"] is True
     by = {(r["model"], r["sequence"]): r for r in oracle["rows"]}
     for s in ("LGE", "T2"):
@@ -249,7 +251,7 @@ def test_bench_real_final_end_to_end(tmp_path):
     refs = dict(kv.split("=") for kv in out_lines[-2].split())
     assert refs == {f"real_{s.lower()}_oracle": f"{by[(f'nnUNetTrainer_smoke on {s}', s)]['mean_fg_dice']:.3f}"
                     for s in ("LGE", "T2")}
-    assert "Oracle references (--oracle)" in (work / "report_final" / "results.md").read_text()
+    assert "Oracle references (--oracle)" in (work / "report_final_5epochs" / "results.md").read_text()
     # a second call reuses the oracle datasets
     from nnunetv2_physaug.benchmark_real import prepare_oracle
     plans_file = work / "nnUNet_preprocessed" / "Dataset914_MyoPSLGE" / "nnUNetPlans_w50.json"
@@ -416,3 +418,31 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
     md = br.markdown_report(rows, "A")
     assert "| s / epoch | 11 | 33 |" in md and "| x baseline | 1.00 | 3.00 |" in md
     assert "| loader / stock | 1.00 | 0.90 |" in md
+
+
+def test_budget_curve_joins_the_reports_of_every_budget(tmp_path):
+    from nnunetv2_physaug.realbench import curve
+
+    def report(budget, rows):
+        d = curve.report_folder(tmp_path, "final", budget)
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"settings": {"budget_epochs": budget}, "rows": rows}))
+
+    def row(model, seq, runs):
+        return {"model": model, "sequence": seq, "mean_fg_dice": sum(runs) / len(runs), "per_repeat": runs}
+    report(5, [row("nnUNetTrainer_5epochs", "LGE", [0.5, 0.6, 0.7]), row("nnUNetTrainerPhysAug_5epochs", "LGE", [0.8]),
+               row("nnUNetTrainer_5epochs on LGE", "LGE", [0.85])])
+    report(50, [row("nnUNetTrainer_50epochs", "LGE", [0.75]), row("nnUNetTrainerPhysAug_50epochs", "LGE", [0.82, 0.86])])
+    (tmp_path / "report_cv_5epochs").mkdir()  # another mode: not on this curve
+    (tmp_path / "report_cv_5epochs" / "results.json").write_text(json.dumps(
+        {"settings": {"budget_epochs": 5}, "rows": [row("nnUNetTrainer_5epochs", "LGE", [0.1])]}))
+    curves = curve.collect(tmp_path, "final")
+    assert set(curves) == {"nnUNetTrainer", "nnUNetTrainerPhysAug", "nnUNetTrainer on LGE"}
+    assert curves["nnUNetTrainer"] == {5: {"LGE": (pytest.approx(0.6), 0.5, 0.7)}, 50: {"LGE": (0.75, 0.75, 0.75)}}
+    assert curves["nnUNetTrainerPhysAug"][50]["LGE"] == (pytest.approx(0.84), 0.82, 0.86)
+    assert curve.trainer_line("nnUNetTrainerGINIPA_1epoch") == "nnUNetTrainerGINIPA"
+    png = curve.write_budget_curve(tmp_path, "final")
+    assert png.stat().st_size > 10_000
+    md = png.with_suffix(".md").read_text()
+    assert "| `nnUNetTrainer` | 5 |  | 0.600 (0.500-0.700) |  |" in md
+    assert "| `nnUNetTrainerPhysAug` | 50 |  | 0.840 (0.820-0.860) |  |" in md
