@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import FolderBusyError, atomic_write_bytes, atomic_write_json, output_lock
 from .nnunet import run_identity
-from .nnunet.checkpoints import UnsafeCheckpointError, check_model_checkpoints
+from .nnunet.checkpoints import UnsafeCheckpointError, check_model_checkpoints, check_model_plans
 from .nnunet.env import register_ext_trainers
 
 
@@ -39,13 +40,37 @@ class Domain:
         if "=" not in spec or ":" not in spec.split("=", 1)[1]:
             raise EvaluationError(f"test set {spec!r} must look like NAME=IMAGES_DIR:LABELS_DIR")
         name, dirs = spec.split("=", 1)
+        if not DOMAIN_NAME.fullmatch(name):
+            raise EvaluationError(f"test set name {name!r} in {spec!r} is not a plain name: use letters, digits, "
+                                  f"'.', '_' and '-' (it names a folder of predictions under -o), e.g. lge=...")
         images, labels = dirs.rsplit(":", 1)
         return cls(name, Path(images), Path(labels))
+
+
+#: a test set's name: a plain folder name (no separator, no ``..``, not hidden)
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def model_label(model_dir: Path) -> str:
     """Short name of a model folder: its trainer class name."""
     return model_dir.name.split("__")[0]
+
+
+def model_labels(models: Sequence[Path]) -> list[str]:
+    """The report's name of each model: its trainer, or its whole ``TRAINER__PLANS__CONFIGURATION`` folder name
+    where two models share a trainer; two models with the same folder name are refused."""
+    folders = [m.name for m in models]
+    dup = sorted({f for f in folders if folders.count(f) > 1})
+    if dup:
+        raise EvaluationError(f"two models have the same folder name {dup[0]!r} (from different datasets?): their "
+                              f"predictions and columns would mix; evaluate them into separate -o folders")
+    trainers = [model_label(m) for m in models]
+    return [t if trainers.count(t) == 1 else m.name for t, m in zip(trainers, models)]
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def _check_inputs(models: Sequence[Path], domains: Sequence[Domain]) -> None:
@@ -60,6 +85,15 @@ def _check_inputs(models: Sequence[Path], domains: Sequence[Domain]) -> None:
         for what, p in (("images", d.images), ("labels", d.labels)):
             if not p.is_dir():
                 raise EvaluationError(f"test set {d.name!r}: {what} folder {p} does not exist")
+
+
+def _check_output(out_dir: Path, models: Sequence[Path], domains: Sequence[Domain]) -> None:
+    """The report and prediction folders never coincide with, contain or lie inside an input folder."""
+    inputs = [("model folder", m) for m in models] + [(f"test set {d.name!r} {w}", p) for d in domains
+                                                     for w, p in (("images", d.images), ("labels", d.labels))]
+    for what, p in inputs:
+        if _overlaps(out_dir, p):
+            raise EvaluationError(f"-o {out_dir} overlaps the {what} {p}: evaluate into a folder of its own")
 
 
 def _check_labels(domain: Domain, dataset_json: dict) -> None:
@@ -169,19 +203,30 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
              folds: Sequence = (0,), device: str = "cpu", tta: bool = False, overwrite: bool = False,
              checkpoint: str = "checkpoint_final.pth", progress: bool = True) -> list[dict]:
     """Predict and score every (model, domain) pair; write the report files; return the rows."""
-    from tqdm import tqdm
-
     register_ext_trainers(experiments=True)  # the predictor re-imports the trainer class named in the checkpoint
     models = [Path(m) for m in models]
     out_dir = Path(out_dir)
     _check_inputs(models, domains)
+    _check_output(out_dir, models, domains)
+    labels = model_labels(models)
     if (out_dir / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'results.json'} exists; pass --overwrite to evaluate again")
-    for m in models:  # before anything is written: every checkpoint exists and loads without running code
+    for m in models:  # before anything is written: the architecture is trusted, every checkpoint loads safely
         try:
+            check_model_plans(m)
             check_model_checkpoints(m, folds, checkpoint)
         except UnsafeCheckpointError as e:
             raise EvaluationError(str(e)) from None
+    try:
+        with output_lock(out_dir, "physaug-evaluate"):
+            return _evaluate_locked(models, labels, domains, out_dir, folds, device, tta, checkpoint, progress)
+    except FolderBusyError as e:  # raised only when the lock is asked for, before anything is written
+        raise EvaluationError(str(e)) from None
+
+
+def _evaluate_locked(models, labels, domains, out_dir, folds, device, tta, checkpoint, progress) -> list[dict]:
+    from tqdm import tqdm
+
     checked = set()
     for m in models:
         ds = json.loads((m / "dataset.json").read_text())
@@ -191,15 +236,18 @@ def evaluate(models: Sequence[os.PathLike | str], domains: Sequence[Domain], out
         checked.add(key)
         for d in domains:
             _check_labels(d, ds)
+    # the commit point of a report is its results.json, written last: the old one goes first, so a run
+    # stopped half-way leaves no results.json beside new tables (and a plain rerun goes ahead)
+    (out_dir / "results.json").unlink(missing_ok=True)
     rows = []
-    pairs = [(m, d) for m in models for d in domains]
-    for m, d in tqdm(pairs, desc="evaluating", unit="model x domain", disable=not progress):
-        pred = out_dir / "predictions" / model_label(m) / d.name
+    pairs = [(m, label, d) for m, label in zip(models, labels) for d in domains]
+    for m, label, d in tqdm(pairs, desc="evaluating", unit="model x domain", disable=not progress):
+        pred = out_dir / "predictions" / label / d.name
         if pred.exists():  # an earlier evaluation's (--overwrite): no prediction of a case since dropped is scored
             shutil.rmtree(pred)
         predict_folder(m, d.images, pred, folds, device, tta, checkpoint)
         scores = score_folder(d.labels, pred, m)
-        rows.append({"model": model_label(m), "domain": d.name, **scores, "physaug_run": run_identity.read(m)})
+        rows.append({"model": label, "domain": d.name, **scores, "physaug_run": run_identity.read(m)})
     write_report(rows, out_dir, label_names=json.loads((models[0] / "dataset.json").read_text())["labels"])
     return rows
 
@@ -208,7 +256,6 @@ def write_report(rows: list[dict], out_dir: Path, label_names: dict) -> None:
     """results.json, results.csv, results.md and dice.png for the rows of :func:`evaluate`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = {str(v): k for k, v in label_names.items() if str(v) != "0"}
-    atomic_write_json(out_dir / "results.json", rows)
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as f:
@@ -224,6 +271,7 @@ def write_report(rows: list[dict], out_dir: Path, label_names: dict) -> None:
         md += "\nTrained on:\n\n" + "\n".join(runs) + "\n"
     atomic_write_bytes(out_dir / "results.md", lambda tmp: Path(tmp).write_text(md), ".md")
     atomic_write_bytes(out_dir / "dice.png", lambda tmp: _bar_chart(rows, tmp), ".png")
+    atomic_write_json(out_dir / "results.json", rows)  # last: the report's commit point
 
 
 def run_lines(rows: list[dict]) -> list[str]:

@@ -204,3 +204,28 @@ def recover_together(journal: Path) -> str:
         _remove(backup.parent)
     journal.unlink()
     return "rolled back"
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the folder's lock; the message names the folder."""
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path, what: str = "run"):
+    """Hold an exclusive lock on ``folder`` (created) while the block runs: a second process that asks for it
+    is refused at once with :class:`FolderBusyError`, so two runs never write into one output folder together.
+    The lock (``fcntl.flock`` on ``folder/.physaug.lock``) goes with the process that holds it, killed or not."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".physaug.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"{folder} is in use by another {what} (it holds {folder / '.physaug.lock'}); "
+                                  f"wait for it to finish or choose another output folder") from None
+        yield
+    finally:
+        os.close(fd)

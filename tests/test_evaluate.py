@@ -15,11 +15,15 @@ DATASET_JSON = {"channel_names": {"0": "cineMRI"}, "labels": {"background": 0, "
                 "numTraining": 1, "file_ending": ".nii.gz"}
 
 
-def _model(tmp_path: Path) -> Path:
-    m = tmp_path / "nnUNetTrainerPhysAug__nnUNetPlans__2d"
-    m.mkdir()
+PLANS = {"configurations": {"2d": {"architecture": {
+    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet"}}}}
+
+
+def _model(tmp_path: Path, name: str = "nnUNetTrainerPhysAug__nnUNetPlans__2d") -> Path:
+    m = tmp_path / name
+    m.mkdir(parents=True)
     (m / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    (m / "plans.json").write_text("{}")
+    (m / "plans.json").write_text(json.dumps(PLANS))
     return m
 
 
@@ -155,3 +159,105 @@ def test_scores_in_one_process_equal_nnunets_pooled_metrics(tmp_path, monkeypatc
     assert ours["mean_fg_dice"] == theirs["foreground_mean"]["Dice"] and ours["n_cases"] == 3
     assert ours["dice_per_label"] == {str(k): float(v["Dice"]) for k, v in theirs["mean"].items()}
     assert 0.3 < ours["mean_fg_dice"] < 0.95
+
+
+def _safe_checkpoint(model: Path, fold: int = 0) -> None:
+    import torch
+    (model / f"fold_{fold}").mkdir(exist_ok=True)
+    torch.save({"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer"},
+               model / f"fold_{fold}" / "checkpoint_final.pth")
+
+
+@pytest.mark.parametrize("name", ["/abs/victim", "../../victim", "a/b", "..", ".", ".hidden", "", "x\\y"])
+def test_a_test_set_name_is_a_plain_name(name):
+    with pytest.raises(EvaluationError, match="not a plain name"):
+        Domain.parse(f"{name}=/a/imagesTs:/a/labelsTs")
+    assert Domain.parse("LGE_2.a-b=/a:/b").name == "LGE_2.a-b"
+
+
+def test_the_output_folder_never_overlaps_an_input(tmp_path):
+    from nnunetv2_physaug.evaluate import evaluate
+
+    model = _model(tmp_path)
+    _safe_checkpoint(model)
+    d = _domain(tmp_path, np.ones((4, 4, 2)))
+    before = sorted(p.name for p in d.images.iterdir())
+    for out in (d.images, tmp_path, d.labels / "sub", model / "eval"):
+        with pytest.raises(EvaluationError, match="overlaps"):
+            evaluate([model], [d], out, folds=[0], progress=False)
+    assert sorted(p.name for p in d.images.iterdir()) == before and not (d.labels / "sub").exists()
+
+
+def test_two_plans_of_one_trainer_get_two_columns_and_equal_folders_are_refused(tmp_path):
+    from nnunetv2_physaug.evaluate import model_labels
+
+    a = tmp_path / "nnUNetTrainerPhysAug__nnUNetPlans__2d"
+    b = tmp_path / "nnUNetTrainerPhysAug__nnUNetPlans_w50__2d"
+    c = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
+    assert model_labels([a, b, c]) == [a.name, b.name, "nnUNetTrainer"]
+    with pytest.raises(EvaluationError, match="same folder name"):
+        model_labels([a, tmp_path / "other" / a.name])
+
+
+def test_a_second_evaluation_into_one_output_folder_is_refused(tmp_path):
+    from nnunetv2_physaug.evaluate import evaluate
+    from nnunetv2_physaug.fileio import output_lock
+
+    model = _model(tmp_path)
+    _safe_checkpoint(model)
+    d = _domain(tmp_path, np.ones((4, 4, 2)))
+    with output_lock(tmp_path / "out"):
+        with pytest.raises(EvaluationError, match="in use by another"):
+            evaluate([model], [d], tmp_path / "out", folds=[0], progress=False)
+    assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_a_plans_file_naming_a_foreign_network_class_is_refused_before_importing(tmp_path, monkeypatch):
+    import sys
+    from nnunetv2_physaug.evaluate import evaluate
+    from nnunetv2_physaug.nnunet.checkpoints import UnsafeCheckpointError, check_model_plans
+
+    marker = tmp_path / "evilnet_ran"
+    (tmp_path / "evilnet.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Net: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the folder is on the import path (python -m from it)
+    model = _model(tmp_path, "models/nnUNetTrainer__nnUNetPlans__2d")
+    _safe_checkpoint(model)
+    (model / "plans.json").write_text(json.dumps({"configurations": {"2d": {"architecture": {
+        "network_class_name": "evilnet.Net"}}}}))
+    d = _domain(tmp_path, np.ones((4, 4, 2)))
+    with pytest.raises(EvaluationError, match="names the network class 'evilnet.Net'.*PHYSAUG_TRUSTED_ARCHITECTURES=evilnet"):
+        evaluate([model], [d], tmp_path / "out", folds=[0], progress=False)
+    assert not marker.exists() and "evilnet" not in sys.modules
+    # a folder shadowing the trusted package on the import path is not the installed package
+    fake = tmp_path / "dynamic_network_architectures"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (model / "plans.json").write_text(json.dumps(PLANS))
+    import importlib
+    monkeypatch.delitem(sys.modules, "dynamic_network_architectures", raising=False)  # as in a fresh process
+    importlib.invalidate_caches()
+    with pytest.raises(UnsafeCheckpointError, match="not part of the installed"):
+        check_model_plans(model)
+    assert not marker.exists()
+    fake.rename(tmp_path / "moved")
+    importlib.invalidate_caches()
+    check_model_plans(model)  # the installed package's class
+    # an architecture the user trusts on purpose
+    (model / "plans.json").write_text(json.dumps({"configurations": {"2d": {"architecture": {
+        "network_class_name": "evilnet.Net"}}}}))
+    monkeypatch.setenv("PHYSAUG_TRUSTED_ARCHITECTURES", "othernets, evilnet")
+    check_model_plans(model)
+    assert not marker.exists()
+
+
+def test_the_report_is_committed_by_its_results_json_written_last(tmp_path, monkeypatch):
+    from nnunetv2_physaug import evaluate as ev
+
+    rows = [{"model": "A", "domain": "cine", "mean_fg_dice": 0.9, "n_cases": 2, "dice_per_label": {"1": 0.8}}]
+
+    def broken(rows, path):
+        raise OSError("disk full")
+    monkeypatch.setattr(ev, "_bar_chart", broken)
+    with pytest.raises(OSError):
+        write_report(rows, tmp_path, DATASET_JSON["labels"])
+    assert (tmp_path / "results.md").is_file() and not (tmp_path / "results.json").exists()
