@@ -39,6 +39,7 @@ from torch import autocast
 
 from ..peers import gin_ipa, location_scale
 from .lengths import add_length_variants
+from .setup_checks import check_peer_attributes
 from .trainers import nnUNetTrainerPhysAug
 
 
@@ -48,6 +49,12 @@ class nnUNetTrainerPeerStep(nnUNetTrainer):
 
     #: share of training images the peer changes (drawn per image)
     peer_probability: float = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # nnU-Net's signature, parameter for parameter: it records them by name (my_init_kwargs)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        check_peer_attributes(self)  # before nnU-Net reads any data
 
     def _autocast(self):
         """nnU-Net's train_step context: mixed precision on CUDA only (a fresh one per forward pass)."""

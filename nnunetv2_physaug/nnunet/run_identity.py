@@ -13,13 +13,15 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .setup_checks import TrainerSetupError
+
 RUN_FILE = "physaug_run.json"
 #: keys whose change makes a continued run a different experiment
 COMPARED = ("trainer", "protocol_sha256", "maps_identity", "p_render", "stats", "use_labels")
 
 
-class RunIdentityError(RuntimeError):
-    """A continued run with other settings than the run it continues."""
+class RunIdentityError(TrainerSetupError):
+    """A continued run with other settings than the run it continues (``nnUNetv2_train`` ends with its message)."""
 
 
 def protocol_sha256(protocol) -> str:

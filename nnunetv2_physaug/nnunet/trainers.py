@@ -35,14 +35,15 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from ..maps.folder import CacheMismatchError, TissueMapFolder
 from .env import require_nnunet_paths
+from .setup_checks import TrainerSetupError, check_dataset_fits, check_physaug_attributes
 from .dataset import PhysAugTrainingDataset
 from .lengths import add_length_variants
 
 DEFAULT_MAPS_SUBDIR = "tissueMapsTr"
 
 
-class MissingTissueMapsError(RuntimeError):
-    """Training cases have no tissue maps (and computing them is switched off)."""
+class MissingTissueMapsError(TrainerSetupError):
+    """Training cases have no tissue maps (and computing them is switched off, or cannot add them)."""
 
 
 class nnUNetTrainerPhysAug(nnUNetTrainer):
@@ -56,6 +57,14 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
     physaug_compute_missing: bool = True
     physaug_prior: Optional[str] = None
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # nnU-Net's signature, parameter for parameter: it records them by name (my_init_kwargs)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # before nnU-Net reads any data: a wrong setting or an unsupported dataset ends here, with one line
+        check_physaug_attributes(self)
+        check_dataset_fits(self)
+
     # --- where things are -------------------------------------------------------------------
     def physaug_raw_dataset_folder(self) -> Path:
         raw = require_nnunet_paths(which=("nnUNet_raw",))["nnUNet_raw"]
@@ -63,12 +72,6 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
 
     def physaug_maps_dir(self) -> Path:
         return self.physaug_raw_dataset_folder() / DEFAULT_MAPS_SUBDIR
-
-    def physaug_protocol_spec(self) -> str:
-        return self.physaug_protocol
-
-    def physaug_should_compute_missing(self) -> bool:
-        return self.physaug_compute_missing
 
     def _raw_images(self) -> dict[str, str]:
         """{case: path of its channel-0 raw image}, for shape/affine checks (empty if raw data is absent)."""
@@ -102,7 +105,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
         maps_dir = self.physaug_maps_dir()
         missing = TissueMapFolder(maps_dir).missing(cases, inputs=self._input_digests(cases))
         if missing:
-            if self.physaug_should_compute_missing():
+            if self.physaug_compute_missing:
                 self._compute_missing_maps(maps_dir, missing)
             else:
                 shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -111,7 +114,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
                     f"unfinished by an interrupted run, or made from an image or label file replaced since): "
                     f"{shown}. Make them with\n"
                     f"    physaug-reverse -i {self.physaug_raw_dataset_folder() / 'imagesTr'} -o {maps_dir}\n"
-                    f"(or link {maps_dir} to the folder that holds them).")
+                    f"(or link {maps_dir} to the folder that holds them).", type(self).__name__)
         return align_dataset_maps(maps_dir, self.preprocessed_dataset_folder_base, self.plans_manager,
                                   self.configuration_manager, self.dataset_json, cases,
                                   raw_images=self._raw_images(), verbose=self.local_rank == 0)
@@ -132,7 +135,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
             raise MissingTissueMapsError(
                 f"{len(cases)} training case(s) have no complete tissue maps in {maps_dir} ({', '.join(cases[:8])}"
                 f"{' ...' if len(cases) > 8 else ''}), and the trainer cannot add them: {e}\nFinish the folder "
-                f"with the physaug-reverse command that made it (a rerun resumes).") from e
+                f"with the physaug-reverse command that made it (a rerun resumes).", type(self).__name__) from e
         self.print_to_log_file(f"PhysAug: wrote tissue maps of {len(written)} case(s)")
 
     # --- the one hook into nnU-Net's data path ---------------------------------------------------
@@ -146,7 +149,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
             torch.distributed.barrier()
         if self.local_rank != 0:
             folder = self.physaug_prepare_maps(cases)  # all up to date now: only checks
-        wrapped = PhysAugTrainingDataset(dataset_tr, folder, self.physaug_protocol_spec(), self.physaug_p_render,
+        wrapped = PhysAugTrainingDataset(dataset_tr, folder, self.physaug_protocol, self.physaug_p_render,
                                          use_mask_for_norm=self.configuration_manager.use_mask_for_norm[0],
                                          use_labels=self.physaug_use_labels, stats=self.physaug_stats,
                                          protocol_settings=self.physaug_protocol_settings)
@@ -163,7 +166,7 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
 
         protocol = wrapped.renderer.protocol
         maps_dir = self.physaug_maps_dir()
-        identity = {"trainer": type(self).__name__, "protocol": self.physaug_protocol_spec(),
+        identity = {"trainer": type(self).__name__, "protocol": self.physaug_protocol,
                     "protocol_settings": list(self.physaug_protocol_settings),
                     "protocol_name": protocol.name, "protocol_sha256": run_identity.protocol_sha256(protocol),
                     "maps_dir": str(maps_dir), "maps_identity": run_identity.maps_identity(maps_dir),
