@@ -93,3 +93,11 @@ def test_write_narrow_plans_files_and_errors(tmp_path):
     with pytest.raises(PlansError, match="broken.json"):
         write_narrow_plans(tmp_path, 0.5, source="broken")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json", "nnUNetPlans.json", "nnUNetPlans_w25.json"]
+    # an identifier is a file name in this folder, never a path out of it
+    for bad in ("../../escaped", "/tmp/abs", "a/b", "..", ".hidden"):
+        with pytest.raises(PlansError, match="not a plans identifier"):
+            write_narrow_plans(tmp_path, 0.5, target=bad)
+    with pytest.raises(PlansError, match="not a plans identifier"):
+        write_narrow_plans(tmp_path, 0.5, source="../nnUNetPlans")
+    assert not (tmp_path.parent.parent / "escaped.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.json", "nnUNetPlans.json", "nnUNetPlans_w25.json"]

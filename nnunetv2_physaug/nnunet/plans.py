@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,10 @@ from ..fileio import atomic_write_json
 
 class PlansError(RuntimeError):
     """A plans file is missing, malformed, or would be overwritten."""
+
+
+#: a plans identifier: a plain file name (no separator, no ``..``, not hidden)
+PLANS_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def narrow_plans(plans: dict, width: float, plans_name: str, min_features: int = 4) -> dict:
@@ -70,6 +75,11 @@ def write_narrow_plans(preprocessed_dataset_dir: os.PathLike | str, width: float
         raise PlansError(f"{src} not found: run nnUNetv2_plan_and_preprocess (or nnUNetv2_plan_experiment) for this "
                          f"dataset first, or pass the plans identifier that exists with -p")
     target = target or default_narrow_name(source, width)
+    for name, what in ((source, "-p"), (target, "-o")):
+        # a plans identifier is a file name in the dataset's preprocessed folder (nnU-Net's -p), never a path
+        if not PLANS_IDENTIFIER.fullmatch(name):
+            raise PlansError(f"{what} {name!r} is not a plans identifier: use letters, digits, '.', '_' and '-' "
+                             f"(it names <identifier>.json in {folder}), e.g. nnUNetPlans_w50")
     if target == source:
         raise PlansError(f"the new plans identifier must differ from its source {source!r}")
     dst = folder / f"{target}.json"
