@@ -70,16 +70,16 @@ def write_narrow_plans(preprocessed_dataset_dir: os.PathLike | str, width: float
         Path of the written plans file (written atomically).
     """
     folder = Path(preprocessed_dataset_dir)
-    src = folder / f"{source}.json"
-    if not src.is_file():
-        raise PlansError(f"{src} not found: run nnUNetv2_plan_and_preprocess (or nnUNetv2_plan_experiment) for this "
-                         f"dataset first, or pass the plans identifier that exists with -p")
     target = target or default_narrow_name(source, width)
     for name, what in ((source, "-p"), (target, "-o")):
         # a plans identifier is a file name in the dataset's preprocessed folder (nnU-Net's -p), never a path
         if not PLANS_IDENTIFIER.fullmatch(name):
             raise PlansError(f"{what} {name!r} is not a plans identifier: use letters, digits, '.', '_' and '-' "
                              f"(it names <identifier>.json in {folder}), e.g. nnUNetPlans_w50")
+    src = folder / f"{source}.json"
+    if not src.is_file():
+        raise PlansError(f"{src} not found: run nnUNetv2_plan_and_preprocess (or nnUNetv2_plan_experiment) for this "
+                         f"dataset first, or pass the plans identifier that exists with -p")
     if target == source:
         raise PlansError(f"the new plans identifier must differ from its source {source!r}")
     dst = folder / f"{target}.json"
