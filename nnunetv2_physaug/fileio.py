@@ -146,6 +146,19 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+class JournalError(RuntimeError):
+    """A commit journal that is not one of ours for this folder; the message names it and what to do."""
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` as a path relative to ``folder``, which must hold it."""
+    rel = Path(os.path.relpath(Path(path).resolve(), folder.resolve()))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"{path} is not inside {folder}: commit_together puts in place only what its journal's "
+                         f"folder holds")
+    return rel.as_posix()
+
+
 def commit_together(staged: dict[Path, Path], journal: Path) -> None:
     """Put several staged folders (or files) in place as one unit: ``{target: staged}``.
 
@@ -153,33 +166,62 @@ def commit_together(staged: dict[Path, Path], journal: Path) -> None:
     kept; it is written before the first rename and marked done after the last, and only then are the
     previous versions deleted. A run killed at any moment leaves a journal that :func:`recover_together`
     (call it before looking at the targets) turns into the old set whole (killed while swapping) or the new
-    set whole (killed after the last swap): never a mix of old and new targets.
+    set whole (killed after the last swap): never a mix of old and new targets. Targets, staged versions and
+    backups all lie in the journal's folder, and the journal names them relative to it: it means the same
+    whatever the working directory, and a journal naming anything outside its folder is refused.
     """
-    entries = []
+    journal = Path(journal)
+    folder = journal.parent
+    entries, absolute = [], []
     for target, stage in staged.items():
         target = Path(target)
         backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent)) / "old"
-        entries.append({"target": str(target), "staged": str(stage), "backup": str(backup)})
+        entries.append({"target": _relative(target, folder), "staged": _relative(stage, folder),
+                        "backup": _relative(backup, folder)})
+        absolute.append((target, Path(stage), backup))
     atomic_write_json(journal, {"state": "swapping", "entries": entries})
-    for e in entries:
-        target, backup = Path(e["target"]), Path(e["backup"])
+    for target, stage, backup in absolute:
         if target.exists() or target.is_symlink():
             os.replace(target, backup)
-        os.replace(e["staged"], target)
+        os.replace(stage, target)
     atomic_write_json(journal, {"state": "done", "entries": entries})
-    _finish(entries, journal)
+    _finish([(t, s, b) for t, s, b in absolute], journal)
 
 
-def _finish(entries: list[dict], journal: Path) -> None:
-    for e in entries:
-        _remove(Path(e["backup"]).parent)
+def _finish(entries: list[tuple[Path, Path, Path]], journal: Path) -> None:
+    for _, _, backup in entries:
+        _remove(backup.parent)
     Path(journal).unlink()
+
+
+def _journal_entries(journal: Path, record: dict) -> list[tuple[Path, Path, Path]]:
+    """The (target, staged, backup) paths of a journal's entries, each checked to be a path inside the
+    journal's folder of the shape :func:`commit_together` writes; :class:`JournalError` otherwise."""
+    folder = journal.parent
+    advice = (f"remove {journal} only if no run is putting datasets in place in {folder} (a copied or edited "
+              f"journal is not this folder's)")
+    out = []
+    for e in record["entries"]:
+        paths = []
+        for key in ("target", "staged", "backup"):
+            rel = Path(e[key])
+            if not isinstance(e[key], str) or rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                raise JournalError(f"{journal}: entry {key} {e[key]!r} is not a path inside {folder}; {advice}")
+            paths.append(folder / rel)
+        target, stage, backup = paths
+        if backup.name != "old" or not backup.parent.name.startswith(f".{target.name}.old-") \
+                or backup.parent.parent != target.parent:
+            raise JournalError(f"{journal}: entry {e!r} is not one commit_together writes; {advice}")
+        out.append((target, stage, backup))
+    return out
 
 
 def recover_together(journal: Path) -> str:
     """Complete or undo what a killed :func:`commit_together` left; returns ``"none"``, ``"completed"`` (all
     new targets were in place: their previous versions are deleted) or ``"rolled back"`` (every target is its
-    previous version again, or absent if it had none; the staged versions are deleted)."""
+    previous version again, or absent if it had none; the staged versions are deleted). A journal that names
+    paths outside its folder, or backups its folder does not hold (copied from elsewhere), raises
+    :class:`JournalError` before anything is touched."""
     journal = Path(journal)
     for tmp in journal.parent.glob(glob.escape(f".tmp-{journal.name}-") + "*"):  # killed while writing it
         tmp.unlink()
@@ -187,14 +229,29 @@ def recover_together(journal: Path) -> str:
         return "none"
     try:
         record = json.loads(journal.read_text())
-        state, entries = record["state"], record["entries"]
-    except (ValueError, KeyError, TypeError):  # the journal is written atomically: this is not ours
-        raise RuntimeError(f"{journal}: not a commit journal; remove it only if no phantom run is in progress")
+        state = record["state"]
+        entries = _journal_entries(journal, record)
+    except (ValueError, KeyError, TypeError, AttributeError):  # the journal is written atomically: not ours
+        raise JournalError(f"{journal}: not a commit journal; remove it only if no run is putting datasets in "
+                           f"place in {journal.parent}") from None
     if state == "done":
         _finish(entries, journal)
         return "completed"
-    for e in reversed(entries):
-        target, stage, backup = Path(e["target"]), Path(e["staged"]), Path(e["backup"])
+    if state == "swapping":
+        # every backup folder is made before the journal is written and removed only after it is marked done
+        # (or rolled back): a swapping journal whose backup folders are not here was not written for this folder
+        absent = [b.parent for _, _, b in entries if not b.parent.is_dir()]
+        if absent:
+            raise JournalError(f"{journal}: its backup folder {absent[0]} is not in {journal.parent}, so the "
+                               f"journal was not written for this folder (copied with it?); nothing was changed. "
+                               f"Remove the journal only if no run is putting datasets in place in {journal.parent}")
+        atomic_write_json(journal, {"state": "rolling back", "entries": record["entries"]})
+    elif state != "rolling back":
+        raise JournalError(f"{journal}: unknown state {state!r}; remove it only if no run is putting datasets in "
+                           f"place in {journal.parent}")
+    for target, stage, backup in reversed(entries):
+        if not backup.parent.is_dir():  # rolled back by an earlier recovery that was stopped
+            continue
         installed = not (stage.exists() or stage.is_symlink())
         if installed and (target.exists() or target.is_symlink()):
             _remove(target)  # the new version was put in place: undo it

@@ -420,3 +420,52 @@ def test_a_phantom_killed_while_put_in_place_is_restored_or_completed_whole(tmp_
         assert leftovers == 0 or not [p for p in out.iterdir() if p.name.startswith(".")], (k, leftovers)
         assert next(iter(seeds.values())) == (1 if killed and k < 20 else 4), (k, killed, seeds)
     assert outcomes == {1, 4}
+
+
+def test_a_commit_journal_is_read_relative_to_its_folder_and_a_foreign_one_touches_nothing(tmp_path, monkeypatch):
+    """The journal of a killed run names its paths relative to its folder: recovered from another working
+    directory holding same-named datasets it restores its own folder and leaves the other alone; copied into
+    another phantom (no backups there) or crafted to name a folder outside, it is refused and nothing moves."""
+    from helpers import PHANTOM_KILLER, phantom_seeds
+    from nnunetv2_physaug.fileio import JournalError, recover_together
+    from nnunetv2_physaug.phantom.writer import COMMIT_JOURNAL
+
+    base = tmp_path / "base"
+    write_phantom_datasets(base, n_train=2, n_test=1, size=32, seed=1, progress=False)
+    killed = tmp_path / "killed"
+    shutil.copytree(base, killed)
+    proc = subprocess.run([sys.executable, "-c", PHANTOM_KILLER, str(killed), "5"], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    journal = json.loads((killed / COMMIT_JOURNAL).read_text())
+    assert all(not Path(v).is_absolute() for e in journal["entries"] for v in e.values())
+    # a copy of the killed folder's journal in another phantom, which has none of its backups
+    other = tmp_path / "other"
+    shutil.copytree(base, other)
+    shutil.copy(killed / COMMIT_JOURNAL, other / COMMIT_JOURNAL)
+    with pytest.raises(JournalError, match="not written for this folder"):
+        recover_together(other / COMMIT_JOURNAL)
+    seeds = phantom_seeds(other)
+    assert seeds.pop("leftovers") == 1 and set(seeds.values()) == {1} and len(seeds) == len(phantom_seeds(base)) - 1
+    # recovered from a working directory with same-named datasets: only its own folder changes
+    monkeypatch.chdir(other)
+    assert recover_together(killed / COMMIT_JOURNAL) == "rolled back"
+    seeds = phantom_seeds(killed)
+    assert seeds.pop("leftovers") == 0 and set(seeds.values()) == {1}
+    seeds = phantom_seeds(other)
+    assert set(v for k, v in seeds.items() if k != "leftovers") == {1} and len(seeds) == len(phantom_seeds(base))
+    # a crafted journal naming a folder outside its own
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("x")
+    for entry in ({"target": "../victim", "staged": ".x.partial-1", "backup": ".victim.old-1/old"},
+                  {"target": str(victim), "staged": ".x.partial-1", "backup": ".victim.old-1/old"},
+                  {"target": "Dataset900_PhantomCine", "staged": ".x", "backup": "../victim/old"}):
+        (killed / COMMIT_JOURNAL).write_text(json.dumps({"state": "swapping", "entries": [entry]}))
+        with pytest.raises(JournalError):
+            recover_together(killed / COMMIT_JOURNAL)
+        assert (victim / "keep.txt").read_text() == "x"
+        with pytest.raises(SystemExit) as e:  # the command says so in one line
+            from nnunetv2_physaug.cli.phantom import main
+            main(["-o", str(killed), "--n-train", "2", "--n-test", "1", "--size", "32", "--overwrite", "--quiet"])
+        assert e.value.code == 1
+    assert set(v for k, v in phantom_seeds(killed).items() if k != "leftovers") == {1}

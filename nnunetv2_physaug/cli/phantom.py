@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    from ..fileio import JournalError
     from ..phantom import PhantomConfigError, format_summary, write_phantom_datasets
 
     try:
@@ -55,6 +56,9 @@ def main(argv=None) -> None:
     except (FileExistsError, ValueError, PhantomConfigError) as e:
         print(f"physaug-phantom: error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+    except JournalError as e:  # a commit journal that is not this folder's: nothing touched
+        print(f"physaug-phantom: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
     except OSError as e:  # read-only or full output disk, and the like
         from ..fileio import describe_os_error
         print(f"physaug-phantom: error: {describe_os_error(e, 'output folder (-o)')}. No dataset was replaced by a "
