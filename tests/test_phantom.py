@@ -464,6 +464,17 @@ def test_a_commit_journal_is_read_relative_to_its_folder_and_a_foreign_one_touch
         with pytest.raises(JournalError):
             recover_together(killed / COMMIT_JOURNAL)
         assert (victim / "keep.txt").read_text() == "x"
+    # a finished journal deletes its backups: never one outside its folder, even of the right shape
+    decoy = tmp_path / ".victim.old-1"
+    decoy.mkdir()
+    (decoy / "keep.txt").write_text("x")
+    (killed / COMMIT_JOURNAL).write_text(json.dumps({"state": "done", "entries": [
+        {"target": "../victim", "staged": "../x", "backup": "../.victim.old-1/old"}]}))
+    with pytest.raises(JournalError, match="not a path inside"):
+        recover_together(killed / COMMIT_JOURNAL)
+    assert (decoy / "keep.txt").read_text() == "x"
+    for entry in ({"target": "../victim", "staged": ".x.partial-1", "backup": ".victim.old-1/old"},):
+        (killed / COMMIT_JOURNAL).write_text(json.dumps({"state": "swapping", "entries": [entry]}))
         with pytest.raises(SystemExit) as e:  # the command says so in one line
             from nnunetv2_physaug.cli.phantom import main
             main(["-o", str(killed), "--n-train", "2", "--n-test", "1", "--size", "32", "--overwrite", "--quiet"])
