@@ -212,3 +212,29 @@ def test_nnunet_verify_dataset_integrity(tmp_path, nnunet_dirs):
     fp = json.loads((nnunet_dirs["nnUNet_preprocessed"] / "Dataset913_MyoPS" / "dataset_fingerprint.json").read_text())
     assert len(fp["shapes_after_crop"]) == 5
     np.testing.assert_allclose(fp["spacings"][0], (MYOPS_SPACING[2], 1.5, 1.5), rtol=1e-5)
+
+
+def test_an_overwrite_stopped_after_the_swap_gets_its_own_splits_on_the_next_run(tmp_path, nnunet_dirs, monkeypatch):
+    """--overwrite killed between putting the new dataset in place and writing the splits: the next run (plain
+    or not) completes the splits from the dataset's own copy, so new cases never train on old splits."""
+    from nnunetv2_physaug.conversion import myops
+
+    make_fake_myops(tmp_path / "Train", cases=range(3001, 3012))
+    first = convert_myops(tmp_path / "Train", train_cases=range(3001, 3006), test_cases=(), progress=False)
+    old = json.loads(first.splits_file.read_text())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process stops right after the dataset's rename
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(myops, "publish_splits", killed)
+        convert_myops(tmp_path / "Train", train_cases=range(3004, 3012), test_cases=(), overwrite=True,
+                      progress=False)
+    ds = first.dataset_dir
+    new_cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (ds / "imagesTr").iterdir())
+    assert new_cases == [f"Case{n}" for n in range(3004, 3012)]
+    assert json.loads(first.splits_file.read_text()) == old  # the state the kill left: old splits
+    with pytest.raises(ConversionError, match="already exists"):
+        convert_myops(tmp_path / "Train", train_cases=range(3004, 3012), test_cases=(), progress=False)
+    splits = json.loads(first.splits_file.read_text())
+    assert splits == json.loads((ds / "splits_final.json").read_text()) != old
+    assert sorted(c for fold in splits for c in fold["val"]) == new_cases

@@ -18,6 +18,7 @@ All output follows the ACDC label convention :data:`ACDC_LABELS`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -352,6 +353,23 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+#: the dataset's own copy of its splits, inside the raw folder: it is put in place with the dataset (one
+#: rename) and is the truth of which ``$nnUNet_preprocessed/.../splits_final.json`` is a copy
+DATASET_SPLITS_NAME = "splits_final.json"
+
+
+def publish_splits(dataset_dir: Path, splits_file: Path) -> None:
+    """Copy the dataset's own splits (``dataset_dir/splits_final.json``) to ``splits_file`` where it is missing
+    or differs: a conversion killed between putting the dataset in place and the copy is completed by the next
+    run, so new cases never meet old splits."""
+    own = Path(dataset_dir) / DATASET_SPLITS_NAME
+    if not own.is_file():
+        return
+    splits = json.loads(own.read_text())
+    if not splits_file.is_file() or json.loads(splits_file.read_text()) != splits:
+        atomic_write_json(splits_file, splits)
+
+
 def check_outputs(dataset_id: int, name: str, overwrite: bool) -> tuple[Path, Path]:
     """Target raw folder and splits file; raises before any work if they exist and not ``overwrite``."""
     full = dataset_name(dataset_id, name)
@@ -364,6 +382,7 @@ def check_outputs(dataset_id: int, name: str, overwrite: bool) -> tuple[Path, Pa
                                   f"nnU-Net needs unique IDs, choose another -d")
     target, splits = raw / full, pre / full / "splits_final.json"
     recover_staged(target)  # a conversion killed while swapping folders: put the old dataset back first
+    publish_splits(target, splits)  # one killed after the swap: its splits follow the dataset now in place
     if not overwrite:
         for p in (target, splits):
             if p.exists():
@@ -442,7 +461,8 @@ def write_dataset(specs: Sequence[CaseSpec], dataset_id: int, name: str, *, labe
                               num_training_cases=len(train), file_ending=FILE_ENDING,
                               dataset_name=target.name, converted_by="nnunetv2_physaug.conversion",
                               **{METADATA_KEY: meta})
-    atomic_write_json(splits_file, splits)
+        atomic_write_json(staging / DATASET_SPLITS_NAME, splits)  # put in place with the dataset
+    publish_splits(target, splits_file)
     return ConversionResult(dataset_dir=target, splits_file=splits_file, n_train=len(train), n_test=len(test),
                             n_test_labeled=sum(s.label is not None for s in test),
                             group_dirs={k: (target / a, target / b) for k, (a, b) in groups.items()})

@@ -31,8 +31,9 @@ from typing import Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-from .common import (VolumeRef, check_image_values, load_volume, parse_number_ranges, ACDC_LABELS, CHANNEL_NAMES, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION, METADATA_KEY,
-                     ConversionError, ConversionResult, check_outputs, patient_level_splits, remap_labels,
+from .common import (ACDC_LABELS, CHANNEL_NAMES, DATASET_SPLITS_NAME, DEFAULT_SEED, FILE_ENDING, LABEL_CONVENTION,
+                     METADATA_KEY, ConversionError, ConversionResult, VolumeRef, check_image_values, check_outputs,
+                     load_volume, parse_number_ranges, patient_level_splits, publish_splits, remap_labels,
                      require_dir)
 from ..fileio import atomic_write_json, staged_folder
 
@@ -338,7 +339,8 @@ def convert_myops(source: Path, dataset_id: int = DEFAULT_ID, *, train_cases: Se
                               num_training_cases=len(train), file_ending=FILE_ENDING,
                               dataset_name=target.name, converted_by="nnunetv2_physaug.conversion",
                               **{METADATA_KEY: meta})
-    atomic_write_json(splits_file, splits)
+        atomic_write_json(staging / DATASET_SPLITS_NAME, splits)  # put in place with the dataset
+    publish_splits(target, splits_file)
     return ConversionResult(dataset_dir=target, splits_file=splits_file, n_train=len(train), n_test=len(test),
                             n_test_labeled=len(test),
                             group_dirs={s: (target / image_folder("test", s), target / f"labelsTs_{s}")
