@@ -346,3 +346,11 @@ def test_estimator_identity_and_bad_arguments(tiny_prior):
         DiffusionEstimator(tiny_prior, "fast", gradient="backprop")
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         est.estimate(torch.zeros(4, 4), None, 1, torch.Generator())
+    # the rows of a network evaluation change the maps: part of the identity (micro-batches of the same rows
+    # give the same maps, so they share it)
+    rows = {m: DiffusionEstimator(tiny_prior, "fast", micro_batch=m).identity() for m in (5, 8, 16)}
+    assert rows[5] == rows[8] != rows[16]
+    for key, value, message in (("micro_batch", 0, "expected an integer >= 1"), ("guidance", "nan", "finite"),
+                                ("channel_weights", (1, "inf", 1), "expected tuple")):
+        with pytest.raises(ValueError, match=f"{key}=.*{message}"):
+            DiffusionEstimator(tiny_prior, "fast", **{key: value})

@@ -41,6 +41,7 @@ rather than blood, long T2). It fitted the images to 0.02 % NRMSE with myocardia
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -156,9 +157,10 @@ def jacobian_free_dps(prior: PhysicsPrior, z: torch.Tensor, t: torch.Tensor | in
 
 
 def _coerce(preset: str, key: str, value: Any, default: Any) -> Any:
-    """A parameter override in the type of its default (int, float, text, or a float tuple of the same length).
+    """A parameter override in the type of its default (int, float, text, or a float tuple of the same length),
+    finite, and an integer at least 1 (``final_gn_iters``: 0).
 
-    Only the type is settled here; the parameter classes check the values they allow.
+    Only the type and these bounds are settled here; the parameter classes check the values they allow.
     """
     bad = ValueError(f"{preset} sampler parameter {key}={value!r}: expected "
                      f"{type(default).__name__}{f' of {len(default)} numbers' if isinstance(default, tuple) else ''}")
@@ -167,16 +169,22 @@ def _coerce(preset: str, key: str, value: Any, default: Any) -> Any:
     try:
         if isinstance(default, tuple):
             out = tuple(float(v) for v in value)
-            if len(out) != len(default):
-                raise bad
-            return out
-        if isinstance(default, int):
-            if float(value) != int(float(value)) or int(float(value)) < (0 if key == "final_gn_iters" else 1):
-                raise bad
-            return int(float(value))
-        return float(value)
+        else:
+            out = float(value)
     except (TypeError, ValueError):
         raise bad from None
+    if isinstance(default, tuple):
+        if len(out) != len(default) or not all(math.isfinite(v) for v in out):
+            raise bad
+        return out
+    if not math.isfinite(out):
+        raise ValueError(f"{preset} sampler parameter {key}={value!r}: expected a finite number")
+    if isinstance(default, int):
+        least = 0 if key == "final_gn_iters" else 1
+        if out != int(out) or int(out) < least:
+            raise ValueError(f"{preset} sampler parameter {key}={value!r}: expected an integer >= {least}")
+        return int(out)
+    return out
 
 
 class DiffusionEstimator(SliceEstimator):
@@ -203,8 +211,11 @@ class DiffusionEstimator(SliceEstimator):
         self.forward_model = BSSFPForwardModel(self.params.flip_deg)  # what the engine re-renders with, too
 
     def identity(self) -> dict:
-        return {"estimator": self.name, "prior_hash": self.prior.hash,
-                "parameters": {k: v for k, v in asdict(self.params).items() if k != "micro_batch"}}
+        # micro_batch sets the rows of every network evaluation (evaluation_rows), and a slice's maps depend on
+        # those rows (the samplers amplify the last bits); micro-batches with the same rows give the same maps
+        params = {k: v for k, v in asdict(self.params).items() if k != "micro_batch"}
+        params["evaluation_rows"] = evaluation_rows(self.params.micro_batch)
+        return {"estimator": self.name, "prior_hash": self.prior.hash, "parameters": params}
 
     # ------------------------------------------------------------------ public entry point
     def estimate(self, images: torch.Tensor, labels: torch.Tensor | None, n_samples: int,
