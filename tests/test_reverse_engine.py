@@ -353,7 +353,7 @@ def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
     for bad, msg in ((["--sampler-option", "steps"], "KEY=VALUE"), (["--sampler-option", "steps=x"], "expected int"),
                      (["--sampler-option", "gradient=backprop"], "choose one of autograd, jvp"),
                      (["--sampler-option", "xi=3"], "unknown fast sampler parameter"),
-                     (["--sampler-option", "steps=2.5"], "expected int"),
+                     (["--sampler-option", "steps=2.5"], "expected an integer >= 1"),
                      (["--sampler-option", "channel_weights=1,2"], "of 3 numbers")):
         with pytest.raises(SystemExit, match=msg):
             run_cli("-i", str(images), "-o", str(tmp_path / "other"), "--prior", str(tmp_path / "prior"), *bad)
