@@ -446,3 +446,18 @@ def test_budget_curve_joins_the_reports_of_every_budget(tmp_path):
     md = png.with_suffix(".md").read_text()
     assert "| `nnUNetTrainer` | 5 |  | 0.600 (0.500-0.700) |  |" in md
     assert "| `nnUNetTrainerPhysAug` | 50 |  | 0.840 (0.820-0.860) |  |" in md
+
+
+def test_a_work_folder_converted_with_other_inputs_is_refused(tmp_path, monkeypatch):
+    from nnunetv2_physaug.realbench import steps
+
+    res = _converted(tmp_path, monkeypatch, (3006, 3007))
+    ds, src = res.dataset_dir, tmp_path / "Train"
+    same = steps._dataset_differences(ds, src, None, None, range(3001, 3006), (3006, 3007))
+    assert same == []
+    other = steps._dataset_differences(ds, tmp_path / "Elsewhere", 160.0, None, range(3001, 3004), (3006, 3007))
+    assert [d.split()[0] for d in other] == ["--myops", "--crop", "--train-cases"]
+    assert other[2] == "--train-cases Case3001 ... Case3005 (5) (asked: ['Case3001', 'Case3002', 'Case3003'])"
+    env = {"nnUNet_raw": str(ds.parent)}
+    with pytest.raises(br.BenchmarkError, match="converted with other settings: --test-cases"):
+        steps.prepare(src, env, tmp_path / "logs", 913, None, None, 0.5, range(3001, 3006), (3006,))

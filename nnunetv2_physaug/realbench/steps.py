@@ -67,9 +67,21 @@ def run_step(step: str, cmd: list[str], env: dict, log_dir: Path) -> str:
     return _run_step("bench_real", step, cmd, env, log_dir)
 
 
-def _dataset_settings_match(ds: Path, crop: Optional[float], spacing: Optional[float]) -> bool:
+def _dataset_differences(ds: Path, source: Path, crop: Optional[float], spacing: Optional[float],
+                         train_cases: Sequence[int], test_cases: Sequence[int]) -> list[str]:
+    """What the converted dataset ``ds`` was made with that differs from these settings (empty: the same)."""
     meta = json.loads((ds / "dataset.json").read_text()).get("physaug_metadata", {})
-    return meta.get("crop_mm") == crop and meta.get("spacing_mm") == spacing
+    wanted = {"--myops": str(Path(source).resolve()), "--crop": crop, "--spacing": spacing,
+              "--train-cases": [f"Case{n}" for n in train_cases], "--test-cases": [f"Case{n}" for n in test_cases]}
+    had = {"--myops": meta.get("source_folder"), "--crop": meta.get("crop_mm"), "--spacing": meta.get("spacing_mm"),
+           "--train-cases": meta.get("train_cases"), "--test-cases": meta.get("test_cases")}
+    return [f"{k} {_short(had[k])} (asked: {_short(wanted[k])})" for k in wanted if had[k] != wanted[k]]
+
+
+def _short(v) -> str:
+    if isinstance(v, list) and len(v) > 4:
+        return f"{v[0]} ... {v[-1]} ({len(v)})"
+    return str(v)
 
 
 def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optional[float],
@@ -79,9 +91,10 @@ def prepare(myops_dir: Path, env: dict, logs: Path, dataset_id: int, crop: Optio
     ``map_samples``: tissue maps per case (``physaug-reverse --samples``; the trainer draws one per load)."""
     raw = Path(env["nnUNet_raw"])
     ds = raw / dataset_name(dataset_id, myops.NAME)
-    if ds.is_dir() and not _dataset_settings_match(ds, crop, spacing):
-        raise BenchmarkError(f"{ds} exists with other --crop/--spacing settings; remove it (and its preprocessed "
-                             f"and results folders) or use another --work folder")
+    differences = _dataset_differences(ds, myops_dir, crop, spacing, train_cases, test_cases) if ds.is_dir() else []
+    if differences:
+        raise BenchmarkError(f"{ds} was converted with other settings: {'; '.join(differences)}. Its models and "
+                             f"reports belong to those; use another --work folder (or remove this one)")
     if not ds.is_dir():
         print(f"[bench_real] convert: {myops_dir} -> {ds} (crop {crop} mm, spacing {spacing} mm)", flush=True)
         try:
