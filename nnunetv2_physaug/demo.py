@@ -68,6 +68,13 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
         _run("phantom", ["physaug-phantom", "-o", str(raw), "--n-train", str(n_train), "--n-test", str(n_test),
                          "--size", str(size), "--seed", str(seed), "--first-id", str(FIRST_ID)], env, logs)
     summary = json.loads((raw / "phantom_summary.json").read_text())
+    asked = {"--seed": ("seed", seed), "--size": ("size", size), "--n-train": ("n_train", n_train),
+             "--n-test": ("n_test", n_test)}
+    differ = [f"{opt} {summary.get(key)} (asked: {value})" for opt, (key, value) in asked.items()
+              if summary.get(key) != value]
+    if differ:  # its models and scores belong to that phantom
+        raise DemoStepError(f"{out} holds a phantom made with other settings: {'; '.join(differ)}. Rerun with those "
+                            f"settings to resume it, or use another --out")
     datasets = summary["datasets"]
     train_ds = raw / datasets[0]["name"]
 
@@ -148,8 +155,9 @@ def main(argv=None) -> None:
                         help=f"feature maps per stage relative to nnU-Net's plans (default {DEFAULT_WIDTH}; 1 = "
                              "nnU-Net's own network, ~2.3x slower on CPU)")
     parser.add_argument("--peers", action="store_true",
-                        help="also train and evaluate the peers at the baseline's length (GIN-IPA, location-scale, DA5, "
-                             "PhysAug + GIN-IPA, PhysAug + location-scale; each trains as long as one of the pair)")
+                        help="also train and evaluate the peers at the baseline's length (the benchmarks' one list: "
+                             "GIN-IPA and SLAug as published, DA5, and PhysAug with each published peer on every and "
+                             "on half the images; each trains as long as one of the pair or longer)")
     parser.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
                         help="more trainers to train and evaluate beside the pair")
     parser.add_argument("--fold", default="0", help="fold to train (default 0)")

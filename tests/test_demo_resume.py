@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from nnunetv2_physaug import demo
 
 
@@ -17,7 +19,7 @@ def test_a_rerun_keeps_finished_trainings_and_trains_the_rest(tmp_path, monkeypa
     names = ["Dataset900_PhantomBSSFP", "Dataset901_PhantomBSSFPTest", "Dataset902_PhantomLGE"]
     (raw / names[0] / "imagesTr").mkdir(parents=True)
     (raw / names[0] / "imagesTr" / "case_000_0000.nii.gz").write_bytes(b"")
-    (raw / "phantom_summary.json").write_text(json.dumps({"datasets": [
+    (raw / "phantom_summary.json").write_text(json.dumps({"seed": 0, "size": 64, "n_train": 5, "n_test": 2, "datasets": [
         {"name": names[0], "domain": "bssfp_train"}, {"name": names[1], "domain": "bssfp"},
         {"name": names[2], "domain": "lge"}]}))
     trainers = ["nnUNetTrainer_5epochs", "nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerGINIPA_5epochs"]
@@ -50,3 +52,13 @@ def test_a_rerun_keeps_finished_trainings_and_trains_the_rest(tmp_path, monkeypa
     evaluate = next(cmd for s, cmd in steps if s == "evaluate")
     assert evaluate[evaluate.index("-tr") + 1:evaluate.index("-f")] == trainers
     assert result["unseen_dice_baseline"] == 0.5
+
+    # a rerun with another phantom setting is refused before any step: the models belong to the old phantom
+    steps.clear()
+    for kw, message in (({"seed": 3}, "--seed 0 \\(asked: 3\\)"), ({"size": 80}, "--size 64 \\(asked: 80\\)")):
+        args = dict(n_train=5, n_test=2, size=64, seed=0)
+        args.update(kw)
+        with pytest.raises(demo.DemoStepError, match="phantom made with other settings: " + message):
+            demo.run_demo(out, args["n_train"], args["n_test"], args["size"], trainers[0], trainers[1], "0",
+                          seed=args["seed"], variants=[trainers[2]])
+    assert steps == []
