@@ -19,9 +19,10 @@ def test_a_rerun_keeps_finished_trainings_and_trains_the_rest(tmp_path, monkeypa
     names = ["Dataset900_PhantomBSSFP", "Dataset901_PhantomBSSFPTest", "Dataset902_PhantomLGE"]
     (raw / names[0] / "imagesTr").mkdir(parents=True)
     (raw / names[0] / "imagesTr" / "case_000_0000.nii.gz").write_bytes(b"")
-    (raw / "phantom_summary.json").write_text(json.dumps({"seed": 0, "size": 64, "n_train": 5, "n_test": 2, "datasets": [
-        {"name": names[0], "domain": "bssfp_train"}, {"name": names[1], "domain": "bssfp"},
-        {"name": names[2], "domain": "lge"}]}))
+    datasets = [{"name": names[0], "domain": "bssfp_train"}, {"name": names[1], "domain": "bssfp"},
+                {"name": names[2], "domain": "lge"}]
+    (raw / "phantom_summary.json").write_text(json.dumps({"seed": 0, "size": 64, "n_train": 5, "n_test": 2,
+                                                          "datasets": datasets}))
     trainers = ["nnUNetTrainer_5epochs", "nnUNetTrainerPhysAug_5epochs", "nnUNetTrainerGINIPA_5epochs"]
     # the baseline finished in an earlier run; GIN-IPA was stopped mid-training (no checkpoint_final)
     results = out / "nnUNet_results" / names[0]

@@ -225,7 +225,8 @@ def test_a_plans_file_naming_a_foreign_network_class_is_refused_before_importing
     (model / "plans.json").write_text(json.dumps({"configurations": {"2d": {"architecture": {
         "network_class_name": "evilnet.Net"}}}}))
     d = _domain(tmp_path, np.ones((4, 4, 2)))
-    with pytest.raises(EvaluationError, match="names the network class 'evilnet.Net'.*PHYSAUG_TRUSTED_ARCHITECTURES=evilnet"):
+    with pytest.raises(EvaluationError,
+                       match="names the network class 'evilnet.Net'.*PHYSAUG_TRUSTED_ARCHITECTURES=evilnet"):
         evaluate([model], [d], tmp_path / "out", folds=[0], progress=False)
     assert not marker.exists() and "evilnet" not in sys.modules
     # a folder shadowing the trusted package on the import path is not the installed package

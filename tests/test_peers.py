@@ -126,7 +126,8 @@ def test_consistency_loss_is_torchs_kl_of_each_view_from_the_mean_and_not_detach
     torch.manual_seed(0)
     logits = torch.randn(3 * 2, 4, 6, 5, requires_grad=True)
     loss = gin_ipa.consistency_loss(logits)
-    # independent: torch's kl_div (summed, divided by the element count: the published elementwise mean) of the views' log-probabilities against the mean
+    # independent: torch's kl_div of the views' log-probabilities against the mean, summed and divided by the
+    # element count (the published elementwise mean)
     log_p = torch.log_softmax(logits, 1)
     mean_p = log_p.exp().reshape(3, 2, 4, 6, 5).mean(0)
     expected = torch.nn.functional.kl_div(log_p, mean_p.repeat(3, 1, 1, 1), reduction="sum") / log_p.numel()
@@ -381,7 +382,8 @@ def test_peer_probability_leaves_the_other_images_as_they_are(toy):
     # each image's draws follow the one before it: a batch split in two gives the same views
     tr2 = _trainer(env, folder, "nnUNetTrainerPhysAugGINIPAHalf_5epochs")
     tr2.peer_seed = 7
-    first, second = tr2.peer_views(data[:40]).reshape(3, 40, 1, 16, 16), tr2.peer_views(data[40:]).reshape(3, 24, 1, 16, 16)
+    first = tr2.peer_views(data[:40]).reshape(3, 40, 1, 16, 16)
+    second = tr2.peer_views(data[40:]).reshape(3, 24, 1, 16, 16)
     torch.testing.assert_close(torch.cat([first, second], 1), views)
 
 
