@@ -510,3 +510,23 @@ def test_maps_of_a_replaced_image_or_label_are_stale_and_redone(tmp_path, capsys
     rec.pop("inputs")
     (maps_dir / "qc" / "case00.json").write_text(json.dumps(rec))
     assert folder.missing(["case00"], inputs={"case00": now["case00"]}) == ["case00"]
+
+
+def test_a_linked_images_folder_uses_its_own_datasets_labels_and_maps_and_a_broken_link_is_named(tmp_path):
+    """Dataset B whose imagesTr links to A's: the labels and maps beside B's folder are B's (not A's, where the
+    link resolves); a broken link among the images is an error naming it, not a case that silently drops out."""
+    from nnunetv2_physaug.reverse.io import ReverseInputError, default_labels_dir, default_maps_dir, list_cases
+
+    a_images = make_dataset(tmp_path / "A", 2)
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "imagesTr").symlink_to(a_images, target_is_directory=True)
+    b_images = tmp_path / "B" / "imagesTr"
+    assert default_labels_dir(b_images) is None  # B has no labels: A's are not taken
+    assert default_maps_dir(b_images) == tmp_path / "B" / "tissueMapsTr"
+    run_reverse(b_images, progress=False)
+    assert (tmp_path / "B" / "tissueMapsTr").is_dir() and not (tmp_path / "A" / "tissueMapsTr").exists()
+    (tmp_path / "B" / "labelsTr").mkdir()
+    assert default_labels_dir(b_images) == tmp_path / "B" / "labelsTr"
+    (a_images / "case09_0000.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(ReverseInputError, match="case09_0000.nii.gz is a broken link"):
+        list_cases(a_images)

@@ -45,6 +45,9 @@ def list_cases(images_dir: os.PathLike | str) -> dict[str, Path]:
     channels: dict[str, list[str]] = {}
     seen: dict[tuple[str, str], Path] = {}
     for p in sorted(d.iterdir()):
+        if not p.name.startswith(".") and _NIFTI_RE.search(p.name) and p.is_symlink() and not p.exists():
+            raise ReverseInputError(f"image {p} is a broken link (to {os.readlink(p)}); point it at its image or "
+                                    f"remove it (a case must not silently drop out)")
         if p.name.startswith(".") or not p.is_file() or not _NIFTI_RE.search(p.name):
             continue  # hidden files (e.g. editors' temp files) and non-image files are not cases
         m = _IMAGE_RE.match(p.name)
@@ -194,15 +197,17 @@ def check_label_coverage(labels_dir: os.PathLike | str, cases: list[str], given:
 
 
 def default_maps_dir(images_dir: os.PathLike | str) -> Path:
-    """``<IMAGES_DIR>/../tissueMapsTr`` (``tissueMapsTs`` for an ``imagesTs`` folder)."""
-    d = Path(images_dir).resolve()
+    """``<IMAGES_DIR>/../tissueMapsTr`` (``tissueMapsTs`` for an ``imagesTs`` folder), beside the folder as
+    named: a linked ``imagesTr`` (dataset B linking to A's images) gets B's maps folder, not A's."""
+    d = Path(os.path.abspath(images_dir))
     suffix = d.name[len("images"):] if d.name.startswith("images") and len(d.name) > len("images") else "Tr"
     return d.parent / f"tissueMaps{suffix}"
 
 
 def default_labels_dir(images_dir: os.PathLike | str) -> Optional[Path]:
-    """The sibling label folder (``labelsTr`` for ``imagesTr``, ``labelsTs`` for ``imagesTs``) if it exists."""
-    d = Path(images_dir).resolve()
+    """The sibling label folder (``labelsTr`` for ``imagesTr``, ``labelsTs`` for ``imagesTs``) if it exists, beside
+    the folder as named (not beside the target of a linked folder)."""
+    d = Path(os.path.abspath(images_dir))
     suffix = d.name[len("images"):] if d.name.startswith("images") and len(d.name) > len("images") else "Tr"
     cand = d.parent / f"labels{suffix}"
     return cand if cand.is_dir() else None
