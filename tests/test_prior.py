@@ -191,6 +191,17 @@ def test_train_resume_equals_uninterrupted_run(maps_dir, tmp_path):
         train_prior(maps_dir, tmp_path / "part", steps=6, checkpoint_every=100, **{**kw, "lr": 5e-4})
     with pytest.raises(FileExistsError, match="--overwrite"):
         train_prior(maps_dir, tmp_path / "part", steps=6, resume=False, **kw)
+    # resumed on other maps: another run, refused (the checkpoint records the latents it trained on)
+    other = tmp_path / "other_maps"
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        m0, t1, t2 = _toy_maps(rng)
+        write_case_maps(other, f"case{i}", m0 * 7.0, t1, t2, np.eye(4))
+    with pytest.raises(PriorTrainingError, match="other settings.*training_latents_sha256"):
+        train_prior(other, tmp_path / "part", steps=6, checkpoint_every=100, **kw)
+    for decay in (float("nan"), 2.0, 1.0, -0.1):
+        with pytest.raises(PriorTrainingError, match=r"--ema-decay .*must be in \[0, 1\)"):
+            train_prior(maps_dir, tmp_path / f"decay{decay}", steps=1, **{**kw, "ema_decay": decay})
 
 
 @pytest.mark.parametrize("kind", ["v_prediction", "epsilon", "sample"])

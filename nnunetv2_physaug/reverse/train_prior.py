@@ -29,7 +29,9 @@ it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +236,13 @@ def _check_choices(cfg: PriorTrainingConfig) -> None:
         raise PriorTrainingError(f"prediction_type {cfg.prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
     if cfg.beta_schedule not in BETA_SCHEDULES:
         raise PriorTrainingError(f"beta_schedule {cfg.beta_schedule!r} is not one of {', '.join(BETA_SCHEDULES)}")
+    decay = cfg.ema_decay
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) \
+            or not 0.0 <= decay < 1.0:
+        raise PriorTrainingError(f"--ema-decay {decay!r}: the moving average's decay must be in [0, 1) "
+                                 f"(0.9999 keeps about the last 10,000 steps)")
+    if isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise PriorTrainingError(f"--lr {cfg.lr!r}: the learning rate must be a positive number")
 
 
 def _build(cfg: PriorTrainingConfig, unet_kwargs: dict, run_config: dict, dev: torch.device, rank: int,
@@ -327,7 +336,10 @@ def train_prior(maps_dir: os.PathLike | str, out_dir: os.PathLike | str,
                   "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "ema_decay": cfg.ema_decay,
                   "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule}
 
-    data = load_training_latents(maps_dir, cfg.size, mapping).to(dev)
+    data = load_training_latents(maps_dir, cfg.size, mapping)
+    # the training data are part of what a checkpoint continues: a resume on other maps is another run
+    run_config["training_latents_sha256"] = hashlib.sha256(data.contiguous().numpy().tobytes()).hexdigest()
+    data = data.to(dev)
     tr = _build(cfg, unet_kwargs, run_config, dev, rank, world)
     if cfg.resume and ckpt_path.exists():
         _resume(tr, ckpt_path, dev)
