@@ -112,3 +112,16 @@ def test_evaluate_refuses_unlabelled_test_images_and_scores_no_stale_prediction(
                                                                      "n_cases": 1})
     ev.evaluate([model], [d], tmp_path / "out", progress=False, overwrite=True)
     assert seen["before"] is False and not stale.exists()
+
+
+def test_an_acdc_frame_number_that_is_not_whole_is_refused(tmp_path):
+    from nnunetv2_physaug.conversion.acdc import read_info_cfg
+    from nnunetv2_physaug.conversion.common import ConversionError
+
+    cfg = tmp_path / "Info.cfg"
+    for bad in ("3.7", "0", "-2"):
+        cfg.write_text(f"ED: 1\nES: {bad}\nNbFrame: 30\n")
+        with pytest.raises(ConversionError, match=f"'ES: {bad}' is not a frame number"):
+            read_info_cfg(cfg)
+    cfg.write_text("ED: 1\nES: 12.0\nNbFrame: 30\n")
+    assert read_info_cfg(cfg)["es_frame"] == 12

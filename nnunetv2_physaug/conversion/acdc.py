@@ -54,7 +54,11 @@ def read_info_cfg(path: Path) -> dict:
     try:
         for k, out in _INT_KEYS.items():
             if k in raw:
-                info[out] = int(float(raw[k]))
+                value = float(raw[k])
+                if not value.is_integer() or value < 1:
+                    raise ConversionError(f"{path}: '{k}: {raw[k]}' is not a frame number (a whole number >= 1); "
+                                          f"fix the file")
+                info[out] = int(value)
         for k, out in _FLOAT_KEYS.items():
             if k in raw:
                 info[out] = float(raw[k])
