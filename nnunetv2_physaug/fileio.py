@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 
 def _current_umask() -> int:
@@ -159,8 +159,9 @@ def _relative(path: Path, folder: Path) -> str:
     return rel.as_posix()
 
 
-def commit_together(staged: dict[Path, Path], journal: Path) -> None:
-    """Put several staged folders (or files) in place as one unit: ``{target: staged}``.
+def commit_together(staged: dict[Path, Optional[Path]], journal: Path) -> None:
+    """Put several staged folders (or files) in place as one unit: ``{target: staged}``; a target staged as
+    ``None`` is removed in the same unit (its previous version is kept until the unit is done).
 
     A journal beside the targets lists every target, its staged version and where its previous version is
     kept; it is written before the first rename and marked done after the last, and only then are the
@@ -176,14 +177,16 @@ def commit_together(staged: dict[Path, Path], journal: Path) -> None:
     for target, stage in staged.items():
         target = Path(target)
         backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent)) / "old"
-        entries.append({"target": _relative(target, folder), "staged": _relative(stage, folder),
+        entries.append({"target": _relative(target, folder),
+                        "staged": None if stage is None else _relative(stage, folder),
                         "backup": _relative(backup, folder)})
-        absolute.append((target, Path(stage), backup))
+        absolute.append((target, None if stage is None else Path(stage), backup))
     atomic_write_json(journal, {"state": "swapping", "entries": entries})
     for target, stage, backup in absolute:
         if target.exists() or target.is_symlink():
             os.replace(target, backup)
-        os.replace(stage, target)
+        if stage is not None:
+            os.replace(stage, target)
     atomic_write_json(journal, {"state": "done", "entries": entries})
     _finish([(t, s, b) for t, s, b in absolute], journal)
 
@@ -204,10 +207,13 @@ def _journal_entries(journal: Path, record: dict) -> list[tuple[Path, Path, Path
     for e in record["entries"]:
         paths = []
         for key in ("target", "staged", "backup"):
-            rel = Path(e[key])
-            if not isinstance(e[key], str) or rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            if key == "staged" and e[key] is None:  # a target removed by the unit
+                paths.append(None)
+                continue
+            if not isinstance(e[key], str) or Path(e[key]).is_absolute() or ".." in Path(e[key]).parts \
+                    or not Path(e[key]).parts:
                 raise JournalError(f"{journal}: entry {key} {e[key]!r} is not a path inside {folder}; {advice}")
-            paths.append(folder / rel)
+            paths.append(folder / e[key])
         target, stage, backup = paths
         if backup.name != "old" or not backup.parent.name.startswith(f".{target.name}.old-") \
                 or backup.parent.parent != target.parent:
@@ -252,12 +258,13 @@ def recover_together(journal: Path) -> str:
     for target, stage, backup in reversed(entries):
         if not backup.parent.is_dir():  # rolled back by an earlier recovery that was stopped
             continue
-        installed = not (stage.exists() or stage.is_symlink())
+        installed = stage is not None and not (stage.exists() or stage.is_symlink())
         if installed and (target.exists() or target.is_symlink()):
             _remove(target)  # the new version was put in place: undo it
         if backup.exists() or backup.is_symlink():
             os.replace(backup, target)
-        _remove(stage)
+        if stage is not None:
+            _remove(stage)
         _remove(backup.parent)
     journal.unlink()
     return "rolled back"

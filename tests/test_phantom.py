@@ -480,3 +480,26 @@ def test_a_commit_journal_is_read_relative_to_its_folder_and_a_foreign_one_touch
             main(["-o", str(killed), "--n-train", "2", "--n-test", "1", "--size", "32", "--overwrite", "--quiet"])
         assert e.value.code == 1
     assert set(v for k, v in phantom_seeds(killed).items() if k != "leftovers") == {1}
+
+
+def test_overwrite_with_fewer_domains_leaves_no_dataset_of_the_old_phantom(tmp_path):
+    """--overwrite --domains with two domains over a full phantom: the old phantom's other datasets go in the same
+    unit as the new ones are put in place (no dataset of the old seed stays); folders it did not list stay."""
+    import yaml
+    from helpers import phantom_seeds
+    from nnunetv2_physaug.phantom import domains as phantom_domains
+
+    out = tmp_path / "ph"
+    full = write_phantom_datasets(out, n_train=2, n_test=1, size=32, seed=1, progress=False)
+    (out / "Dataset999_Mine").mkdir()  # not the phantom's
+    keep = {name for name, d in phantom_domains.load_domains(None).items() if d.role == "training" or name == "lge"}
+    assert len(keep) == 2
+    raw = yaml.safe_load((Path(phantom_domains.__file__).parent / "domains.yaml").read_text())
+    small = tmp_path / "two.yaml"
+    small.write_text(yaml.safe_dump({**raw, "domains": {k: v for k, v in raw["domains"].items() if k in keep}}))
+    new = write_phantom_datasets(out, n_train=2, n_test=1, size=32, seed=4, overwrite=True, domains_file=small,
+                                 progress=False)
+    seeds = phantom_seeds(out)
+    assert seeds.pop("leftovers") == 0 and set(seeds.values()) == {4}, seeds
+    assert set(seeds) - {"summary"} == {d["name"] for d in new["datasets"]} and len(full["datasets"]) > 3
+    assert (out / "Dataset999_Mine").is_dir()

@@ -13,7 +13,9 @@ complete, so an interrupted run leaves no half-written dataset.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shutil
 import time
 import zlib
@@ -24,7 +26,8 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from ..fileio import atomic_write_bytes, atomic_write_json, commit_together, make_temp_dir, recover_staged, recover_together
+from ..fileio import (atomic_write_bytes, atomic_write_json, commit_together, make_temp_dir, recover_staged,
+                      recover_together)
 from ..maps.folder import TissueMapFolder
 from .anatomy import ACDC_LABELS, PhantomCase, make_case
 from .domains import Domain, load_domains, render_domain
@@ -113,6 +116,26 @@ def _check_targets(out_dir: Path, plan: list[dict], overwrite: bool) -> None:
         raise FileExistsError(f"{summary} already exists; pass --overwrite (overwrite=True) to replace the phantom")
 
 
+def _stale_datasets(out_dir: Path, plan: list[dict]) -> list[str]:
+    """Dataset folders of the phantom being replaced (its summary's list) that the new one does not have: they
+    go in the same unit as the new datasets are put in place, so no dataset of the old seed stays beside them."""
+    summary = out_dir / SUMMARY_NAME
+    if not summary.is_file():
+        return []
+    try:
+        old = [d["name"] for d in json.loads(summary.read_text())["datasets"]]
+    except (ValueError, KeyError, TypeError):
+        raise FileExistsError(f"{summary} is not a phantom summary this tool wrote; move it away (and the "
+                              f"datasets it lists) or choose another -o") from None
+    new = {p["name"] for p in plan}
+    return [n for n in old if isinstance(n, str) and n not in new and _DATASET_NAME.fullmatch(n)
+            and (out_dir / n).is_dir()]
+
+
+#: a dataset folder name a phantom summary may list (a plain name in the output folder)
+_DATASET_NAME = re.compile(r"Dataset\d{3}_[A-Za-z0-9_]+")
+
+
 def _write_case(folder: Path, case_id: str, image: np.ndarray, case: PhantomCase) -> None:
     affine = case_affine(case)
     _save_nifti(image, affine, folder / "imagesTr" / f"{case_id}_0000{FILE_ENDING}", np.float32)
@@ -173,6 +196,7 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
         for legacy in out_dir.glob(glob.escape(f".tmp-{p['name']}-") + "*"):  # staging folders of earlier versions
             shutil.rmtree(legacy, ignore_errors=True)
     _check_targets(out_dir, plan, overwrite)
+    stale = _stale_datasets(out_dir, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # each dataset is written into its own staging folder; when all are complete they are put in place
@@ -189,8 +213,8 @@ def write_phantom_datasets(out_dir: Union[str, os.PathLike], n_train: int = 20, 
         }
         staged_summary = tmp[plan[0]["name"]].parent / f".{SUMMARY_NAME}.partial-{tmp[plan[0]['name']].name}"
         atomic_write_json(staged_summary, summary)
-        commit_together({**{out_dir / p["name"]: tmp[p["name"]] for p in plan}, out_dir / SUMMARY_NAME: staged_summary},
-                        out_dir / COMMIT_JOURNAL)
+        commit_together({**{out_dir / p["name"]: tmp[p["name"]] for p in plan}, out_dir / SUMMARY_NAME: staged_summary,
+                         **{out_dir / name: None for name in stale}}, out_dir / COMMIT_JOURNAL)
     except BaseException:  # an error (not a kill) while writing or swapping: back to the previous phantom
         recover_together(out_dir / COMMIT_JOURNAL)
         for folder in tmp.values():
