@@ -113,3 +113,40 @@ def test_maps_that_do_not_reproduce_the_image_fail_the_case(tmp_path):
     s = run_reverse(images, tmp_path / "maps2", estimator=Ignorant(), progress=False, max_nrmse_pct=1000.0,
                     accept_implausible=True)
     assert sorted(s.done) == ["case00", "case01"]
+
+
+BILLION_LAUGHS = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]) + "\n"
+
+
+def test_configuration_files_refuse_alias_bombs_deep_nesting_and_huge_files(tmp_path):
+    """A 400-byte YAML of nested aliases expands to gigabytes, deep nesting crashes Python's parsers: protocol,
+    preset and phantom files refuse both, naming the file (and read the shipped files as before)."""
+    import time
+    from nnunetv2_physaug.contrast import load_protocol
+    from nnunetv2_physaug.contrast.protocol import ProtocolError
+    from nnunetv2_physaug.phantom import PhantomConfigError
+    from nnunetv2_physaug.phantom.domains import load_domains
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 600
+    t0 = time.time()
+    with pytest.raises(ProtocolError, match="bomb.yaml.*alias \\*a: aliases are not allowed"):
+        load_protocol(str(bomb))
+    with pytest.raises(PhantomConfigError, match="bomb.yaml.*aliases are not allowed"):
+        load_domains(bomb)
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ProtocolError, match="deep.json: nested deeper than JSON can be read"):
+        load_protocol(str(deep_json))
+    deep_yaml = tmp_path / "deep.yaml"
+    deep_yaml.write_text("a: " + "[" * 40 + "1" + "]" * 40 + "\n")
+    with pytest.raises(ProtocolError, match="deep.yaml: nested 41 levels deep"):
+        load_protocol(str(deep_yaml))
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * 1_100_000 + "\n")
+    with pytest.raises(ProtocolError, match="huge.yaml: .* at most 1,000,000 bytes"):
+        load_protocol(str(huge))
+    assert time.time() - t0 < 30
+    assert load_protocol("wide").name == "wide" and load_domains(None)

@@ -45,6 +45,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from ..configfile import ConfigFileError, parse_config_text
 from .families import FAMILIES, ParamSpec
 from .imperfections import IMPERFECTIONS, INTEGER_PARAMS
 from .pathology import INTEGER_PARAMS as PATHOLOGY_INTEGER_PARAMS, PATHOLOGY
@@ -325,9 +326,9 @@ def protocol_from_dict(d: Any, source: str = "<protocol>") -> Protocol:
 
 def _parse_text(text: str, suffix: str, source: str) -> Any:
     try:
-        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ProtocolError(f"{source}: not valid {'JSON' if suffix == '.json' else 'YAML'}: {e}") from e
+        return parse_config_text(text, "json" if suffix == ".json" else "yaml", source)
+    except ConfigFileError as e:
+        raise ProtocolError(str(e)) from None
 
 
 def load_protocol(name_or_path: str | os.PathLike) -> Protocol:

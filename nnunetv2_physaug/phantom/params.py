@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import yaml
+
+from ..configfile import ConfigFileError, parse_config_text
 
 Spec = Union[float, int, list]
 
@@ -35,9 +36,9 @@ def load_yaml(path: Optional[Union[str, Path]], default_name: str) -> tuple[dict
         except OSError as e:
             raise PhantomConfigError(f"cannot read {where}: {e}") from e
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PhantomConfigError(f"{where} is not valid YAML: {e}") from e
+        data = parse_config_text(text, "yaml", where)
+    except ConfigFileError as e:
+        raise PhantomConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise PhantomConfigError(f"{where} must hold a mapping at the top level")
     return data, where
