@@ -191,6 +191,15 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     return {"rows": rows, "line": summary_line(rows, baseline, physaug, seconds)}
 
 
+def cuda_or_cpu(text: str) -> str:
+    """nnU-Net's -device (cpu or cuda), checked to exist on this machine."""
+    from .cli.argtypes import torch_device
+
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"choose cpu or cuda, got {text!r}")
+    return torch_device(text)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="scripts/bench_real.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,7 +222,7 @@ def main(argv=None) -> None:
     p.add_argument("--spacing", type=float, default=1.5, help="converter --spacing in mm (default 1.5)")
     p.add_argument("--train-cases", default="3001-3025", help="development patients (converter --train-cases)")
     p.add_argument("--test-cases", default="3026-3045", help="held-out patients (converter --test-cases)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training and prediction device")
+    p.add_argument("--device", type=cuda_or_cpu, default="cpu", help="training and prediction device: cpu or cuda")
     p.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
                    help="more trainers to compare under the same budget (e.g. ablations, which the benchmark finds "
                    "in the experiments folder)")

@@ -150,3 +150,13 @@ def test_configuration_files_refuse_alias_bombs_deep_nesting_and_huge_files(tmp_
         load_protocol(str(huge))
     assert time.time() - t0 < 30
     assert load_protocol("wide").name == "wide" and load_domains(None)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("module,args", [
+    ("nnunetv2_physaug.cli.reverse", ["-i", "x"]), ("nnunetv2_physaug.cli.train_prior", ["--maps", "x", "-o", "p"]),
+    ("nnunetv2_physaug.cli.evaluate", ["-m", "x", "-t", "a=b:c", "-o", "o"])])
+def test_device_cuda_without_a_gpu_is_one_usage_error(tmp_path, module, args):
+    r = _run(module, *args, "--device", "cuda", cwd=tmp_path)
+    _clear(r, "--device", "torch sees no CUDA GPU")
+    assert r.returncode == 2 and "error: argument --device: 'cuda': torch sees no CUDA GPU" in r.stderr.splitlines()[-1]

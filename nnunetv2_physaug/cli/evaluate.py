@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..evaluate import Domain, EvaluationError, evaluate, markdown_table, resolve_model_dirs, run_lines
-from .argtypes import fold
+from .argtypes import fold, torch_device
 
 
 def main(argv=None) -> None:
@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-f", "--folds", nargs="+", type=fold, default=[0], help="folds to ensemble (default 0)")
     parser.add_argument("-o", "--output", required=True, help="output folder for predictions and the report")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="device (default cpu)")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps "
+                        "(default cpu)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (2x slower on CPU)")
     parser.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in -o")
