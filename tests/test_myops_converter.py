@@ -238,3 +238,11 @@ def test_an_overwrite_stopped_after_the_swap_gets_its_own_splits_on_the_next_run
     splits = json.loads(first.splits_file.read_text())
     assert splits == json.loads((ds / "splits_final.json").read_text()) != old
     assert sorted(c for fold in splits for c in fold["val"]) == new_cases
+
+
+def test_a_spacing_that_would_ask_for_huge_images_is_refused_before_any_work(tmp_path, nnunet_dirs):
+    make_fake_myops(tmp_path / "Train")
+    for spacing in (1e-3, 0.05, 50.0):
+        with pytest.raises(ConversionError, match=f"--spacing {spacing:g} mm is outside 0.1-20 mm"):
+            convert_myops(tmp_path / "Train", train_cases=TRAIN, test_cases=TEST, spacing_mm=spacing, progress=False)
+    assert not list(Path(os.environ["nnUNet_raw"]).iterdir())

@@ -38,6 +38,8 @@ from .common import (ACDC_LABELS, CHANNEL_NAMES, DATASET_SPLITS_NAME, DEFAULT_SE
 from ..fileio import atomic_write_json, staged_folder
 
 NAME = "MyoPS"
+#: in-plane spacings the converter resamples to (finer asks for huge images: 1e-3 mm would be ~300 GiB)
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 20.0
 DEFAULT_ID = 913
 SEQUENCES = ("C0", "LGE", "T2")
 #: what each sequence is, for dataset.json and reports
@@ -292,6 +294,9 @@ def convert_myops(source: Path, dataset_id: int = DEFAULT_ID, *, train_cases: Se
     for value, what in ((crop_mm, "--crop"), (spacing_mm, "--spacing")):
         if value is not None and not (np.isfinite(value) and value > 0):
             raise ConversionError(f"{what} must be a positive number of millimetres, got {value}")
+    if spacing_mm is not None and not MIN_SPACING_MM <= spacing_mm <= MAX_SPACING_MM:
+        raise ConversionError(f"--spacing {spacing_mm:g} mm is outside {MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm (MyoPS "
+                              f"images have ~0.73 mm pixels; cardiac MRI is segmented at 1-2 mm)")
     overlap = sorted(set(train_cases) & set(test_cases))
     if overlap:
         raise ConversionError(f"cases {overlap[:5]} are both training and test cases; the test patients must "
