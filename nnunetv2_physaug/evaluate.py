@@ -78,6 +78,14 @@ def _check_inputs(models: Sequence[Path], domains: Sequence[Domain]) -> None:
         if not (m / "dataset.json").is_file() or not (m / "plans.json").is_file():
             raise EvaluationError(f"{m} is not a trained nnU-Net model folder (no dataset.json/plans.json); train "
                                   "it first or pass the TRAINER__PLANS__CONFIGURATION folder")
+        try:
+            ds = json.loads((m / "dataset.json").read_text())
+            labels, ending = ds["labels"], ds["file_ending"]
+            if not isinstance(labels, dict) or not isinstance(ending, str):
+                raise TypeError("labels must be a mapping and file_ending a string")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+            raise EvaluationError(f"{m / 'dataset.json'} is not a readable nnU-Net dataset.json ({type(e).__name__}: "
+                                  f"{e}); copy the model folder again or retrain it") from None
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
         raise EvaluationError(f"test set names must be unique, got {names}")

@@ -262,3 +262,13 @@ def test_the_report_is_committed_by_its_results_json_written_last(tmp_path, monk
     with pytest.raises(OSError):
         write_report(rows, tmp_path, DATASET_JSON["labels"])
     assert (tmp_path / "results.md").is_file() and not (tmp_path / "results.json").exists()
+
+
+def test_a_broken_model_dataset_json_is_named(tmp_path):
+    model = _model(tmp_path)
+    d = Domain("lge", tmp_path, tmp_path)
+    for text, message in (("{", "JSONDecodeError"), ('{"labels": {}}', "KeyError"),
+                          ('{"labels": [1], "file_ending": ".nii.gz"}', "labels must be a mapping")):
+        (model / "dataset.json").write_text(text)
+        with pytest.raises(EvaluationError, match=f"dataset.json is not a readable nnU-Net dataset.json.*{message}"):
+            _check_inputs([model], [d])
