@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli.argtypes import seed as seed_type
 from .pipeline import StepError, pipeline_env, run_step
 from .nnunet.plans import default_narrow_name
 
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="*", default=[], metavar="TRAINER",
                         help="more trainers to train and evaluate beside the pair")
     parser.add_argument("--fold", default="0", help="fold to train (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument("--seed", type=seed_type, default=0, help="phantom seed")
     args = parser.parse_args(argv)
     try:
         variants = [*args.variants, *(peer_trainers(args.baseline) if args.peers else [])]

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .cli.argtypes import seed as seed_type
 from .contrast import ContrastRenderer, load_protocol, protocol_with_settings
 from .conversion.myops import image_folder
 from .maps.store import read_case_maps
@@ -336,7 +337,7 @@ def main(argv=None) -> None:
     p.add_argument("--cases", default="3001-3025", help="patients to use (development patients only; default 3001-3025)")
     p.add_argument("--protocol", default="wide", help="preset name or protocol file (default wide)")
     p.add_argument("-n", type=int, default=100, help="renders per family (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--families", nargs="+", default=["lge", "psir", "tse", "bssfp"], choices=sorted(FAMILY_TO_REAL))
     p.add_argument("--set", action="append", default=[], metavar="FAMILY.PARAM=VALUE",
                    help="change one protocol parameter (repeatable), e.g. tse.blood_partial_volume=1 or "

@@ -160,3 +160,11 @@ def test_device_cuda_without_a_gpu_is_one_usage_error(tmp_path, module, args):
     r = _run(module, *args, "--device", "cuda", cwd=tmp_path)
     _clear(r, "--device", "torch sees no CUDA GPU")
     assert r.returncode == 2 and "error: argument --device: 'cuda': torch sees no CUDA GPU" in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("module", ["nnunetv2_physaug.cli.phantom", "nnunetv2_physaug.cli.preview",
+                                    "nnunetv2_physaug.cli.reverse", "nnunetv2_physaug.cli.train_prior",
+                                    "nnunetv2_physaug.demo"])
+def test_a_negative_seed_is_a_usage_error_naming_the_option(tmp_path, module):
+    r = _run(module, "--seed", "-1", cwd=tmp_path)
+    assert r.returncode == 2 and "argument --seed: a seed is a whole number from 0" in r.stderr.splitlines()[-1]

@@ -17,6 +17,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: a whole number in [0, 2**63 - 1] (what numpy's and torch's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to 2**63 - 1, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (nan and inf refused)."""
     try:

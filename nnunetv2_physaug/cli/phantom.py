@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .argtypes import seed as seed_type
+
 DESCRIPTION = """\
 Write synthetic short-axis cardiac MRI phantoms as nnU-Net v2 raw datasets (labels in the ACDC
 convention: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity):
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=20, help="training cases, bSSFP cine with maps (default 20)")
     p.add_argument("--n-test", type=int, default=10,
                    help="test anatomies, written once per test domain (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="master random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="master random seed (default 0)")
     p.add_argument("--size", type=int, default=128,
                    help="in-plane matrix in pixels; the field of view is fixed at 240 mm (default 128)")
     p.add_argument("--first-id", type=int, default=900,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import seed as seed_type
 from ..contrast import PRESETS
 from ..maps.store import TissueMapError
 from ..preview import make_preview
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("-n", type=int, default=8, help="number of random renderings (default: 8)")
     parser.add_argument("--slice", type=int, default=None, dest="slice_index", metavar="K",
                         help="slice index along the image's third axis (default: the middle slice)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the renderings (default: 0)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="random seed of the renderings (default: 0)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     args = parser.parse_args(argv)

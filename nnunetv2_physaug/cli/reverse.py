@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .argtypes import positive_float, positive_int, torch_device
+from .argtypes import positive_float, positive_int, torch_device, seed as seed_type
 
 _DESCRIPTION = """\
 Estimate tissue maps (M0 relative, T1 and T2 in ms) behind the bSSFP images of an nnU-Net
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write maps whose labelled blood or myocardium have a median T1 or T2 outside the "
                         "physiological range (by default such a case fails: an untrained or wrong prior, or a "
                         "wrong --label-tissues)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo finished cases and replace a folder made with other settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

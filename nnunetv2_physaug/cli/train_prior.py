@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .argtypes import positive_float, positive_int, torch_device
+from .argtypes import positive_float, positive_int, torch_device, seed as seed_type
 
 _DESCRIPTION = """\
 Train a diffusion prior (diffusers UNet2DModel + DDPM scheduler, 1000 steps) over tissue maps
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network size: 'paper' (default, ~114 M parameters), 'small' (~3 M, CPU-trainable), "
                         "'tiny' (tests), or a JSON file of diffusers UNet2DModel arguments")
     p.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--ema-decay", type=float, default=0.9999, help="maximum EMA decay of the saved weights")
     p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon", "sample"],
                    help="network target (default v_prediction: learns the global layout of tissue values far "
