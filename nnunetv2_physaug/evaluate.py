@@ -168,6 +168,7 @@ def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, pla
     per-case ``compute_metrics``, the per-label nan-mean over cases, the foreground mean of those), in this
     process: nnU-Net maps the cases over a spawned process pool even for one process, which costs ~5 s of
     imports per folder."""
+    # Copied from nnU-Net 2.8.1: compute_metrics_on_folder2 (its body without the process pool)
     import numpy as np
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json

@@ -182,6 +182,7 @@ class RenderOnCrop:
         else:
             vals = img[valid] if self._use_mask and bool(valid.any()) else img
             mean, std = float(vals.mean()), float(vals.std(unbiased=False))
+        # Copied from nnU-Net 2.8.1: ZScoreNormalization.run (z-score with its eps; zero outside the mask)
         img.sub_(mean).div_(max(std, _EPS))
         if self._use_mask:
             img.masked_fill_(~valid, 0.0)  # preprocessing leaves the outside of the mask at zero
@@ -358,6 +359,7 @@ class PhysAugTrainingDataset:
         folder = Path(self.aligned_folder)
         openers = {"maps": lambda k: np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False)}
         if self._blosc2_base():
+            # Copied from nnU-Net 2.8.1: nnUNetDatasetBlosc2.load_case (how it opens a case's files), kept open
             import blosc2
             from batchgenerators.utilities.file_and_folder_operations import load_pickle
 

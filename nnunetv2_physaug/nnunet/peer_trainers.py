@@ -58,25 +58,25 @@ class nnUNetTrainerPeerStep(nnUNetTrainer):
 
     def _autocast(self):
         """nnU-Net's train_step context: mixed precision on CUDA only (a fresh one per forward pass)."""
-        # Copied from nnU-Net 2.8.1, nnUNetTrainer.train_step (the autocast line)
+        # Copied from nnU-Net 2.8.1: nnUNetTrainer.train_step (the autocast line)
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, object]:
-        # Copied from nnU-Net 2.8.1, nnUNetTrainer.train_step (moving data and target)
+        # Copied from nnU-Net 2.8.1: nnUNetTrainer.train_step (moving data and target)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         return batch["data"].to(self.device, non_blocking=True), target
 
     def _backward(self, loss: torch.Tensor) -> None:
-        # Copied from nnU-Net 2.8.1, nnUNetTrainer.train_step (the scaled backward pass)
+        # Copied from nnU-Net 2.8.1: nnUNetTrainer.train_step (the scaled backward pass)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
         else:
             loss.backward()
 
     def _clip_and_step(self) -> None:
-        # Copied from nnU-Net 2.8.1, nnUNetTrainer.train_step (unscale, clip at 12, step)
+        # Copied from nnU-Net 2.8.1: nnUNetTrainer.train_step (unscale, clip at 12, step)
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
