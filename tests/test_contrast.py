@@ -622,10 +622,19 @@ def test_b1_field_scales_flip_angle():
 
 
 def test_b1_is_not_applied_to_tse():
-    renderer = _only("b1", scale=[0.5, 0.5], grid=[2, 2])
+    """A B1 field of half the flip angle leaves a TSE render as it is with no field (scale 1, same random
+    stream), and is neither logged; the same field does change a bSSFP render (the control)."""
     m0, t1, t2, labels = region_maps()
-    _, p = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=labels, family="tse")
-    assert "b1_scale_grid" not in p
+    renders = {}
+    for family in ("tse", "bssfp"):
+        for scale in (0.5, 1.0):
+            renderer = _only("b1", scale=[scale, scale], grid=[2, 2])
+            img, p = renderer.render(m0, t1, t2, np.random.default_rng(0), labels=labels, family=family)
+            renders[family, scale] = (img.numpy(), p)
+    np.testing.assert_array_equal(renders["tse", 0.5][0], renders["tse", 1.0][0])
+    assert "b1_scale_grid" not in renders["tse", 0.5][1]
+    assert not np.allclose(renders["bssfp", 0.5][0], renders["bssfp", 1.0][0])
+    assert "b1_scale_grid" in renders["bssfp", 0.5][1]
 
 
 @pytest.mark.parametrize("snr", [1.5, 3.0])

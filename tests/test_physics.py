@@ -382,8 +382,13 @@ def test_runs_on_cuda(name):
 
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_runs_on_cpu_device(name):
+    """float32 on the CPU: the device, the dtype and the values of the float64 reference (the physics does not
+    change with the precision it is computed in, to float32's rounding)."""
     m0, t1, t2 = _maps(torch.float32, device="cpu")
-    assert CALLS[name](m0, t1, t2).device == torch.device("cpu")
+    out = CALLS[name](m0, t1, t2)
+    assert out.device == torch.device("cpu") and out.dtype == torch.float32 and out.shape == m0.shape
+    m0d, t1d, t2d = _maps(torch.float64, device="cpu")
+    torch.testing.assert_close(out.double(), CALLS[name](m0d, t1d, t2d), rtol=1e-4, atol=1e-6)
 
 
 # --- tissue table ----------------------------------------------------------------------------

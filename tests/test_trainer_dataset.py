@@ -332,6 +332,7 @@ def test_protocol_attribute_selects_a_custom_protocol_file(toy, monkeypatch, tmp
     data = load_protocol("paper").to_dict()
     data["families"] = [f for f in data["families"] if f["family"] == "spoiled_gre"]
     data["families"][0]["probability"] = 1.0
+    data["families"][0]["params"]["flip_deg"] = [7.25, 7.25]  # a value no shipped preset draws as the only one
     data["name"] = "only_gre"
     import yaml
     custom.write_text(yaml.safe_dump(data))
@@ -339,9 +340,12 @@ def test_protocol_attribute_selects_a_custom_protocol_file(toy, monkeypatch, tmp
     tr.physaug_protocol = str(custom)
     tr.physaug_p_render = 1.0
     wrapped, _ = tr.get_tr_and_val_datasets()
-    view = wrapped.load_case(wrapped.identifiers[0])[0]
-    view[(slice(None),) * 4]
-    assert view.params["family"] == "spoiled_gre"
+    assert wrapped.renderer.protocol.name == "only_gre"
+    # every load, not one by chance: the file's only family at the file's own flip angle
+    for key in list(wrapped.identifiers) * 4:
+        view = wrapped.load_case(key)[0]
+        view[(slice(None),) * 4]
+        assert view.params["family"] == "spoiled_gre" and view.params["flip_deg"] == 7.25
 
 
 def test_missing_maps_are_computed_on_the_fly_by_default(toy, monkeypatch, tmp_path):
