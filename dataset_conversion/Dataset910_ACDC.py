@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     parser.epilog = acdc.SOURCE_LAYOUT
     args = parser.parse_args(argv)
     return run_cli(lambda: acdc.convert_acdc(args.input, args.dataset_id, overwrite=args.overwrite,
-                                             seed=args.seed, progress=not args.no_progress))
+                                             seed=args.seed, progress=not args.quiet), parser.prog)
 
 
 if __name__ == "__main__":

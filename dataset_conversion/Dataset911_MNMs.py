@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: mnms.convert_mnms(args.input, args.dataset_id, overwrite=args.overwrite,
                                              seed=args.seed, by_vendor=args.by_vendor,
                                              by_centre=args.by_centre, csv_name=args.csv,
-                                             progress=not args.no_progress))
+                                             progress=not args.quiet), parser.prog)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: mnms2.convert_mnms2(args.input, args.dataset_id, overwrite=args.overwrite,
                                                seed=args.seed, long_axis=args.long_axis,
                                                train_subjects=args.train_subjects,
-                                               by_vendor=args.by_vendor, progress=not args.no_progress))
+                                               by_vendor=args.by_vendor, progress=not args.quiet), parser.prog)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ def main(argv=None) -> int:
         test = () if args.test_cases.strip().lower() == "none" else myops.parse_case_range(args.test_cases)
         return myops.convert_myops(args.input, args.dataset_id, train_cases=myops.parse_case_range(args.train_cases),
                                    test_cases=test, crop_mm=args.crop, spacing_mm=args.spacing,
-                                   overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
-    return run_cli(run)
+                                   overwrite=args.overwrite, seed=args.seed, progress=not args.quiet)
+    return run_cli(run, parser.prog)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .conversion import myops
+from .cli.contract import fail_step, parse_args
 from .fileio import atomic_write_bytes, atomic_write_json
 from .nnunet.peer_trainers import BENCHMARK_PEERS
 from .pipeline import StepError, pipeline_env
@@ -251,7 +251,7 @@ def main(argv=None) -> None:
                    help="rounds of 10 batches per loader for the loader ratios of the cost table (single-threaded, "
                    "interleaved, ~1 min at 10 on 2 CPU cores; 0 leaves them out)")
     p.add_argument("--figure-case", default=None, help="patient of the contour figure (default: the first test one)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     budgets = list(dict.fromkeys(args.budget))
     for budget in budgets:
         cfg = BenchConfig(args.myops, args.work, "cv" if args.cv else "final", budget, args.width, args.crop,
@@ -264,6 +264,5 @@ def main(argv=None) -> None:
         try:
             r = run_benchmark(cfg)
         except (StepError, myops.ConversionError) as e:
-            print(f"[bench_real] FAILED: {e}", file=sys.stderr)
-            sys.exit(1)
+            fail_step("scripts/bench_real.py", e)
         print(r["line"] if len(budgets) == 1 else f"budget={budget} {r['line']}", flush=True)

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from .cli.argtypes import seed as seed_type
+from .cli.contract import add_output, fail_step, parse_args
 from .pipeline import StepError, pipeline_env, run_step
 from .nnunet.plans import default_narrow_name
 
@@ -140,7 +140,7 @@ def run_demo(out: Path, n_train: int, n_test: int, size: int, baseline: str, phy
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="scripts/demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("physaug_demo"),
+    add_output(parser, "--out", type=Path, default=Path("physaug_demo"),
                         help="work folder, nnU-Net's raw/preprocessed/results folders go inside (default "
                              "./physaug_demo; a rerun in it keeps the phantom and every finished training)")
     parser.add_argument("--n-train", type=int, default=20, help="phantom training cases (default 20)")
@@ -163,14 +163,13 @@ def main(argv=None) -> None:
                         help="more trainers to train and evaluate beside the pair")
     parser.add_argument("--fold", default="0", help="fold to train (default 0)")
     parser.add_argument("--seed", type=seed_type, default=0, help="phantom seed")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         variants = [*args.variants, *(peer_trainers(args.baseline) if args.peers else [])]
-        r = run_demo(args.out, args.n_train, args.n_test, args.size, args.baseline, args.physaug, args.fold, args.seed,
-                     args.width, variants)
+        r = run_demo(args.output, args.n_train, args.n_test, args.size, args.baseline, args.physaug, args.fold,
+                     args.seed, args.width, variants)
     except DemoStepError as e:
-        print(f"[demo] FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+        fail_step("scripts/demo", e)
     print(" ".join(f"{k}={v:.3f}" if k != "seconds" else f"{k}={v:.0f}" for k, v in r.items()))
 
 

@@ -328,6 +328,12 @@ def summary_line(result: dict) -> str:
 
 
 def main(argv=None) -> None:
+    from .cli.contract import run_reporting
+
+    run_reporting("scripts/check_realism.py", lambda: _main(argv), (ValueError, RuntimeError, KeyError))
+
+
+def _main(argv=None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(prog="scripts/check_realism.py", description=__doc__,

@@ -92,7 +92,8 @@ def test_evaluate_refuses_unlabelled_test_images_and_scores_no_stale_prediction(
     model = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
     model.mkdir()
     (model / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "RV": 1}, "file_ending": ".nii.gz"}))
-    (model / "plans.json").write_text("{}")
+    (model / "plans.json").write_text(json.dumps({"configurations": {"2d": {"architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet"}}}}))
     monkeypatch.setattr(ev, "check_model_checkpoints", lambda *a, **k: None)
     d = ev.Domain("x", tmp_path / "imgs", tmp_path / "labs")
     d.images.mkdir()

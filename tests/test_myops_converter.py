@@ -155,7 +155,7 @@ def test_flat_layout_and_script(tmp_path, nnunet_dirs):
     img = nib.load(str(nnunet_dirs["nnUNet_raw"] / "Dataset913_MyoPS" / "imagesTs_T2" / "Case3007_0000.nii.gz"))
     assert img.shape == (16, 16, 3)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
 
 
 def _expect_error(tmp_path, fragment: str, **kw):

@@ -192,7 +192,14 @@ def _profile(loaders: dict, batches: int, rounds: int) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..cli.contract import run_reporting
+
+    run_reporting("scripts/bench_loader.py", lambda: _main(argv), (ValueError, RuntimeError, KeyError))
+
+
+def _main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="scripts/bench_loader.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary folder)")
     parser.add_argument("--batches", type=int, default=10, help="batches per loader per round")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (short rounds, the loaders' "

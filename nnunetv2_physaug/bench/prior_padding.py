@@ -39,7 +39,11 @@ def ring_images(root: Path, n_cases: int = 3, shape=(20, 18, 7)) -> Path:
     return root / "imagesTr"
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="scripts/bench_prior_padding.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)  # --help
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp())
     images = ring_images(root)

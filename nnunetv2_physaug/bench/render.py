@@ -45,7 +45,11 @@ def time_render(renderer: ContrastRenderer, maps, family: str, reps: int, batche
     return best * 1e3
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="scripts/bench_render.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)  # --help
     torch.set_num_threads(1)
     shapes = {"256x256": (256, 256), "10x256x256": (10, 256, 256)}
     maps = {k: synthetic_maps(s) for k, s in shapes.items()}

@@ -48,7 +48,8 @@ CACHE = Path.home() / ".cache" / "nnunetv2_physaug" / "bench_prior"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="scripts/bench_reverse.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--n-slices", type=int, default=24, help="held-out phantom slices to estimate (default: 24)")
     p.add_argument("--prior", default=None, metavar="DIR", help="use this prior folder instead of training one")

@@ -136,7 +136,11 @@ def gd_t1_post_blood_ms() -> float:
     return sig.gd_t1(t(1550.0), t(0.5), 5.2).item()
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="scripts/check_physics.py", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)  # --help
     rows = []
     exact = []
 

@@ -32,7 +32,8 @@ T1_TOL, T2_TOL, MIN_M0 = 0.15, 0.20, 0.15
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="scripts/check_prior.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prior", required=True, metavar="DIR", help="prior folder (diffusers layout)")
     p.add_argument("--samples", type=int, default=32, help="unconditional samples to draw (default: 32)")
     p.add_argument("--steps", type=int, default=200, help="DDPM sampling steps (default: 200)")
@@ -68,6 +69,12 @@ def on_tissue(prior: PhysicsPrior, z: torch.Tensor) -> tuple[float, dict[str, fl
 
 
 def main(argv=None) -> None:
+    from ..cli.contract import run_reporting
+
+    run_reporting("scripts/check_prior.py", lambda: _main(argv), (ValueError, RuntimeError))
+
+
+def _main(argv=None) -> None:
     args = parse_args(argv)
     dev = torch.device(args.device)
     prior = PhysicsPrior.from_pretrained(args.prior, device=dev)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..evaluate import Domain, EvaluationError, evaluate, markdown_table, resolve_model_dirs, run_lines
 from .argtypes import fold, torch_device
+from .contract import add_quiet, fail, parse_args
 
 
 def main(argv=None) -> None:
@@ -30,7 +30,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (2x slower on CPU)")
     parser.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in -o")
-    args = parser.parse_args(argv)
+    add_quiet(parser, "progress bar")
+    args = parse_args(parser, argv)
     try:
         if args.models:
             models = args.models
@@ -39,10 +40,14 @@ def main(argv=None) -> None:
         else:
             parser.error("give model folders with -m, or -d DATASET with -tr TRAINER [TRAINER ...]")
         rows = evaluate(models, [Domain.parse(s) for s in args.domains], args.output, folds=args.folds,
-                        device=args.device, tta=args.tta, overwrite=args.overwrite, checkpoint=args.chk)
+                        device=args.device, tta=args.tta, overwrite=args.overwrite, checkpoint=args.chk,
+                        progress=not args.quiet)
     except (EvaluationError, FileExistsError) as e:
-        print(f"physaug-evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail("physaug-evaluate", str(e))
+    except OSError as e:  # a full or read-only output disk
+        from ..fileio import describe_os_error
+        fail("physaug-evaluate", f"{describe_os_error(e, 'output folder (-o)')}; no report was committed "
+                                 f"(results.json is written last)")
     print(markdown_table(rows), end="")
     for line in run_lines(rows):
         print(line)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..nnunet.env import require_nnunet_paths
 from ..nnunet.plans import PlansError, write_narrow_plans
 from .argtypes import positive_float
+from .contract import add_output, fail, parse_args
 
 
 def main(argv=None) -> None:
@@ -22,18 +22,17 @@ def main(argv=None) -> None:
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier to copy (default nnUNetPlans)")
     parser.add_argument("--width", type=positive_float, default=0.5, help="factor on feature maps per stage, in (0, 1] "
                         "(default 0.5)")
-    parser.add_argument("-o", "--output-plans", default=None,
-                        help="new plans identifier (default <plans>_w<percent>, e.g. nnUNetPlans_w50)")
+    add_output(parser, "--output-plans", default=None, metavar="PLANS",
+               help="new plans identifier (default <plans>_w<percent>, e.g. nnUNetPlans_w50)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plans file of that name")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     try:
         pre = require_nnunet_paths(which=("nnUNet_preprocessed",))["nnUNet_preprocessed"]
         name = maybe_convert_to_dataset_name(args.dataset)
-        path = write_narrow_plans(Path(pre) / name, args.width, args.plans, args.output_plans, args.overwrite)
+        path = write_narrow_plans(Path(pre) / name, args.width, args.plans, args.output, args.overwrite)
     except (PlansError, RuntimeError) as e:
-        print(f"physaug-narrow-plans: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail("physaug-narrow-plans", str(e))
     print(f"wrote {path}\ntrain with: nnUNetv2_train {args.dataset} 2d FOLD -tr TRAINER -p {path.stem}")
 
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .argtypes import seed as seed_type
+from .contract import add_output, add_quiet, fail, parse_args
 
 DESCRIPTION = """\
 Write synthetic short-axis cardiac MRI phantoms as nnU-Net v2 raw datasets (labels in the ACDC
@@ -26,8 +26,7 @@ without --overwrite. The domains are data: see nnunetv2_physaug/phantom/domains.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="physaug-phantom", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--out", required=True, type=Path,
-                   help="output folder, typically $nnUNet_raw (created if missing)")
+    add_output(p, "--out", required=True, type=Path, help="output folder, typically $nnUNet_raw (created if missing)")
     p.add_argument("--n-train", type=int, default=20, help="training cases, bSSFP cine with maps (default 20)")
     p.add_argument("--n-test", type=int, default=10,
                    help="test anatomies, written once per test domain (default 10)")
@@ -41,31 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domains", type=Path, default=None,
                    help="alternative domains YAML (default: the packaged domains.yaml)")
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom dataset folders")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     return p
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    from ..fileio import JournalError
+    args = parse_args(build_parser(), argv)
+    from ..fileio import JournalError, describe_os_error
     from ..phantom import PhantomConfigError, format_summary, write_phantom_datasets
 
     try:
-        summary = write_phantom_datasets(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+        summary = write_phantom_datasets(args.output, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
                                          size=args.size, first_id=args.first_id, field=args.field,
                                          overwrite=args.overwrite, domains_file=args.domains,
                                          progress=not args.quiet)
-    except (FileExistsError, ValueError, PhantomConfigError) as e:
-        print(f"physaug-phantom: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
-    except JournalError as e:  # a commit journal that is not this folder's: nothing touched
-        print(f"physaug-phantom: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from e
+    except (FileExistsError, ValueError, PhantomConfigError, JournalError) as e:
+        fail("physaug-phantom", str(e))
     except OSError as e:  # read-only or full output disk, and the like
-        from ..fileio import describe_os_error
-        print(f"physaug-phantom: error: {describe_os_error(e, 'output folder (-o)')}. No dataset was replaced by a "
-              "partial one.", file=sys.stderr)
-        raise SystemExit(1) from e
+        fail("physaug-phantom", f"{describe_os_error(e, 'output folder (-o)')}. No dataset was replaced by a "
+                                f"partial one.")
     print(format_summary(summary))
 
 

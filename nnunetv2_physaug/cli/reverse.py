@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .argtypes import positive_float, positive_int, torch_device, seed as seed_type
+from .contract import add_quiet, fail, parse_args
 
 _DESCRIPTION = """\
 Estimate tissue maps (M0 relative, T1 and T2 in ms) behind the bSSFP images of an nnU-Net
@@ -83,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_type, default=0, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo finished cases and replace a folder made with other settings")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     return p
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
     from ..maps.store import TissueMapError
     from ..reverse import CacheMismatchError, ReverseInputError, make_estimator, run_reverse
     from ..reverse.shard import parse_shard
@@ -96,7 +98,7 @@ def main(argv=None) -> None:
     from ..reverse.label_tissues import LabelTissueError, resolve_label_tissues
 
     if (args.preset is not None or args.sampler_option) and args.prior is None:
-        sys.exit("physaug-reverse: --preset and --sampler-option apply to the diffusion sampler and need --prior PRIOR_DIR")
+        parser.error("--preset and --sampler-option apply to the diffusion sampler and need --prior PRIOR_DIR")
     errors: tuple[type[BaseException], ...] = (ReverseInputError, CacheMismatchError, TissueMapError, LabelTissueError,
                                                ValueError)
     try:
@@ -108,7 +110,7 @@ def main(argv=None) -> None:
         shard = parse_shard(args.shard)
         options = parse_sampler_options(args.sampler_option)
         if args.label_tissues is not None and args.prior:
-            sys.exit("physaug-reverse: --label-tissues applies to --method label, not to a diffusion prior")
+            parser.error("--label-tissues applies to --method label, not to a diffusion prior")
         label_tissues = None
         if not args.prior:
             label_tissues, source = resolve_label_tissues(args.images, args.label_tissues)
@@ -119,15 +121,15 @@ def main(argv=None) -> None:
         summary = run_reverse(args.images, args.output, estimator=estimator,
                               labels_dir=None if args.no_labels else (args.labels or AUTO), device=args.device,
                               batch_size=args.batch_size, n_samples=args.samples, shard=shard,
-                              overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress,
+                              overwrite=args.overwrite, seed=args.seed, progress=not args.quiet,
                               accept_implausible=args.accept_implausible,
                               **({"max_nrmse_pct": args.max_nrmse} if args.max_nrmse is not None else {}))
     except errors as e:
-        sys.exit(f"physaug-reverse: error: {e}")
+        fail("physaug-reverse", str(e))
     except OSError as e:  # read-only or full output disk, and the like
         from ..fileio import describe_os_error
-        sys.exit(f"physaug-reverse: error: {describe_os_error(e, 'maps folder (-o)')}. "
-                 "Cases already finished are kept, none is left half-written; a rerun resumes.")
+        fail("physaug-reverse", f"{describe_os_error(e, 'maps folder (-o)')}. Cases already finished are kept, "
+                                f"none is left half-written; a rerun resumes.")
     print(summary.format())
     if summary.failed:
         sys.exit(1)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .argtypes import positive_float, positive_int, torch_device, seed as seed_type
+from .contract import add_quiet, fail, parse_args
 
 _DESCRIPTION = """\
 Train a diffusion prior (diffusers UNet2DModel + DDPM scheduler, 1000 steps) over tissue maps
@@ -46,12 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise schedule (default squaredcos_cap_v2, cosine; the authors' is linear)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (needs --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="allow --no-resume to replace an existing prior/checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "progress bar")
     return p
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from ..reverse.prior import PriorError
     from ..reverse.train_prior import PriorTrainingError, train_prior
     try:
@@ -61,8 +61,11 @@ def main(argv=None) -> None:
                           overwrite=args.overwrite, progress=not args.quiet,
                           prediction_type=args.prediction_type, beta_schedule=args.beta_schedule)
     except (PriorTrainingError, PriorError, FileExistsError) as e:
-        print(f"physaug-train-prior: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail("physaug-train-prior", str(e))
+    except OSError as e:  # unreadable maps, a full or read-only output disk
+        from ..fileio import describe_os_error
+        fail("physaug-train-prior", f"{describe_os_error(e, 'prior folder (-o)')}; a rerun resumes from the last "
+                                    f"checkpoint")
     import os
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"prior saved to {out} (use: physaug-reverse --prior {out})")

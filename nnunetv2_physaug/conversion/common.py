@@ -30,6 +30,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import nibabel as nib
 import numpy as np
 
+from ..cli.argtypes import seed as seed_type
+from ..cli.contract import add_quiet
 from ..fileio import atomic_write_json, recover_staged, staged_folder
 
 #: nnU-Net label dict of every converted dataset (ACDC convention).
@@ -483,18 +485,23 @@ def make_parser(description: str, default_id: int) -> argparse.ArgumentParser:
                    help="nnU-Net dataset ID (3 digits, must not clash with an existing dataset)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing $nnUNet_raw/DatasetNNN_* folder and splits_final.json")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the patient-level 5-fold split")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--seed", type=seed_type, default=DEFAULT_SEED, help="seed of the patient-level 5-fold split")
+    add_quiet(p, "progress bar")
     return p
 
 
-def run_cli(fn: Callable[[], ConversionResult]) -> int:
-    """Run a conversion, print a summary, turn ConversionError into exit code 2 with the message."""
+def run_cli(fn: Callable[[], ConversionResult], prog: str = "converter") -> int:
+    """Run a conversion and print a summary; a ConversionError (or an unwritable output disk) is one line
+    ``<prog>: error: ...`` on stderr and exit code 1 (the command-line contract, :mod:`..cli.contract`)."""
     try:
         res = fn()
     except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        from ..fileio import describe_os_error
+        print(f"{prog}: error: {describe_os_error(e, 'nnU-Net raw folder')}; nothing was put in place", file=sys.stderr)
+        return 1
     print(f"wrote {res.dataset_dir}: {res.n_train} training cases, {res.n_test} test cases "
           f"({res.n_test_labeled} with labels)")
     for suffix, (gi, gl) in sorted(res.group_dirs.items()):
