@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time of ContrastRenderer.render per family and preset on synthetic cardiac-like maps; see
-``nnunetv2_physaug/bench/render.py`` or ``scripts/bench_render.py --help``."""
-from nnunetv2_physaug.bench.render import main
+``nnunetv2_physaug/harness/bench/render.py`` or ``scripts/bench_render.py --help``."""
+from nnunetv2_physaug.harness.bench.render import main
 
 if __name__ == "__main__":
     main()

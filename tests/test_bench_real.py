@@ -19,8 +19,9 @@ import pytest
 
 from helpers import MYOPS_INTENSITY, make_fake_myops
 from helpers import nnunet_env
-from nnunetv2_physaug import benchmark_real as br
-from nnunetv2_physaug import realism
+from nnunetv2_physaug.harness import benchmark_real as br
+from nnunetv2_physaug.harness.realbench import report, scoring, steps
+from nnunetv2_physaug.harness import realism
 from nnunetv2_physaug.contrast import ProtocolError, protocol_with_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_pathology_breakdown_counts_by_hand(tmp_path):
     pred[1, 0, 0] = 2          # 1 of 2 edema voxels myocardium, the other background
     _save(tmp_path / "pred" / "Case1.nii.gz", pred)
     _save(tmp_path / "path" / "Case1.nii.gz", path)
-    out = br.pathology_breakdown(tmp_path / "pred", tmp_path / "path", ["Case1"])
+    out = scoring.pathology_breakdown(tmp_path / "pred", tmp_path / "path", ["Case1"])
     assert out["scar"]["voxels"] == 4 and out["scar"]["as_myocardium"] == 0.75 and out["scar"]["as_LV"] == 0.25
     assert out["edema"]["voxels"] == 2 and out["edema"]["as_myocardium"] == 0.5 and out["edema"]["as_background"] == 0.5
 
@@ -58,18 +59,18 @@ def test_structure_confusion_counts_by_hand_and_reaches_the_report(tmp_path):
     pred[1, :2, 0] = 2         # both LV voxels called myocardium
     _save(tmp_path / "pred" / "Case1.nii.gz", pred)
     _save(tmp_path / "lab" / "Case1.nii.gz", label)
-    out = br.structure_confusion(tmp_path / "pred", tmp_path / "lab", ["Case1"])
+    out = scoring.structure_confusion(tmp_path / "pred", tmp_path / "lab", ["Case1"])
     assert out["MYO"] == {"voxels": 4, "as_background": 0.25, "as_RV": 0.0, "as_myocardium": 0.5, "as_LV": 0.25}
     assert out["LV"]["voxels"] == 2 and out["LV"]["as_myocardium"] == 1.0
     assert out["RV"]["voxels"] == 1 and out["RV"]["as_background"] == 1.0
     rows = [{"model": "P", "sequence": s, "mean_fg_dice": 0.5, "n_cases": 1, "dice_per_label": {"1": 0.5, "2": 0.5, "3": 0.5},
              "pathology": {p: {"voxels": 1, "as_myocardium": 1.0, "as_LV": 0.0} for p in ("scar", "edema")},
-             "confusion": out} for s in br.SEQUENCES]
-    md = br.markdown_report(rows)
+             "confusion": out} for s in steps.SEQUENCES]
+    md = report.markdown_report(rows)
     assert "| MYO on T2 | 25.0% / 0.0% / 50.0% / 25.0% |" in md
     # repeats pool the confusion to the mean of their fractions
     other = {**out, "MYO": {**out["MYO"], "as_myocardium": 1.0, "as_LV": 0.0, "as_background": 0.0}}
-    pooled = br.pool_repeats([{**rows[1], "run": "P", "repeat": 0}, {**rows[1], "run": "P_r1", "repeat": 1, "confusion": other}])
+    pooled = scoring.pool_repeats([{**rows[1], "run": "P", "repeat": 0}, {**rows[1], "run": "P_r1", "repeat": 1, "confusion": other}])
     assert pooled[0]["confusion"]["MYO"]["as_myocardium"] == pytest.approx(0.75)
     assert pooled[0]["confusion"]["MYO"]["as_LV"] == pytest.approx(0.125)
 
@@ -79,19 +80,19 @@ def test_summary_line_and_tables():
         return {"model": model, "sequence": seq, "mean_fg_dice": d, "n_cases": 5,
                 "dice_per_label": {"1": d, "2": d, "3": d},
                 "pathology": {p: {"voxels": 10, "as_myocardium": 0.5, "as_LV": 0.1} for p in ("scar", "edema")}}
-    rows = [row(m, s, d) for m, base in (("B", 0.5), ("P", 0.7)) for s, d in zip(br.SEQUENCES, (base, base - 0.1, base - 0.2))]
-    line = br.summary_line(rows, "B", "P", 12.4)
+    rows = [row(m, s, d) for m, base in (("B", 0.5), ("P", 0.7)) for s, d in zip(steps.SEQUENCES, (base, base - 0.1, base - 0.2))]
+    line = report.summary_line(rows, "B", "P", 12.4)
     assert line == ("real_c0_physaug=0.700 real_c0_baseline=0.500 real_lge_physaug=0.600 real_lge_baseline=0.400 "
                     "real_t2_physaug=0.500 real_t2_baseline=0.300 seconds=12")
-    md = br.markdown_report(rows)
+    md = report.markdown_report(rows)
     assert "| LGE | 0.400 | 0.600 |" in md and "scar on LGE" in md and "Gap closed" not in md
     # baseline C0 0.5, LGE 0.4, T2 0.3; P: LGE 0.6 (200 % of the 0.1 drop), T2 0.5 (100 % of 0.2)
-    md = br.markdown_report(rows, "B")
+    md = report.markdown_report(rows, "B")
     assert "| C0 -> LGE | 200% |" in md and "| C0 -> T2 | 100% |" in md and "| C0 vs baseline | +0.200 |" in md
     # the README's figure: (0.800 - 0.641) / (0.874 - 0.641) = 68 %
     real = [{"model": m, "sequence": s, "mean_fg_dice": d} for m, ds in (("B", (0.874, 0.641)), ("P", (0.864, 0.800)))
             for s, d in zip(("C0", "LGE"), ds)]
-    assert round(100 * br.gap_closed(real, "B", "P", "LGE")) == 68
+    assert round(100 * report.gap_closed(real, "B", "P", "LGE")) == 68
 
 
 def _converted(tmp_path, monkeypatch, test_cases):
@@ -108,15 +109,15 @@ def test_cv_test_sets_are_the_folds_validation_patients(tmp_path, monkeypatch):
     res = _converted(tmp_path, monkeypatch, (3006, 3007))
     splits = json.loads(res.splits_file.read_text())
     for fold in range(5):
-        cases = br.patients_under_test(res.dataset_dir, "cv", fold, splits)
+        cases = steps.patients_under_test(res.dataset_dir, "cv", fold, splits)
         assert cases == splits[fold]["val"] and not set(cases) & set(splits[fold]["train"])
         folder = tmp_path / f"links{fold}"
-        br.linked_test_folder(res.dataset_dir, "cv", cases, folder)
+        steps.linked_test_folder(res.dataset_dir, "cv", cases, folder)
         for case in cases:
-            for seq in br.SEQUENCES:
+            for seq in steps.SEQUENCES:
                 img = nib.load(str(folder / f"{case}__{seq}_0000.nii.gz")).get_fdata()
                 assert img[20, 18, 1] == MYOPS_INTENSITY[seq][2]  # the right sequence behind each link
-    assert br.patients_under_test(res.dataset_dir, "final", None, splits) == ["Case3006", "Case3007"]
+    assert steps.patients_under_test(res.dataset_dir, "final", None, splits) == ["Case3006", "Case3007"]
 
 
 def test_real_ratios_of_the_fake_tree(tmp_path, monkeypatch):
@@ -253,7 +254,7 @@ def test_bench_real_final_end_to_end(tmp_path):
                     for s in ("LGE", "T2")}
     assert "Oracle references (--oracle)" in (work / "report_final_5epochs" / "results.md").read_text()
     # a second call reuses the oracle datasets
-    from nnunetv2_physaug.benchmark_real import prepare_oracle
+    from nnunetv2_physaug.harness.benchmark_real import prepare_oracle
     plans_file = work / "nnUNet_preprocessed" / "Dataset914_MyoPSLGE" / "nnUNetPlans_w50.json"
     stamp = plans_file.stat().st_mtime_ns
     assert prepare_oracle(work / "nnUNet_raw" / "Dataset913_MyoPS", "LGE", 913, "nnUNetPlans_w50", env,
@@ -266,13 +267,13 @@ def test_repeats_pool_to_their_mean_and_keep_each_value():
         return {"model": "P", "run": "P" if repeat == 0 else f"P_r{repeat}", "repeat": repeat, "sequence": "LGE",
                 "mean_fg_dice": d, "n_cases": 5, "dice_per_label": {"1": d, "2": d / 2, "3": 1.0},
                 "pathology": {"scar": {"voxels": 40, "as_myocardium": scar, "as_LV": 0.1}}}
-    pooled = br.pool_repeats([row(1, 0.6, 0.5), row(0, 0.8, 0.9), row(2, 0.7, 0.7)])
+    pooled = scoring.pool_repeats([row(1, 0.6, 0.5), row(0, 0.8, 0.9), row(2, 0.7, 0.7)])
     assert len(pooled) == 1
     p = pooled[0]
     assert p["per_repeat"] == [0.8, 0.6, 0.7] and p["repeats"] == 3  # in repeat order
     assert p["mean_fg_dice"] == pytest.approx(0.7) and p["dice_per_label"]["2"] == pytest.approx(0.35)
     assert p["pathology"]["scar"] == {"voxels": 40, "as_myocardium": pytest.approx(0.7), "as_LV": pytest.approx(0.1)}
-    single = br.pool_repeats([row(0, 0.8, 0.7)])[0]
+    single = scoring.pool_repeats([row(0, 0.8, 0.7)])[0]
     assert single["per_repeat"] == [0.8] and single["mean_fg_dice"] == 0.8
 
 
@@ -282,15 +283,15 @@ def test_baseline_from_a_run_with_other_settings_is_refused(tmp_path):
     rows = [{"model": "B", "sequence": s, "mean_fg_dice": 0.5} for s in ("C0", "LGE", "T2")]
     f = tmp_path / "results.json"
     f.write_text(json.dumps({"settings": {**settings, "budget_epochs": 10}, "rows": rows}))
-    with pytest.raises(br.BenchmarkError, match="budget_epochs 10 .now 5."):
-        br.earlier_rows(f, "B", settings)
+    with pytest.raises(steps.BenchmarkError, match="budget_epochs 10 .now 5."):
+        scoring.earlier_rows(f, "B", settings)
     f.write_text(json.dumps({"settings": settings, "rows": rows}))
-    assert [r["from"] for r in br.earlier_rows(f, "B", settings)] == [str(f)] * 3
-    with pytest.raises(br.BenchmarkError, match="no rows of A"):
-        br.earlier_rows(f, "A", settings)
+    assert [r["from"] for r in scoring.earlier_rows(f, "B", settings)] == [str(f)] * 3
+    with pytest.raises(steps.BenchmarkError, match="no rows of A"):
+        scoring.earlier_rows(f, "A", settings)
     f.write_text("{")
-    with pytest.raises(br.BenchmarkError, match="not a bench_real results.json"):
-        br.earlier_rows(f, "B", settings)
+    with pytest.raises(steps.BenchmarkError, match="not a bench_real results.json"):
+        scoring.earlier_rows(f, "B", settings)
 
 
 def test_polarity_counts_dark_blood_slices_of_real_images_and_renders(tmp_path, monkeypatch):
@@ -336,20 +337,20 @@ def test_oracle_gap_closed_by_hand():
     rows = [{"model": m, "sequence": s, "mean_fg_dice": d, "trained_on": on}
             for m, on, ds in (("B", "C0", (0.9, 0.4)), ("P", "C0", (0.88, 0.7)), ("B on LGE", "LGE", (0.5, 0.8)))
             for s, d in zip(("C0", "LGE"), ds)]
-    assert br.oracles(rows) == {"LGE": "B on LGE"}
-    assert br.oracle_gap_closed(rows, "B", "P", "LGE") == pytest.approx(0.75)
-    assert br.oracle_line(rows) == "real_lge_oracle=0.800"
+    assert report.oracles(rows) == {"LGE": "B on LGE"}
+    assert report.oracle_gap_closed(rows, "B", "P", "LGE") == pytest.approx(0.75)
+    assert report.oracle_line(rows) == "real_lge_oracle=0.800"
     # an oracle no better than the baseline has no drop to recover
     rows[-1]["mean_fg_dice"] = 0.4
-    assert np.isnan(br.oracle_gap_closed(rows, "B", "P", "LGE"))
+    assert np.isnan(report.oracle_gap_closed(rows, "B", "P", "LGE"))
 
 
 def test_oracle_refuses_a_dataset_without_that_sequence(tmp_path, monkeypatch):
     res = _converted(tmp_path, monkeypatch, ())
     (res.dataset_dir / "imagesTr_T2" / "Case3002_0000.nii.gz").unlink()
     env = nnunet_env(tmp_path)
-    with pytest.raises(br.BenchmarkError, match="imagesTr_T2 lacks the images of Case3002; convert"):
-        br.prepare_oracle(res.dataset_dir, "T2", 913, "nnUNetPlans", env, tmp_path / "logs")
+    with pytest.raises(steps.BenchmarkError, match="imagesTr_T2 lacks the images of Case3002; convert"):
+        steps.prepare_oracle(res.dataset_dir, "T2", 913, "nnUNetPlans", env, tmp_path / "logs")
     assert not (Path(env["nnUNet_raw"]) / "Dataset915_MyoPST2").exists()
 
 
@@ -365,7 +366,7 @@ def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_pa
     pre = Path(env["nnUNet_preprocessed"]) / res.dataset_dir.name
     (pre / "nnUNetPlans_2d").mkdir(parents=True)
     (pre / "nnUNetPlans.json").write_text("{}")
-    ds, _ = br.prepare(tmp_path / "Train", env, logs, 913, None, None, 1.0, range(3001, 3006), (), map_samples=2)
+    ds, _ = steps.prepare(tmp_path / "Train", env, logs, 913, None, None, 1.0, range(3001, 3006), (), map_samples=2)
     assert sorted(f.name for f in logs.iterdir()) == ["reverse_imaging.log"]
     assert ds == res.dataset_dir
     t2 = nib.load(str(ds / "tissueMapsTr" / "Case3001_T2.nii.gz")).get_fdata()
@@ -379,15 +380,15 @@ def test_map_samples_reach_the_maps_and_the_baseline_of_another_k_is_kept(tmp_pa
     f = tmp_path / "results.json"
     f.write_text(json.dumps({"settings": {**settings, "map_samples": 1},
                              "rows": [{"model": "B", "sequence": s, "mean_fg_dice": 0.5} for s in ("C0", "LGE", "T2")]}))
-    assert len(br.earlier_rows(f, "B", settings)) == 3
-    with pytest.raises(br.BenchmarkError, match="--map-samples must be at least 1"):
+    assert len(scoring.earlier_rows(f, "B", settings)) == 3
+    with pytest.raises(steps.BenchmarkError, match="--map-samples must be at least 1"):
         br.run_benchmark(br.BenchConfig(tmp_path / "Train", tmp_path / "w2", "cv", map_samples=0))
 
 
 def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
     """``--peers`` adds every peer at the budget after the named trainers; seconds per epoch come from nnU-Net's
     own log lines (written here as nnU-Net writes them) and the report gives them beside the baseline's."""
-    from nnunetv2_physaug.realbench.scoring import seconds_per_epoch
+    from nnunetv2_physaug.harness.realbench.scoring import seconds_per_epoch
 
     cfg = br.BenchConfig(tmp_path, tmp_path, "cv", budget=10, peers=True, variants=["nnUNetTrainerGINIPA_10epochs"])
     assert cfg.trainers() == ["nnUNetTrainer_10epochs", "nnUNetTrainerPhysAug_10epochs", "nnUNetTrainerGINIPA_10epochs",
@@ -397,7 +398,7 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
                               "nnUNetTrainerPhysAugLocationScaleHalf_10epochs"]
     assert br.BenchConfig(tmp_path, tmp_path, "cv", budget=1, peers=True).trainers()[2] == "nnUNetTrainerGINIPA_1epoch"
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    runs = [br.Run("A", "A", "P", 913), br.Run("B", "B", "P", 913), br.Run("B_r1", "B", "P_r1", 913, 1)]
+    runs = [steps.Run("A", "A", "P", 913), steps.Run("B", "B", "P", 913), steps.Run("B_r1", "B", "P_r1", 913, 1)]
     # A's 40 s epoch shared the machine with another job: the median leaves it out (a mean would give 16.8)
     for run, fold, times in ((runs[0], "0", (10.0, 11.0, 12.0, 40.0, 11.0)), (runs[1], "0", (30.0,)),
                              (runs[2], "1", (33.0, 36.0))):
@@ -414,14 +415,14 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
     rows = [{"model": m, "sequence": s, "mean_fg_dice": 0.5, "dice_per_label": {"1": 0.5, "2": 0.5, "3": 0.5},
              "pathology": {p: {"as_myocardium": 0.5, "as_LV": 0.1} for p in ("scar", "edema")},
              "seconds_per_epoch": cost[m], "loader_ratio": {"A": 1.0, "B": 0.9}[m]} for m in ("A", "B")
-            for s in br.SEQUENCES]
-    md = br.markdown_report(rows, "A")
+            for s in steps.SEQUENCES]
+    md = report.markdown_report(rows, "A")
     assert "| s / epoch | 11 | 33 |" in md and "| x baseline | 1.00 | 3.00 |" in md
     assert "| loader / stock | 1.00 | 0.90 |" in md
 
 
 def test_budget_curve_joins_the_reports_of_every_budget(tmp_path):
-    from nnunetv2_physaug.realbench import curve
+    from nnunetv2_physaug.harness.realbench import curve
 
     def report(budget, rows):
         d = curve.report_folder(tmp_path, "final", budget)
@@ -449,7 +450,7 @@ def test_budget_curve_joins_the_reports_of_every_budget(tmp_path):
 
 
 def test_a_work_folder_converted_with_other_inputs_is_refused(tmp_path, monkeypatch):
-    from nnunetv2_physaug.realbench import steps
+    from nnunetv2_physaug.harness.realbench import steps
 
     res = _converted(tmp_path, monkeypatch, (3006, 3007))
     ds, src = res.dataset_dir, tmp_path / "Train"
@@ -459,5 +460,5 @@ def test_a_work_folder_converted_with_other_inputs_is_refused(tmp_path, monkeypa
     assert [d.split()[0] for d in other] == ["--myops", "--crop", "--train-cases"]
     assert other[2] == "--train-cases Case3001 ... Case3005 (5) (asked: ['Case3001', 'Case3002', 'Case3003'])"
     env = {"nnUNet_raw": str(ds.parent)}
-    with pytest.raises(br.BenchmarkError, match="converted with other settings: --test-cases"):
+    with pytest.raises(steps.BenchmarkError, match="converted with other settings: --test-cases"):
         steps.prepare(src, env, tmp_path / "logs", 913, None, None, 0.5, range(3001, 3006), (3006,))

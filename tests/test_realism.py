@@ -1,9 +1,9 @@
-"""The realism measures of one slice (nnunetv2_physaug/realism.py) on drawn images whose truth is known:
+"""The realism measures of one slice (nnunetv2_physaug/harness/realism.py) on drawn images whose truth is known:
 an intensity edge placed a known distance inside or outside the LV label, and a rim of scar."""
 import numpy as np
 import pytest
 
-from nnunetv2_physaug import realism
+from nnunetv2_physaug.harness import realism
 
 SIZE, CENTRE, R_LV, R_EPI = 64, (31.5, 32.5), 12.0, 19.0
 

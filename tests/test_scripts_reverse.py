@@ -5,8 +5,8 @@ import re
 
 import torch
 
-from nnunetv2_physaug.bench import reverse as bench_reverse
-from nnunetv2_physaug.checks import prior as check_prior
+from nnunetv2_physaug.harness.bench import reverse as bench_reverse
+from nnunetv2_physaug.harness.checks import prior as check_prior
 from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
 
 

@@ -192,7 +192,7 @@ def _profile(loaders: dict, batches: int, rounds: int) -> None:
 
 
 def main(argv=None) -> None:
-    from ..cli.contract import run_reporting
+    from ...cli.contract import run_reporting
 
     run_reporting("scripts/bench_loader.py", lambda: _main(argv), (ValueError, RuntimeError, KeyError))
 

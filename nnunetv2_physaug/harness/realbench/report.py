@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..conversion import myops
+from ...conversion import myops
 from .steps import PRED_NAMES, SEQUENCES, STRUCTURES
 
 def _dice_by(rows: list[dict]) -> dict[tuple[str, str], float]:

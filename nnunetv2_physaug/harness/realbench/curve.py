@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes
+from ...fileio import atomic_write_bytes
 from .steps import SEQUENCES
 
 #: the length suffix of a trainer name (nnU-Net's ``_1epoch``, ``_5epochs``, ...), kept out of the line's name

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..conversion import myops
-from ..fileio import atomic_write_json
-from ..nnunet.env import register_ext_trainers
+from ...conversion import myops
+from ...fileio import atomic_write_json
+from ...nnunet.env import register_ext_trainers
 from .steps import (PRED_NAMES, PREDICT_SETTINGS, SEQUENCES, STRUCTURES, BenchmarkError, Run, linked_test_folder,
                     patients_under_test, predict_all, sequence_sources)
 
@@ -96,7 +96,7 @@ def evaluate_all(ds: Path, mode: str, runs: Sequence[Run], folds: Sequence[str],
     fold), pool them per (run, sequence), score with nnU-Net's metrics and the pathology breakdown.
     Rows carry ``model`` (the trainer), ``run`` (its name) and ``repeat``."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from ..evaluate import score_folder
+    from ...evaluate import score_folder
 
     register_ext_trainers(experiments=True)
     pathology_dir = ds / ("labelsPathologyTr" if mode == "cv" else "labelsPathologyTs")

@@ -44,18 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .conversion import myops
-from .cli.contract import fail_step, parse_args
-from .fileio import atomic_write_bytes, atomic_write_json
-from .nnunet.peer_trainers import BENCHMARK_PEERS
-from .pipeline import StepError, pipeline_env
-from .realbench.report import (contour_figure, gap_closed, markdown_report, oracle_gap_closed, oracle_line,  # noqa: F401
-                               oracles, summary_line)
+from ..conversion import myops
+from ..cli.contract import fail_step, parse_args
+from ..fileio import atomic_write_bytes, atomic_write_json
+from ..nnunet.peer_trainers import BENCHMARK_PEERS
+from ..pipeline import StepError, pipeline_env
 from .realbench.curve import report_folder, write_budget_curve
-from .realbench.scoring import (earlier_rows, evaluate_all, pathology_breakdown, pool_repeats,  # noqa: F401
-                                seconds_per_epoch, structure_confusion)
-from .realbench.steps import (SEQUENCES, BenchmarkError, Run, linked_test_folder, patients_under_test,  # noqa: F401
-                              loader_ratios, prepare, prepare_oracle, oracle_dataset_name, repeat_plans, train_all)
+from .realbench.report import contour_figure, markdown_report, oracle_line, oracles, summary_line
+from .realbench.scoring import earlier_rows, evaluate_all, pool_repeats, seconds_per_epoch
+from .realbench.steps import (SEQUENCES, BenchmarkError, Run, loader_ratios, oracle_dataset_name,
+                              patients_under_test, prepare, prepare_oracle, repeat_plans, train_all)
 
 # ----------------------------------------------------------------------------- main
 
@@ -193,7 +191,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
 def cuda_or_cpu(text: str) -> str:
     """nnU-Net's -device (cpu or cuda), checked to exist on this machine."""
-    from .cli.argtypes import torch_device
+    from ..cli.argtypes import torch_device
 
     if text not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"choose cpu or cuda, got {text!r}")

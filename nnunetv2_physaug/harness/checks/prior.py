@@ -69,7 +69,7 @@ def on_tissue(prior: PhysicsPrior, z: torch.Tensor) -> tuple[float, dict[str, fl
 
 
 def main(argv=None) -> None:
-    from ..cli.contract import run_reporting
+    from ...cli.contract import run_reporting
 
     run_reporting("scripts/check_prior.py", lambda: _main(argv), (ValueError, RuntimeError))
 

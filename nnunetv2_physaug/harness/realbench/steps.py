@@ -1,6 +1,6 @@
 """The real-data benchmark's steps (stock nnU-Net commands and ours): convert, reverse, plan, the ``--oracle``
 datasets, training every (run, fold), the test sets and prediction. Scores: :mod:`.scoring`; the report:
-:mod:`.report`; the whole run: :mod:`nnunetv2_physaug.benchmark_real`."""
+:mod:`.report`; the whole run: :mod:`nnunetv2_physaug.harness.benchmark_real`."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from ..conversion import myops
-from ..conversion.common import dataset_name
-from ..fileio import atomic_write_json
-from ..nnunet.plans import default_narrow_name
-from ..pipeline import StepError, run_step as _run_step
+from ...conversion import myops
+from ...conversion.common import dataset_name
+from ...fileio import atomic_write_json
+from ...nnunet.plans import default_narrow_name
+from ...pipeline import StepError, run_step as _run_step
 
 SEQUENCES = myops.SEQUENCES
 STRUCTURES = {"1": "RV", "2": "MYO", "3": "LV"}
@@ -209,7 +209,7 @@ def train_all(folds: Sequence[str], runs: Sequence[Run], device: str, env: dict,
 def loader_ratios(dataset: str, plans: str, trainers: Sequence[str], env: dict, logs: Path, out: Path,
                   rounds: int) -> dict[str, float]:
     """``{trainer: its training data loader's batches per second / stock nnU-Net's}`` on the benchmark's own
-    dataset and plans (fold 0), measured side by side by :mod:`nnunetv2_physaug.bench.loader` (single-threaded,
+    dataset and plans (fold 0), measured side by side by :mod:`nnunetv2_physaug.harness.bench.loader` (single-threaded,
     ``rounds`` interleaved rounds of 10 batches, the order rotating). It is what an augmentation costs where it
     runs in the loader (PhysAug's render, DA5's transforms); the peers augment in the training step and have the
     stock loader (their cost is in seconds per epoch). Kept in ``out``: a rerun with the same trainers and rounds
@@ -220,7 +220,7 @@ def loader_ratios(dataset: str, plans: str, trainers: Sequence[str], env: dict, 
         if kept.get("rounds") == rounds and set(trainers) <= set(kept.get("loader_ratio", {})):
             print(f"[bench_real] loader ratios: measured earlier, kept ({out})", flush=True)
             return kept["loader_ratio"]
-    run_step("loader ratios", [sys.executable, "-m", "nnunetv2_physaug.bench.loader", "--dataset", dataset,
+    run_step("loader ratios", [sys.executable, "-m", "nnunetv2_physaug.harness.bench.loader", "--dataset", dataset,
                                "--plans", plans, "--also", *trainers,
                                "--rounds", str(rounds), "--json", str(out)], env, logs)
     return json.loads(out.read_text())["loader_ratio"]

@@ -29,10 +29,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli.argtypes import seed as seed_type
-from .contrast import ContrastRenderer, load_protocol, protocol_with_settings
-from .conversion.myops import image_folder
-from .maps.store import read_case_maps
+from ..cli.argtypes import seed as seed_type
+from ..contrast import ContrastRenderer, load_protocol, protocol_with_settings
+from ..conversion.myops import image_folder
+from ..maps.store import read_case_maps
 
 MIN_PIXELS = 20
 LV, MYO = 3, 2
@@ -328,7 +328,7 @@ def summary_line(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from .cli.contract import run_reporting
+    from ..cli.contract import run_reporting
 
     run_reporting("scripts/check_realism.py", lambda: _main(argv), (ValueError, RuntimeError, KeyError))
 
@@ -353,7 +353,7 @@ def _main(argv=None) -> None:
                         "(weighted by their probabilities and p_render) and on real C0, LGE and T2")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args(argv)
-    from .conversion.myops import parse_case_range
+    from ..conversion.myops import parse_case_range
     cases = [f"Case{n}" for n in parse_case_range(args.cases)]
     if args.polarity:
         result = polarity(args.dataset, cases, args.protocol, args.n, args.seed, args.set)
