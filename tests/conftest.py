@@ -1,10 +1,6 @@
-import sys
 from pathlib import Path
 
 import pytest
-
-# the test helper module (helpers.py) lives beside the tests
-sys.path.insert(0, str(Path(__file__).parent))
 
 #: the modules that take longest (``scripts/test`` prints the slowest tests), longest first: collected
 #: first, so that ``scripts/test``'s two pytest-xdist workers (``--dist loadfile --no-loadscope-reorder``)
@@ -23,8 +19,8 @@ def pytest_collection_modifyitems(config, items):
 def toy_template(tmp_path_factory):
     """nnU-Net's three folders holding one toy dataset (5 cases, ``Dataset963_TrainerToy``) planned and
     preprocessed by nnU-Net's own command (2d and 3d_fullres), once per session; a module takes its own copy
-    (``helpers.copy_toy``) so that what it writes there stays its own."""
-    from helpers import TOY_ID, nnunet_env, plan_and_preprocess, write_toy_dataset
+    (``support.nnunet.copy_toy``) so that what it writes there stays its own."""
+    from support.nnunet import TOY_ID, nnunet_env, plan_and_preprocess, write_toy_dataset
 
     root = tmp_path_factory.mktemp("toy_template")
     env = nnunet_env(root)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
+from support.nnunet import environ_from, load_json, nnunet_env, plan_and_preprocess, write_toy_dataset
 
 DATASET_ID = 961
 

@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import MYOPS_INTENSITY, make_fake_myops
-from helpers import nnunet_env
+from support.fake_trees import MYOPS_INTENSITY, make_fake_myops
+from support.nnunet import nnunet_env
 from nnunetv2_physaug.harness import benchmark_real as br
 from nnunetv2_physaug.harness.realbench import report, scoring, steps
 from nnunetv2_physaug.harness import realism
@@ -295,7 +295,7 @@ def test_baseline_from_a_run_with_other_settings_is_refused(tmp_path):
 
 
 def test_polarity_counts_dark_blood_slices_of_real_images_and_renders(tmp_path, monkeypatch):
-    """Fake tree: T2 blood 20 < myocardium 110 on every slice, C0 and LGE bright blood (tests/helpers.py);
+    """Fake tree: T2 blood 20 < myocardium 110 on every slice, C0 and LGE bright blood (tests/support/fake_trees.py);
     renders: bSSFP blood is brighter than myocardium at every flip angle (T2/T1 of blood >> myocardium's),
     fully suppressed black-blood TSE at short TE is dark-blood (noise floor aside)."""
     from nnunetv2_physaug.reverse import run_reverse

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import make_dataset, make_fake_acdc, make_fake_mnms
+from support.fake_trees import make_fake_acdc, make_fake_mnms
+from support.reverse_inputs import make_dataset
 
 
 def test_image_beyond_float32_and_complex_images_are_named(tmp_path):

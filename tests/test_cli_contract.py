@@ -29,7 +29,8 @@ ENTRY_POINTS = [
         ("bench_loader.py", ["--dataset", "Dataset997_Missing"]), ("bench_peers.py", None),
         ("bench_prior_padding.py", None), ("bench_real.py", ["--myops", MISSING, "--cv", "--work", None]),
         ("bench_render.py", None), ("bench_reverse.py", None), ("check_physics.py", None),
-        ("check_prior.py", ["--prior", MISSING]), ("check_realism.py", ["-d", MISSING]))],
+        ("check_prior.py", ["--prior", MISSING]), ("check_realism.py", ["-d", MISSING]),
+        ("kill_loop_phantom.py", None), ("kill_loop_overwrite.py", None))],
     *[(name, [sys.executable, str(REPO / "dataset_conversion" / name)], ["-i", MISSING]) for name in (
         "Dataset910_ACDC.py", "Dataset911_MNMs.py", "Dataset912_MNMs2.py", "Dataset913_MyoPS.py")],
     ("scripts/demo", [sys.executable, "-m", "nnunetv2_physaug.demo"], None),

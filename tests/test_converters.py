@@ -1,4 +1,4 @@
-"""Dataset converters (ACDC, M&Ms, M&Ms-2) on tiny fake source trees (tests/helpers.py).
+"""Dataset converters (ACDC, M&Ms, M&Ms-2) on tiny fake source trees (tests/support/fake_trees.py).
 
 Truth comes from the fake builders (the anatomy masks in ACDC convention, the frame index encoded
 in the intensities, the metadata they wrote) and from nnU-Net itself (SimpleITKIO geometry,
@@ -17,9 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import (FRAME_STEP, LV_VOXEL, MNMS2_ROWS, MNMS_CASES, MNMS_CSV, MYO_VOXEL, RV_VOXEL,
-                           SPACING, affine, anatomy_image, label_volume, make_fake_acdc, make_fake_mnms,
-                           make_fake_mnms2)
+from support.fake_trees import (FRAME_STEP, LV_VOXEL, MNMS2_ROWS, MNMS_CASES, MNMS_CSV, MYO_VOXEL, RV_VOXEL, SPACING,
+                                affine, anatomy_image, label_volume, make_fake_acdc, make_fake_mnms, make_fake_mnms2)
 from nnunetv2_physaug.conversion import (METADATA_KEY, ConversionError, convert_acdc, convert_mnms,
                                          convert_mnms2)
 

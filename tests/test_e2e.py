@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import nnunet_env, run
+from support.nnunet import nnunet_env, run
 
 SMOKE_TRAINERS = Path(__file__).parent / "smoke_trainers"
 pytestmark = pytest.mark.slow

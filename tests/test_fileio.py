@@ -19,7 +19,7 @@ atomic_write_json(root / "a" / "x.json", {"k": 1})
 z = np.ones((4, 4, 2), np.float32)
 write_case_maps(root / "maps", "c1", z, z * 1000, z * 50, np.eye(4))
 sys.path.insert(0, sys.argv[3])
-from helpers import make_fake_myops
+from support.fake_trees import make_fake_myops
 os.environ.update({k: str(root / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
 make_fake_myops(root / "src", cases=range(3001, 3006))
 from nnunetv2_physaug.conversion import convert_myops

@@ -50,7 +50,7 @@ def test_the_engine_renders_with_the_estimators_model(tmp_path):
     """QC and M0 harmonisation use the estimator's own model: a 30-degree estimator re-renders its image exactly."""
     from nnunetv2_physaug.maps import read_manifest
     from nnunetv2_physaug.reverse import LabelEstimator, run_reverse
-    from helpers import make_dataset
+    from support.reverse_inputs import make_dataset
 
     images = make_dataset(tmp_path, 1)
     est = LabelEstimator()

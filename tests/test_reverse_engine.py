@@ -20,7 +20,7 @@ from nnunetv2_physaug.physics import bssfp
 from nnunetv2_physaug.reverse import CacheMismatchError, fill_missing_maps, run_reverse
 from nnunetv2_physaug.reverse.shard import parse_shard, resolve_shard, shard_cases
 
-from helpers import AFFINE, PY, SLOW_WRITER, make_dataset, ring_case, subprocess_env
+from support.reverse_inputs import AFFINE, PY, SLOW_WRITER, make_dataset, ring_case, subprocess_env
 
 def run_cli(*args: str) -> None:
     cli_main([*args, "--no-progress"])

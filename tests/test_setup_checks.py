@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TOY_ID, copy_toy, environ_from, load_json, nnunet_env
+from support.nnunet import TOY_ID, copy_toy, environ_from, load_json, nnunet_env
 
 
 @pytest.fixture(scope="module")

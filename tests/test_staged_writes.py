@@ -55,7 +55,7 @@ def test_phantom_overwrite_killed_mid_swap_loses_no_dataset(tmp_path):
     assert list(out.glob(".Dataset902_*.old-*"))
     # the next run puts the old dataset back before it decides anything; without --overwrite it refuses
     r = _phantom(out)
-    assert r.returncode == 2 and "already exists" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 1 and "already exists" in r.stderr, r.stderr[-2000:]
     assert _tree_digest(lge) == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging or old folders left
     r = _phantom(out, "--overwrite", "--seed", "1")
@@ -92,7 +92,7 @@ def test_full_disk_is_a_message_naming_the_file(tmp_path, monkeypatch, capsys):
     """ENOSPC while writing maps: a one-line error with the file and what to do, no case left committed."""
     import nibabel
 
-    from helpers import make_dataset
+    from support.reverse_inputs import make_dataset
     from nnunetv2_physaug.cli.reverse import main
     from nnunetv2_physaug.maps import TissueMapFolder
 

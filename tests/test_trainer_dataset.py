@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TOY_ID as DATASET_ID, copy_toy, environ_from, load_json, nnunet_env
+from support.nnunet import TOY_ID as DATASET_ID, copy_toy, environ_from, load_json, nnunet_env
 
 
 @pytest.fixture(scope="module")
