@@ -2,7 +2,8 @@
 
 Layout (PNG, :data:`DPI` dots per inch, :data:`COLUMNS` panels per row): the first row holds the
 image and the M0, T1 and T2 maps with colour bars (T1, T2 in ms); the following rows hold the N
-renderings, each captioned with its family and drawn parameters. The sheet is
+renderings, each captioned with its sequence and the parameters that make its contrast (:data:`CAPTIONS`,
+e.g. "LGE · TI 357 ms · 29°"; every drawn parameter goes to a JSON beside the PNG). The sheet is
 ``COLUMNS * PANEL_W_IN * DPI`` pixels wide and ``(1 + ceil(N / COLUMNS)) * PANEL_H_IN * DPI`` high
 (see :func:`sheet_size_px`).
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from .contrast import ContrastRenderer, protocol_with_settings
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, atomic_write_json
 from .maps.store import TissueMapError, read_case_maps
 
 __all__ = ["make_preview", "PreviewResult", "sheet_size_px", "case_from_image", "COLUMNS", "DPI"]
@@ -94,14 +94,27 @@ def _refuse_incomplete_or_stale(maps_dir: Path, case: str, image: Path, labels: 
                              f"physaug-reverse on that image's folder to redo them (it redoes stale cases)")
 
 
-def _caption(params: dict) -> str:
-    """The family on the first line, then ``key=value`` pairs (units in the keys), wrapped."""
-    items = []
-    for k, v in params.items():
-        if k in ("family", "clip_level"):
-            continue
-        items.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return params["family"] + "\n" + "\n".join(textwrap.wrap(", ".join(items), width=62))
+#: what a person reads under a rendering: the sequence's name and the two or three parameters that make its
+#: contrast, ``(parameter key, label, unit)`` (the full parameters go to the JSON beside the sheet)
+CAPTIONS: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "bssfp": ("bSSFP cine", (("tr_ms", "TR", " ms"), ("flip_deg", "", "°"))),
+    "lge": ("LGE", (("ti_ms", "TI", " ms"), ("flip_deg", "", "°"))),
+    "psir": ("PSIR LGE", (("ti_ms", "TI", " ms"), ("flip_deg", "", "°"))),
+    "look_locker": ("MOLLI-type IR", (("ti_ms", "TI", " ms"), ("flip_deg", "", "°"))),
+    "spoiled_gre": ("T1w spoiled GRE", (("tr_ms", "TR", " ms"), ("te_ms", "TE", " ms"), ("flip_deg", "", "°"))),
+    "saturation_recovery": ("perfusion (SR)", (("ts_ms", "TS", " ms"), ("conc_blood_mmol", "blood Gd", " mM"))),
+    "t2prep_bssfp": ("T2-prep bSSFP", (("te_prep_ms", "T2-prep", " ms"), ("flip_deg", "", "°"))),
+    "tse": ("black-blood TSE", (("te_ms", "TE", " ms"), ("tr_ms", "TR", " ms"))),
+}
+
+
+def caption(params: dict) -> str:
+    """A rendering's caption: the sequence and the parameters that make its contrast, e.g. ``LGE · TI 357 ms ·
+    29°`` (a family without an entry in :data:`CAPTIONS` shows its name)."""
+    name, keys = CAPTIONS.get(params["family"], (params["family"], ()))
+    parts = [name] + [f"{label + ' ' if label else ''}{params[k]:.3g}{unit}".replace(".0 ", " ")
+                      for k, label, unit in keys if isinstance(params.get(k), (int, float))]
+    return " · ".join(parts)
 
 
 def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.PathLike | str,
@@ -197,9 +210,12 @@ def make_preview(image: os.PathLike | str, maps_dir: os.PathLike | str, out: os.
             signed = float(rendering.min()) < 0
             ax.imshow(rendering.numpy(), cmap="gray", origin="lower", vmin=-level if signed else 0, vmax=level)
             ax.set_axis_off()
-            ax.text(0.5, -0.03, _caption(params), transform=ax.transAxes, ha="center", va="top", fontsize=6,
-                    linespacing=1.15)
+            ax.text(0.5, -0.03, caption(params), transform=ax.transAxes, ha="center", va="top", fontsize=7)
         atomic_write_bytes(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), ".png")
+        # every drawn parameter of every rendering, beside the sheet (the captions show the ones a person reads)
+        atomic_write_json(out.with_suffix(".json"), {
+            "image": str(image), "case": case, "slice": z, "protocol": protocol.name, "seed": seed,
+            "renderings": [{"caption": caption(p), **p} for _, p in renders]})
     finally:
         plt.close(fig)
     w, h = sheet_size_px(n)

@@ -1,6 +1,8 @@
 """physaug-preview end to end on a small synthetic short-axis case."""
 from __future__ import annotations
 
+import json
+
 import math
 import struct
 
@@ -112,20 +114,29 @@ def test_preview_errors(tmp_path, capsys, change, message):
     assert not (tmp_path / "p.png").exists()
 
 
-def test_preview_settings_and_family_reach_the_renderings(tmp_path, monkeypatch):
-    """``--set`` changes the protocol the renderings are drawn from and ``--family`` fixes their family: the
-    captions (drawn parameters) of every rendering show the set value and the family."""
-    from nnunetv2_physaug import preview
+def test_preview_settings_and_family_reach_the_renderings(tmp_path):
+    """``--set`` changes the protocol the renderings are drawn from and ``--family`` fixes their family: the JSON
+    beside the sheet (every drawn parameter) shows the set value and the family, and the captions say it."""
     image, maps, labels = synthetic_case(tmp_path)
-    captured = []
-    real_caption = preview._caption
-    monkeypatch.setattr(preview, "_caption", lambda params: captured.append(dict(params)) or real_caption(params))
     out = tmp_path / "p.png"
     main(["--image", str(image), "--maps", str(maps), "--labels", str(labels), "-n", "3", "--family", "tse",
           "--set", "tse.te_ms=77", "--set", "tse.blood_factor=[0.1,0.2]", "-o", str(out)])
-    assert out.is_file() and len(captured) == 3
-    for params in captured:
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert out.is_file() and len(record["renderings"]) == 3 and record["case"] == "heart_001"
+    for params in record["renderings"]:
         assert params["family"] == "tse" and params["te_ms"] == 77.0 and 0.1 <= params["blood_factor"] <= 0.2
+        assert params["caption"] == f"black-blood TSE · TE 77 ms · TR {params['tr_ms']:.3g} ms"
+
+
+def test_captions_name_the_sequence_and_what_makes_its_contrast():
+    from nnunetv2_physaug.preview import CAPTIONS, caption
+    from nnunetv2_physaug.contrast.families import FAMILIES
+
+    assert caption({"family": "lge", "ti_ms": 357.2, "flip_deg": 29.03, "tr_inv_ms": 1502.5}) == "LGE · TI 357 ms · 29°"
+    assert caption({"family": "spoiled_gre", "tr_ms": 83.4, "te_ms": 8.5, "flip_deg": 28.2}) == \
+        "T1w spoiled GRE · TR 83.4 ms · TE 8.5 ms · 28.2°"
+    assert caption({"family": "newfamily", "x": 1.0}) == "newfamily"
+    assert set(CAPTIONS) == set(FAMILIES), "every family has a caption"
 
 
 def test_preview_refuses_stale_or_unfinished_maps(tmp_path, capsys):
