@@ -8,8 +8,8 @@ Steps (each a stock command or one of ours; any failure stops the demo with that
    the whole time budget). The phantom's ground-truth maps are not used for training.
 3. ``nnUNetv2_plan_and_preprocess -c 2d --verify_dataset_integrity``.
 4. ``physaug-narrow-plans``: a copy of nnU-Net's plans with ``--width`` x the feature maps per stage
-   (nnU-Net plans its network for a GPU; on 2 CPU cores the half-width network trains an epoch
-   ~2.3x faster, so 5 epochs of each trainer fit the budget). Both trainers use it.
+   (nnU-Net plans its network for a GPU; on a CPU the half-width network trains an epoch in
+   about half the time, so 5 epochs of each trainer fit the budget). Both trainers use it.
 5. ``nnUNetv2_train -p <narrow plans>`` with a stock ``nnUNetTrainer_*`` budget variant and the paired
    ``nnUNetTrainerPhysAug_*`` variant (identical budget, same plans and splits), on the CPU.
 6. ``physaug-evaluate`` on the in-domain test set and every unseen-contrast test set.
@@ -148,13 +148,13 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=80,
                         help="phantom in-plane size in pixels (default 80: 3 mm pixels over the 240 mm field of view)")
     parser.add_argument("--baseline", default="nnUNetTrainer_5epochs",
-                        help="stock budget trainer (default nnUNetTrainer_5epochs: 1250 iterations, ~7.5 min on 2 CPU "
+                        help="stock budget trainer (default nnUNetTrainer_5epochs: 1250 iterations, minutes on a CPU "
                              "cores at the default size and width)")
     parser.add_argument("--physaug", default="nnUNetTrainerPhysAug_5epochs",
                         help="paired PhysAug trainer (identical budget)")
     parser.add_argument("--width", type=float, default=DEFAULT_WIDTH,
                         help=f"feature maps per stage relative to nnU-Net's plans (default {DEFAULT_WIDTH}; 1 = "
-                             "nnU-Net's own network, ~2.3x slower on CPU)")
+                             "nnU-Net's own network, slower on a CPU)")
     parser.add_argument("--peers", action="store_true",
                         help="also train and evaluate the peers at the baseline's length (the benchmarks' one list: "
                              "GIN-IPA and SLAug as published, DA5, and PhysAug with each published peer on every and "

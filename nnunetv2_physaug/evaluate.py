@@ -150,8 +150,8 @@ def predict_folder(model_dir: Path, images: Path, out: Path, folds: Sequence, de
     n_proc = _n_proc()
     if device == "cpu" and n_proc == 1:
         # one worker on the CPU overlaps nothing with the network (they share the cores), and nnU-Net's
-        # predict_from_files spawns two fresh interpreters per call (preprocessing, export: ~10 s of imports for a
-        # few small cases); its sequential path gives the same files in this process
+        # predict_from_files spawns two fresh interpreters per call (preprocessing, export: seconds of imports
+        # for a few small cases); its sequential path gives the same files in this process
         out.mkdir(parents=True, exist_ok=True)
         predictor.predict_from_files_sequential(str(images), str(out), save_probabilities=False, overwrite=True)
     else:
@@ -166,8 +166,8 @@ def _n_proc() -> int:
 def _metrics_in_process(labels: Path, predictions: Path, dataset_json: dict, plans_file: Path) -> None:
     """What nnU-Net's ``compute_metrics_on_folder2`` computes and writes to ``predictions/summary.json`` (its
     per-case ``compute_metrics``, the per-label nan-mean over cases, the foreground mean of those), in this
-    process: nnU-Net maps the cases over a spawned process pool even for one process, which costs ~5 s of
-    imports per folder."""
+    process: nnU-Net maps the cases over a spawned process pool even for one process, which costs seconds
+    of imports per folder."""
     # Copied from nnU-Net 2.8.1: compute_metrics_on_folder2 (its body without the process pool)
     import numpy as np
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json

@@ -15,8 +15,8 @@ def main(argv=None) -> None:
         prog="physaug-narrow-plans",
         description="Copy $nnUNet_preprocessed/DatasetXXX/<plans>.json to a new plans identifier whose networks "
                     "have WIDTH x the feature maps per stage (nothing else changes; the preprocessed data are "
-                    "shared). nnU-Net plans for a GPU; on a 2-core CPU a width of 0.5 made an epoch at 96² "
-                    "about 2.3x faster. Train and predict with `-p NEW_NAME`. Compare trainers only within one plans "
+                    "shared). nnU-Net plans for a GPU; on a CPU a width of 0.5 trains an epoch in about half the "
+                    "time (docs/benchmarks.md). Train and predict with `-p NEW_NAME`. Compare trainers only within one plans "
                     "identifier.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset name or id")
     parser.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier to copy (default nnUNetPlans)")

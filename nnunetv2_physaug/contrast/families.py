@@ -411,7 +411,7 @@ class TSE(Family):
         if not (cavity or partial) or not bool(blood.any()):
             return torch.where(blood, s * bf, s)
         (t1_b, t2_b), (t1_t, t2_t) = ctx.compartment_medians()
-        # both compartments' unit-M0 signals in one call (two scalar calls cost ~4x one 2-vector call)
+        # both compartments' unit-M0 signals in one call (one 2-vector call costs less than two scalar calls)
         se_b, se_t = signal.spin_echo(1.0, torch.tensor([t1_b, t1_t]), torch.tensor([t2_b, t2_t]), p["tr_ms"],
                                       p["te_ms"]).tolist()
         if cavity:

@@ -11,8 +11,8 @@ Times in ms, angles in degrees. The inputs are never modified.
 
 The transcendental functions (:func:`exp_`, :func:`sqrt_`, :func:`cos_sin`) run numpy's
 vectorised kernels on CPU tensors outside autograd (same values to float32 rounding): on the
-loader's CPUs they take a third to a half of torch's time for a 128² map (exp ~9 vs ~18 us, cos ~10
-vs ~27 us), and a render evaluates several of them.
+loader's CPUs they take less time than torch's for a small map (``scripts/bench_render.py``), and a render
+evaluates several of them.
 """
 from __future__ import annotations
 

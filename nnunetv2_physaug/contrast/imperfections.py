@@ -5,9 +5,9 @@ All randomness comes from a ``numpy.random.Generator``. Smooth fields vary over 
 (in-plane) axes only and broadcast over leading axes (slices).
 
 Cost (the data loader renders one sample at a time on one CPU thread): a smooth field is two
-small matrix products with cached interpolation weights (~10 us for 128², a third of
-``F.interpolate``); fresh Gaussian noise costs ~3.5 ns a value (~0.12 ms for the two channels of
-a 128² crop, the largest single step of a render), so the loader draws it from a
+small matrix products with cached interpolation weights (cheaper than ``F.interpolate``); fresh
+Gaussian noise for the two channels of a crop is the largest single step of a render
+(``scripts/bench_loader.py --profile``, docs/benchmarks.md), so the loader draws it from a
 :class:`NormalPool`: windows at random offsets of a large pool of standard-normal values that is
 redrawn after serving :attr:`NormalPool.reuse` times its size.
 """
@@ -108,7 +108,7 @@ class NormalPool:
 
     @staticmethod
     def _fresh(n: int, rng: np.random.Generator) -> torch.Tensor:
-        # torch's normal sampler is ~2x faster than numpy's; its generator is seeded from ``rng`` so
+        # torch's normal sampler is faster than numpy's; its generator is seeded from ``rng`` so
         # every draw still comes from the caller's numpy stream (never torch's global RNG).
         gen = torch.Generator()
         gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
@@ -139,7 +139,7 @@ def add_rician_noise(image: torch.Tensor, sigma: float, rng: np.random.Generator
     if pool is not None and image.device.type == "cpu":
         n = pool.take(channels * image.numel(), rng).view(channels, *image.shape)
     else:
-        # torch's normal sampler is ~2x faster than numpy's; its generator is seeded from ``rng`` so
+        # torch's normal sampler is faster than numpy's; its generator is seeded from ``rng`` so
         # every draw still comes from the caller's numpy stream (never torch's global RNG).
         gen = torch.Generator(device=image.device)
         gen.manual_seed(int(rng.integers(0, 2**63 - 1)))

@@ -3,8 +3,8 @@ layer) and the pathology simulation (distances through the wall).
 
 One owner for the 3 x 3 dilation: the renderer needs it once per Gd render in the data loader, the
 pathology simulation up to 24 times per render (its distance loops), so it is done by shifted ORs of
-the boolean mask (on CPU through a numpy view: ~0.012 ms for 128², against ~0.2 ms for ``max_pool2d``
-on a float copy) and gives exactly ``max_pool2d``'s mask.
+the boolean mask (on CPU through a numpy view, a fraction of ``max_pool2d`` on a float copy: see
+``scripts/bench_render.py``) and gives exactly ``max_pool2d``'s mask.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def dilate_3x3(mask: Union[np.ndarray, torch.Tensor]) -> Union[np.ndarray, torch
     if isinstance(mask, torch.Tensor):
         if mask.dtype != torch.bool:
             raise TypeError(f"dilate_3x3 needs a bool mask, got {mask.dtype}")
-        if mask.device.type == "cpu":  # numpy ORs small bool maps ~4x faster than torch on CPU
+        if mask.device.type == "cpu":  # numpy ORs small bool maps faster than torch on CPU
             return torch.from_numpy(_dilate_by_shifts(mask.numpy(), np.copy))
         return _dilate_by_shifts(mask, torch.clone)
     mask = np.asarray(mask)
@@ -52,7 +52,7 @@ def chessboard_distance(source: torch.Tensor, within: torch.Tensor, max_steps: i
     pixel of the bool mask ``within``, over the last two axes; float32 tensor on ``source``'s device.
     A pixel of ``within`` next to ``source`` (8-neighbourhood) is at 1; pixels further than ``max_steps``,
     and every pixel outside ``within``, hold ``max_steps``."""
-    if source.device.type == "cpu":  # numpy masks ops on small maps cost a few us, torch's ~5x more
+    if source.device.type == "cpu":  # numpy's mask ops on small maps cost less than torch's
         dist = np.full(source.shape, float(max_steps), dtype=np.float32)
         return torch.from_numpy(_distance_loop(source.numpy(), within.numpy(), dist, max_steps, np.copy))
     dist = torch.full(source.shape, float(max_steps), dtype=torch.float32, device=source.device)

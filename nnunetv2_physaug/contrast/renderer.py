@@ -48,7 +48,7 @@ class ContrastRenderer:
 
     def __init__(self, protocol: Protocol, noise_pool: Optional[NormalPool] = None):
         """``noise_pool``: draw the standard-normal values of Rician noise from this pool instead of
-        fresh (same distribution, ~10x cheaper; see :class:`~.imperfections.NormalPool`); the
+        fresh (same distribution, much cheaper; see :class:`~.imperfections.NormalPool`); the
         training data loader uses one, one-off renders (previews, checks) need not."""
         self.protocol = protocol
         self.noise_pool = noise_pool

@@ -84,7 +84,7 @@ class SharedSegCrop:
     """Array-like stand-in for a case's seg (shape (c, z, y, x), blosc2 or numpy) of a rendered load.
 
     Rendering a crop needs its labels, and nnU-Net's loader then crops the same box out of the seg:
-    without sharing, blosc2 decompresses it twice (~0.1 ms per 2D sample). :meth:`read_shared`
+    without sharing, blosc2 decompresses it twice. :meth:`read_shared`
     (the render's read) keeps its array; the next ``self[key]`` with the same key returns that array
     once, any other read goes to the seg. The render only reads the array, so handing it on is safe.
     """
@@ -170,7 +170,7 @@ class RenderOnCrop:
             self._seg[seg_key])
         seg_np = seg_np[0].astype(np.int16, copy=False)
         seg = torch.from_numpy(seg_np)
-        valid = torch.from_numpy(seg_np >= 0)  # numpy: ~4x faster than torch's int16 compare
+        valid = torch.from_numpy(seg_np >= 0)  # numpy: faster than torch's int16 compare
         draw = self.draw_on_case() if self._stats == "case" else None
         # ``maps`` is this call's own copy of aligned maps, checked when they were written (align_dataset_maps)
         img, self.params = self._renderer.render(torch.from_numpy(maps[0]), torch.from_numpy(maps[1]),

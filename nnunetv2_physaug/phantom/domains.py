@@ -221,8 +221,8 @@ _RENDERERS: dict[str, Callable] = {
 
 @contextmanager
 def _one_torch_thread():
-    """Phantom volumes are small: torch's intra-op threads only add contention (30x slower measured
-    on a loaded 2-core machine), so render on one thread and restore the setting afterwards."""
+    """Phantom volumes are small: torch's intra-op threads only add contention (much slower on a
+    loaded machine with few cores), so render on one thread and restore the setting afterwards."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
