@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder for predictions and the report")
     parser.add_argument("--device", type=torch_device, default="cpu", help="torch device: cpu, cuda, cuda:N or mps "
                         "(default cpu)")
-    parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (twice the network passes, slower on CPU)")
+    parser.add_argument("--tta", action="store_true",
+                        help="mirroring test-time augmentation (more network passes, slower on CPU)")
     parser.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint name")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in -o")
     add_quiet(parser, "progress bar")
