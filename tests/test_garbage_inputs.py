@@ -169,3 +169,12 @@ def test_device_cuda_without_a_gpu_is_one_usage_error(tmp_path, module, args):
 def test_a_negative_seed_is_a_usage_error_naming_the_option(tmp_path, module):
     r = _run(module, "--seed", "-1", cwd=tmp_path)
     assert r.returncode == 2 and "argument --seed: a seed is a whole number from 0" in r.stderr.splitlines()[-1]
+
+
+def test_an_rgb_nifti_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    rgb = np.zeros((8, 8, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "imagesTr" / "c_0000.nii.gz"))
+    r = _run("nnunetv2_physaug.cli.reverse", "-i", str(tmp_path / "imagesTr"), "-q", cwd=tmp_path)
+    _clear(r, "c_0000.nii.gz holds RGB/structured voxels", "single-channel")
+    assert r.returncode == 1

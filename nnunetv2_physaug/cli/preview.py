@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .argtypes import seed as seed_type
+from .contract import fail
 from ..contrast import PRESETS
 from ..maps.store import TissueMapError
 from ..preview import make_preview
@@ -47,7 +48,10 @@ def main(argv=None) -> None:
                               preset=args.preset, n=args.n, slice_index=args.slice_index, seed=args.seed,
                               overwrite=args.overwrite, settings=args.settings, family=args.family)
     except (FileNotFoundError, FileExistsError, TissueMapError, ValueError) as e:
-        parser.exit(1, f"physaug-preview: error: {e}\n")
+        fail("physaug-preview", str(e))
+    except OSError as e:  # a full or read-only output disk
+        from ..fileio import describe_os_error
+        fail("physaug-preview", f"{describe_os_error(e, 'output (-o)')}; nothing was written")
     print(f"wrote {result.path} ({result.width_px}x{result.height_px} px, slice {result.slice_index})")
 
 

@@ -111,7 +111,12 @@ def load_image(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     """
     img = _open(path)
     shape = _check_shape(img.shape, path)
-    if np.issubdtype(img.get_data_dtype(), np.complexfloating):
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ReverseInputError(f"image {path} holds {dtype.fields and 'RGB/structured' or 'non-numeric'} voxels "
+                                f"({dtype}); reverse imaging reads one grey value per voxel: save the image as a "
+                                f"single-channel (grayscale) NIfTI")
+    if np.issubdtype(dtype, np.complexfloating):
         raise ReverseInputError(f"image {path} holds complex values ({img.get_data_dtype()}); reverse imaging reads "
                                 f"magnitude images: save its magnitude (np.abs) instead")
     try:
