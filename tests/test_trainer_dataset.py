@@ -160,6 +160,32 @@ def test_case_files_stay_open_within_a_bound_and_loads_equal_nnunets(toy):
     assert files.kinds_open(keys[0]) == {"maps", "seg", "properties", "image"}
 
 
+def test_without_the_file_cache_loads_open_their_files_each_time_and_return_the_same(toy):
+    """``keep_files_open=False`` (the trainer's ``physaug_keep_files_open``): no case stays open, unrendered
+    loads are nnU-Net's own ``load_case``, and a render from the same random stream is the same render."""
+    env, folder = toy
+    tr, wrapped, base = _wrapped(env, folder, p_render=0.0)
+    wrapped.keep_files_open = False
+    key = list(wrapped.identifiers)[0]
+    calls = []
+    real = wrapped.base.load_case
+    wrapped.base.load_case = lambda k: (calls.append(k), real(k))[1]
+    data, seg, _, props = wrapped.load_case(key)
+    data_b, seg_b, _, props_b = real(key)
+    np.testing.assert_array_equal(np.asarray(data[:]), np.asarray(data_b[:]))
+    assert calls == [key] and len(wrapped.files) == 0
+    renders = {}
+    for keep in (True, False):
+        wrapped.keep_files_open, wrapped.p_render = keep, 1.0
+        wrapped._rng, wrapped._rng_pid = np.random.default_rng(5), __import__("os").getpid()
+        wrapped._arrays = {}
+        view = wrapped.load_case(key)[0]
+        renders[keep] = np.asarray(view[(slice(None),) * 4]).copy()
+    np.testing.assert_array_equal(renders[True], renders[False])
+    assert len(wrapped.files) == 1  # only the cached run opened a case
+    assert tr.physaug_keep_files_open is True
+
+
 def test_properties_are_read_once_per_open_case_and_nnunets_loader_leaves_them_as_on_disk(toy, monkeypatch):
     """A case's properties are unpickled once while the case is open (nnU-Net unpickles them at every load),
     read again after the case was dropped; batches of nnU-Net's own loader (foreground oversampling reads

@@ -19,9 +19,9 @@ COPIES: tuple[tuple[str, str, str], ...] = (
      "nnunetv2.training.nnUNetTrainer.nnUNetTrainer:nnUNetTrainer.train_step", "c8993de84c8c419f"),
     ("nnunetv2_physaug/evaluate.py",
      "nnunetv2.evaluation.evaluate_predictions:compute_metrics_on_folder2", "c1980b1d8db09830"),
-    ("nnunetv2_physaug/nnunet/dataset.py",
+    ("nnunetv2_physaug/nnunet/open_cases.py",
      "nnunetv2.training.dataloading.nnunet_dataset:nnUNetDatasetBlosc2.load_case", "78e996392fbc232e"),
-    ("nnunetv2_physaug/nnunet/dataset.py",
+    ("nnunetv2_physaug/nnunet/render_on_crop.py",
      "nnunetv2.preprocessing.normalization.default_normalization_schemes:ZScoreNormalization.run",
      "ff73e1e3a8e1cd08"),
 )

@@ -79,6 +79,7 @@ def check_physaug_attributes(trainer: Any) -> None:
     require_choice(trainer, "physaug_stats", STATS_MODES)
     require_bool(trainer, "physaug_use_labels")
     require_bool(trainer, "physaug_compute_missing")
+    require_bool(trainer, "physaug_keep_files_open")
     prior = trainer.physaug_prior
     if prior is not None and (not isinstance(prior, (str, Path)) or not Path(prior).is_dir()):
         _fail(trainer, f"physaug_prior {prior!r} is not a folder; name a prior folder (physaug-train-prior's "

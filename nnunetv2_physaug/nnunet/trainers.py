@@ -56,6 +56,9 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
     physaug_use_labels: bool = True
     physaug_compute_missing: bool = True
     physaug_prior: Optional[str] = None
+    #: keep each loader process's case files open (nnunet/open_cases.py); off: every load opens them as
+    #: nnU-Net's dataset does (the loader benchmark's way to compare the augmentation alone)
+    physaug_keep_files_open: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -152,7 +155,8 @@ class nnUNetTrainerPhysAug(nnUNetTrainer):
         wrapped = PhysAugTrainingDataset(dataset_tr, folder, self.physaug_protocol, self.physaug_p_render,
                                          use_mask_for_norm=self.configuration_manager.use_mask_for_norm[0],
                                          use_labels=self.physaug_use_labels, stats=self.physaug_stats,
-                                         protocol_settings=self.physaug_protocol_settings)
+                                         protocol_settings=self.physaug_protocol_settings,
+                                         keep_files_open=self.physaug_keep_files_open)
         self.print_to_log_file(f"PhysAug: protocol {wrapped.renderer.protocol.name!r}, p_render {wrapped.p_render}, "
                                f"stats {self.physaug_stats!r}, maps {folder}")
         if self.local_rank == 0 and self.output_folder is not None:

@@ -58,7 +58,8 @@ def _prepare(root: Path, size: int, n_train: int) -> str:
     return dataset
 
 
-def _loader(trainer_name: str, dataset: str, p_render=None, plans_name: str = "nnUNetPlans"):
+def _loader(trainer_name: str, dataset: str, p_render=None, plans_name: str = "nnUNetPlans",
+            keep_files_open: bool = True):
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
@@ -71,6 +72,8 @@ def _loader(trainer_name: str, dataset: str, p_render=None, plans_name: str = "n
     trainer = cls(plans, "2d", 0, load_json(str(pp / "dataset.json")), torch.device("cpu"))
     if p_render is not None:
         trainer.physaug_p_render = p_render
+    if hasattr(trainer, "physaug_keep_files_open"):
+        trainer.physaug_keep_files_open = keep_files_open
     trainer.initialize()
     dl_train, _ = trainer.get_dataloaders()
     return dl_train
@@ -216,6 +219,9 @@ def _main(argv=None) -> None:
     parser.add_argument("--also", nargs="*", default=[], metavar="TRAINER",
                         help="more trainers whose loader joins the rounds at their defaults (e.g. the peers: "
                         "nnUNetTrainerGINIPA, nnUNetTrainerDA5); each gets a line also_ratio TRAINER=<x> against stock")
+    parser.add_argument("--no-file-cache", action="store_true",
+                        help="PhysAug's loaders open every case's files at each load, as stock nnU-Net's does "
+                        "(physaug_keep_files_open = False): the ratios then compare the augmentation alone")
     parser.add_argument("--profile", action="store_true",
                         help="first print ms per sample of each loader stage (stock and PhysAug at p = 1)")
     args = parser.parse_args(argv)
@@ -235,10 +241,11 @@ def _main(argv=None) -> None:
         p_default = cls.physaug_p_render
         if p_default is None:
             p_default = load_protocol(cls.physaug_protocol).p_render
+        keep = not args.no_file_cache
         loaders = {"stock": _loader("nnUNetTrainer", dataset, plans_name=args.plans),
-                   "default": _loader(args.trainer, dataset, plans_name=args.plans),
-                   "p1": _loader(args.trainer, dataset, p_render=1.0, plans_name=args.plans),
-                   "p0": _loader(args.trainer, dataset, p_render=0.0, plans_name=args.plans)}
+                   "default": _loader(args.trainer, dataset, plans_name=args.plans, keep_files_open=keep),
+                   "p1": _loader(args.trainer, dataset, p_render=1.0, plans_name=args.plans, keep_files_open=keep),
+                   "p0": _loader(args.trainer, dataset, p_render=0.0, plans_name=args.plans, keep_files_open=keep)}
         loaders.update({name: _loader(name, dataset, plans_name=args.plans) for name in args.also})
         for dl in loaders.values():  # warm up: file cache, first allocations
             _time_batches(dl, 3)
