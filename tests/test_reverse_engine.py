@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -220,7 +219,7 @@ def test_bad_case_is_reported_by_name_and_others_finish(tmp_path, capsys, kind, 
     assert TissueMapFolder(maps_dir).complete_cases() == ["case00"] and not list(maps_dir.glob("case01_*"))
 
 
-def test_bad_folder_level_input_is_a_clear_error(tmp_path):
+def test_bad_folder_level_input_is_a_clear_error(tmp_path, capsys):
     images = make_dataset(tmp_path, 1)
     with pytest.raises(SystemExit, match="does not exist"):
         run_cli("-i", str(tmp_path / "nope"))
@@ -236,8 +235,9 @@ def test_bad_folder_level_input_is_a_clear_error(tmp_path):
     empty.mkdir()
     with pytest.raises(SystemExit, match=f"prior folder {empty}.*unet"):
         run_cli("-i", str(images), "--prior", str(empty))
-    with pytest.raises(SystemExit, match="need --prior"):
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit 2, the message on stderr
         run_cli("-i", str(images), "--preset", "paper")
+    assert e.value.code == 2 and "need --prior" in capsys.readouterr().err
     assert not (tmp_path / "tissueMapsTr").exists()  # nothing was started
 
 
@@ -333,7 +333,7 @@ def test_plausible_medians_of_labelled_tissue():
     assert implausible_medians({"blood": {"T1": float("nan"), "T2": 250.0}}) == ["blood T1 nan ms (800-2600)"]
 
 
-def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
+def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path, capsys):
     from nnunetv2_physaug.reverse.prior import PhysicsPrior, tiny_prior_config
 
     images = make_dataset(tmp_path, 1, shape=(20, 18, 1))
@@ -357,8 +357,9 @@ def test_cli_sampler_options_reach_the_sampler_and_the_manifest(tmp_path):
                      (["--sampler-option", "channel_weights=1,2"], "of 3 numbers")):
         with pytest.raises(SystemExit, match=msg):
             run_cli("-i", str(images), "-o", str(tmp_path / "other"), "--prior", str(tmp_path / "prior"), *bad)
-    with pytest.raises(SystemExit, match="need --prior"):
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit 2, the message on stderr
         run_cli("-i", str(images), "--sampler-option", "steps=4")
+    assert e.value.code == 2 and "need --prior" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- reproducibility

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_nnunetv2_train_ends_a_setup_error_with_its_message_alone(toy, tmp_path)
         "class nnUNetTrainerPhysAugBadLabels(nnUNetTrainerPhysAug):\n"
         "    physaug_use_labels = 'no'\n")
     run_env = dict(env, nnUNet_extTrainer=env["nnUNet_extTrainer"] + ":" + str(ext))
-    proc = subprocess.run(["nnUNetv2_train", str(TOY_ID), "2d", "0", "-tr", "nnUNetTrainerPhysAugBadLabels",
+    proc = subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_train"), str(TOY_ID), "2d", "0", "-tr", "nnUNetTrainerPhysAugBadLabels",
                            "-device", "cpu"], env=run_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

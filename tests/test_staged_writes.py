@@ -109,7 +109,8 @@ def test_full_disk_is_a_message_naming_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(nibabel, "save", full_disk)
     with pytest.raises(SystemExit) as e:
         main(["-i", str(images), "-o", str(tmp_path / "maps"), "--no-progress"])
-    msg = str(e.value.code)
+    msg = str(e.value)  # the error line (exit status 1)
+    assert e.value.code == 1
     assert "No space left on device" in msg and "disk is full" in msg and "case00_T1" in msg, msg
     folder = TissueMapFolder(tmp_path / "maps")
     assert folder.complete_cases() == [] and not list(folder.path.glob(".tmp-*"))

@@ -20,10 +20,23 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 
 
+class CommandFailed(SystemExit):
+    """The ``SystemExit`` of a runtime error: exit status 1; ``str()`` is the error line (already printed), so
+    a caller in the same process (a test) can read it."""
+
+    def __init__(self, line: str):
+        super().__init__(EXIT_RUNTIME)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
+
+
 def fail(prog: str, message: str) -> NoReturn:
     """A runtime error: ``<prog>: error: <message>`` on stderr (one line), exit 1."""
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    raise SystemExit(EXIT_RUNTIME)
+    line = f"{prog}: error: {' '.join(str(message).split())}"
+    print(line, file=sys.stderr)
+    raise CommandFailed(line)
 
 
 def fail_step(prog: str, error: BaseException) -> NoReturn:
