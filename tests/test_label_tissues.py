@@ -147,3 +147,15 @@ def test_float_labels_are_refused_not_rounded(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nnunetv2_physaug.cli.reverse", "-i", str(root / "imagesTr"),
                         "--no-progress"], capture_output=True, text=True)
     assert r.returncode != 0 and "non-integer" in r.stdout + r.stderr and "c1.nii.gz" in r.stdout + r.stderr
+
+
+def test_negative_labels_and_nnunets_ignore_label_get_advice_that_works():
+    import numpy as np
+    from nnunetv2_physaug.reverse.label_tissues import (LabelTissueError, check_label_values,
+                                                        tissues_from_label_names)
+
+    with pytest.raises(LabelTissueError, match=r"negative label value\(s\) \[-1\]; labels are whole numbers >= 0"):
+        check_label_values(np.array([0, 1, -1]), {1: "blood"}, "case00")
+    # nnU-Net's ignore label (the highest value, named "ignore") claims no tissue
+    assert tissues_from_label_names({"background": 0, "RV": 1, "MYO": 2, "LV": 3, "ignore": 255}) == {
+        1: "blood", 2: "myocardium", 3: "blood", 255: "other"}

@@ -30,7 +30,8 @@ _MYOCARDIUM_WORDS = {"myo", "mlv", "myocardium", "myocardial", "wall", "scar", "
                      "oedema", "mvo", "fibrosis", "lge", "enhancement", "lvm", "lvmyo"}
 _BLOOD_WORDS = {"rv", "lv", "lvc", "rvc", "la", "ra", "blood", "pool", "cavity", "ventricle", "ventricular",
                 "atrium", "atrial", "aorta", "lvbp", "rvbp", "bloodpool", "lvcav", "rvcav"}
-_OTHER_WORDS = {"pericardium", "pericardial", "fat", "liver", "lung", "tissue", "other"}
+# "ignore": nnU-Net's ignore label (unannotated pixels): no claim on the tissue, so "other"
+_OTHER_WORDS = {"pericardium", "pericardial", "fat", "liver", "lung", "tissue", "other", "ignore"}
 
 
 class LabelTissueError(ValueError):
@@ -137,6 +138,10 @@ def resolve_label_tissues(images_dir: os.PathLike | str, override: Optional[str 
 def check_label_values(labels: np.ndarray, mapping: Mapping[int, str], where: str) -> None:
     """Raise when ``labels`` holds a non-zero value that ``mapping`` does not define."""
     present = {int(v) for v in np.unique(labels)} - {0}
+    negative = sorted(v for v in present if v < 0)
+    if negative:
+        raise LabelTissueError(f"{where}: holds negative label value(s) {negative}; labels are whole numbers >= 0 "
+                               f"(nnU-Net's integrity check refuses them too): fix the label file")
     missing = sorted(present - set(mapping))
     if missing:
         known = ", ".join(f"{k}={v}" for k, v in sorted(mapping.items()))
