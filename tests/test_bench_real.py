@@ -418,6 +418,7 @@ def test_peers_shortcut_and_the_cost_table(tmp_path, monkeypatch):
             for s in steps.SEQUENCES]
     md = report.markdown_report(rows, "A")
     assert "| s / epoch | 11 | 33 |" in md and "| x baseline | 1.00 | 3.00 |" in md
+    assert "| s / iteration | 0.04 | 0.13 |" in md  # 11 / 250, 33 / 250
     assert "| loader / stock | 1.00 | 0.90 |" in md
 
 

@@ -10,6 +10,11 @@ import numpy as np
 from ...conversion import myops
 from .steps import PRED_NAMES, SEQUENCES, STRUCTURES
 
+#: training iterations of an nnU-Net epoch (nnUNetTrainer's num_iterations_per_epoch); an epoch's time also
+#: holds its 50 validation iterations, so seconds per iteration are an upper bound of the training step's
+ITERATIONS_PER_EPOCH = 250
+
+
 def _dice_by(rows: list[dict]) -> dict[tuple[str, str], float]:
     """``{(model, sequence): mean foreground Dice}`` of report rows."""
     return {(r["model"], r["sequence"]): r["mean_fg_dice"] for r in rows}
@@ -104,6 +109,8 @@ def markdown_report(rows: list[dict], baseline: Optional[str] = None) -> str:
                   "repeats) and its ratio to the baseline's on the same machine:", "",
                   "| | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
                   "| s / epoch | " + " | ".join("-" if cost[m] is None else f"{cost[m]:.0f}" for m in models) + " |"]
+        lines.append("| s / iteration | " + " | ".join(
+            "-" if cost[m] is None else f"{cost[m] / ITERATIONS_PER_EPOCH:.2f}" for m in models) + " |")
         if base_cost:
             lines.append("| x baseline | " + " | ".join("-" if cost[m] is None else f"{cost[m] / base_cost:.2f}"
                                                        for m in models) + " |")
